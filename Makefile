@@ -1,0 +1,37 @@
+# The two commands a newcomer runs: `make demo` and `make test`. Each sets up what it needs.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PACK := models/buffalo_sc/manifest.json
+
+.PHONY: setup system-deps test lint demo bench clean
+
+setup: $(STAMP) $(PACK)
+
+$(STAMP): pyproject.toml scripts/setup-venv.sh
+	bash scripts/setup-venv.sh $(VENV)
+	touch $(STAMP)
+
+$(PACK): $(STAMP)
+	$(PY) -m agent models install-default
+
+system-deps:
+	bash scripts/system-deps.sh
+
+lint: setup
+	$(VENV)/bin/ruff check agent tests bench
+	$(VENV)/bin/ruff format --check agent tests bench
+	$(VENV)/bin/mypy
+
+test: setup system-deps lint
+	$(PY) -m pytest
+
+demo: setup
+	$(PY) -m agent embed "$$($(PY) -c 'from agent.defaultpack import sample_photo; print(sample_photo("yaoming.jpg"))')"
+
+bench: setup
+	$(PY) bench/engine_vs_naive.py
+
+clean:
+	rm -rf $(VENV) models/buffalo_sc .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,171 @@
+"""Command line: ``python -m agent <command>`` (also installed as ``edge-agent``).
+
+Exit codes: 0 success; 1 the command ran and failed (the reply says why); 2 the
+configuration or the command line is invalid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from agent import __version__
+from agent.config import AgentConfig, ConfigError, load_config, masked_dump
+from agent.errors import AgentError, ModelNotLoadedError, ModelPackError
+from agent.logs import setup_logging
+from agent.reply import Reply
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+
+log = logging.getLogger("agent.cli")
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML config file (default: ./config.toml when present)",
+    )
+
+
+def _resolve_config_path(path: Path | None) -> Path | None:
+    if path is not None:
+        return path
+    default = Path("config.toml")
+    return default if default.is_file() else None
+
+
+def _load(path: Path | None) -> AgentConfig:
+    return load_config(_resolve_config_path(path))
+
+
+def _print_config_errors(exc: ConfigError) -> None:
+    print("Configuration is invalid:", file=sys.stderr)
+    for key, problem in exc.errors:
+        print(f"  {key}: {problem}", file=sys.stderr)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate the config; print it (secrets masked) or each error by key path."""
+    path = args.file or args.config
+    try:
+        cfg = _load(path)
+    except ConfigError as exc:
+        _print_config_errors(exc)
+        return EXIT_INVALID
+    print(json.dumps(masked_dump(cfg), indent=2))
+    print("Configuration is valid.", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    """Generate an enrollment embedding from a photo file."""
+    from agent.embedding import generate_embedding
+    from agent.engine import load_engine
+    from agent.modelpack import select_pack
+    from agent.photo import read_photo_file
+
+    cfg = _load(args.config)
+    setup_logging(cfg.logging)
+    try:
+        photo = read_photo_file(args.photo, cfg.enrollment.max_photo_bytes)
+        try:
+            pack = select_pack(cfg.models.dir, cfg.models.pack)
+            engine = load_engine(pack, cfg.models, cfg.recognition)
+        except ModelPackError as exc:
+            raise ModelNotLoadedError(exc.message) from exc
+        result = generate_embedding(
+            engine, cfg.enrollment, photo=photo, submission_id=args.submission_id
+        )
+        reply = Reply.ok("Embedding generated.", result.as_data())
+    except AgentError as exc:
+        log.warning("EMBED_FAILED code=%s status=%d", exc.code, exc.status)
+        reply = Reply.from_error(exc)
+    if args.json:
+        print(json.dumps(reply.to_json_dict(with_request_id=False)))
+    elif reply.code is None and reply.data is not None:
+        data = reply.data
+        print(f"OK: {len(data['embedding'])}-d embedding, space {data['embeddingSpace']}")
+        print(f"  face box {data['bbox']}, detector score {data['detScore']}")
+        print(f"  quality score {data['quality']['score']}")
+    else:
+        print(f"{reply.code} ({reply.status}): {reply.message}", file=sys.stderr)
+    return EXIT_OK if reply.code is None else EXIT_FAILED
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """Install the default pack or verify packs."""
+    from agent.modelpack import list_pack_dirs, read_pack
+
+    cfg = _load(args.config)
+    if args.action == "install-default":
+        from agent.defaultpack import DefaultPackError, install_default_pack
+
+        try:
+            pack = install_default_pack(cfg.models.dir)
+        except DefaultPackError as exc:
+            print(f"Cannot install the default pack: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"Installed {pack.name} in {pack.path} (space {pack.embedding_space})")
+        return EXIT_OK
+    failures = 0
+    folders = [cfg.models.dir / args.pack] if args.pack else list_pack_dirs(cfg.models.dir)
+    if not folders:
+        print(f"No model pack in {cfg.models.dir}", file=sys.stderr)
+        return EXIT_FAILED
+    for folder in folders:
+        try:
+            pack = read_pack(folder)
+        except ModelPackError as exc:
+            failures += 1
+            print(f"INVALID {folder.name}: {exc.reason}")
+        else:
+            origin = "computed" if pack.manifest_computed else "manifest"
+            print(
+                f"OK {pack.name}: space {pack.embedding_space}, dim {pack.embedding_dim} ({origin})"
+            )
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for the documentation test)."""
+    parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    check = sub.add_parser("check-config", help="validate the configuration and print it")
+    check.add_argument("file", nargs="?", type=Path, default=None, help="TOML config file")
+    _config_arg(check)
+    check.set_defaults(func=cmd_check_config)
+
+    embed = sub.add_parser("embed", help="generate an enrollment embedding from a photo")
+    embed.add_argument("photo", nargs="?", default=None, help="image file (JPEG, PNG, ...)")
+    embed.add_argument("--submission-id", default=None, help="echoed in the result")
+    embed.add_argument("--json", action="store_true", help="print the reply object as JSON")
+    _config_arg(embed)
+    embed.set_defaults(func=cmd_embed)
+
+    models = sub.add_parser("models", help="install the default pack or verify packs")
+    models.add_argument("action", choices=["install-default", "verify"])
+    models.add_argument("pack", nargs="?", default="", help="pack folder name (verify)")
+    _config_arg(models)
+    models.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        _print_config_errors(exc)
+        return EXIT_INVALID
+    return code

@@ -1,0 +1,322 @@
+"""The agent's configuration: frozen pydantic models loaded once from TOML and environment.
+
+Precedence (highest first): environment variables ``AGENT_<SECTION>__<KEY>``, then the TOML
+file, then the defaults below. Secrets (passwords, API keys) are never read from the TOML
+file: they come from environment variables or from files named by ``*_file`` settings
+(systemd ``LoadCredential=`` puts them under ``$CREDENTIALS_DIRECTORY``).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ENV_PREFIX = "AGENT_"
+
+ExecutionProvider = Literal[
+    "TensorrtExecutionProvider",
+    "CUDAExecutionProvider",
+    "OpenVINOExecutionProvider",
+    "CoreMLExecutionProvider",
+    "CPUExecutionProvider",
+]
+
+
+class Section(BaseModel):
+    """Base of every config section: frozen, unknown keys rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SiteConfig(Section):
+    """Which site this box serves and how it tells time."""
+
+    id: str = Field(
+        "site-1",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Site id; part of every MQTT topic, so letters, digits, '_', '.', '-' only.",
+    )
+    timezone: str = Field(
+        "Asia/Ho_Chi_Minh",
+        description="IANA time zone used for timestamps sent to the backend.",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from exc
+        return value
+
+
+class ModelsConfig(Section):
+    """Where model packs live and how ONNX Runtime runs them."""
+
+    dir: Path = Field(
+        Path("models"),
+        description="Folder holding one sub-folder per model pack (relative to the working dir).",
+    )
+    pack: str = Field(
+        "",
+        max_length=128,
+        description=(
+            "Active pack (sub-folder name). Empty: the only pack, or the newest valid one."
+        ),
+    )
+    providers: tuple[ExecutionProvider, ...] = Field(
+        ("CPUExecutionProvider",),
+        min_length=1,
+        description="ONNX Runtime execution providers in order of preference.",
+    )
+    intra_op_threads: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description=(
+            "Threads per inference session. 1 is fastest on small CPUs when several "
+            "cameras run in parallel workers (measured)."
+        ),
+    )
+    optimize_prelu: bool = Field(
+        True,
+        description=(
+            "Rewrite PRelu as Max(x, a*x) at load time when exact (all slopes <= 1); "
+            "bit-identical embeddings, ~40% faster on CPU."
+        ),
+    )
+
+
+class RecognitionConfig(Section):
+    """Detection and matching parameters."""
+
+    det_long_side: int = Field(
+        640,
+        ge=160,
+        le=1920,
+        multiple_of=32,
+        description=(
+            "Detector input size along the frame's long side; the short side follows the "
+            "frame's aspect ratio (640 -> 640x384 for 16:9)."
+        ),
+    )
+    det_threshold: float = Field(0.5, ge=0.05, le=0.99, description="Detector score threshold.")
+    nms_threshold: float = Field(0.4, ge=0.1, le=0.9, description="Detector NMS IoU threshold.")
+    match_threshold: float = Field(
+        0.40,
+        ge=0.0,
+        le=1.0,
+        description="Minimum cosine similarity between a face and a student's embedding.",
+    )
+    match_margin: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="Minimum lead of the best student's score over the second-best student's.",
+    )
+
+
+class EnrollmentConfig(Section):
+    """Limits and quality rules for enrollment photos (embedding generation)."""
+
+    max_photo_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024, description="Largest photo accepted."
+    )
+    max_photo_pixels: int = Field(
+        40_000_000,
+        ge=10_000,
+        le=200_000_000,
+        description="Largest width*height accepted (guards against decompression bombs).",
+    )
+    significant_face_ratio: float = Field(
+        0.25,
+        ge=0.01,
+        le=1.0,
+        description=(
+            "A face counts as a second person only if its box area is at least this "
+            "fraction of the largest face's area; smaller background faces are ignored."
+        ),
+    )
+    min_inter_eye_px: float = Field(
+        20.0, ge=4.0, le=500.0, description="Smallest distance between the eyes, in pixels."
+    )
+    min_sharpness: float = Field(
+        40.0,
+        ge=0.0,
+        le=10_000.0,
+        description="Smallest variance of the Laplacian of the aligned 112x112 face (blur).",
+    )
+    max_yaw_deg: float = Field(40.0, ge=5.0, le=90.0, description="Largest head turn, degrees.")
+    max_pitch_deg: float = Field(35.0, ge=5.0, le=90.0, description="Largest nod, degrees.")
+    max_roll_deg: float = Field(30.0, ge=5.0, le=90.0, description="Largest head tilt, degrees.")
+    min_brightness: float = Field(
+        40.0, ge=0.0, le=255.0, description="Darkest accepted mean face brightness (0-255)."
+    )
+    max_brightness: float = Field(
+        220.0, ge=0.0, le=255.0, description="Brightest accepted mean face brightness (0-255)."
+    )
+    min_det_score: float = Field(
+        0.7, ge=0.0, le=1.0, description="Smallest detector score for an enrollment face."
+    )
+
+
+class StorageConfig(Section):
+    """Where the agent keeps its state."""
+
+    data_dir: Path = Field(
+        Path("data"), description="Writable folder for the SQLite databases and runtime state."
+    )
+
+
+class LoggingConfig(Section):
+    """Log output."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Lowest level written."
+    )
+    format: Literal["text", "json"] = Field(
+        "text", description="'text': key=value lines; 'json': one JSON object per line."
+    )
+
+
+class AuthConfig(Section):
+    """Secrets for the command API; values come from the environment or files only."""
+
+    api_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated API keys accepted on commands (env AGENT_AUTH__API_KEYS).",
+    )
+    api_keys_file: Path | None = Field(None, description="File holding the API keys, one per line.")
+
+
+SECRET_KEYS: frozenset[tuple[str, str]] = frozenset({("auth", "api_keys")})
+"""(section, key) pairs that must never be written in the TOML file."""
+
+_toml_path: ContextVar[Path | None] = ContextVar("agent_config_toml", default=None)
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Reads the TOML file chosen by :func:`load_config` (and rejects secrets in it)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError  # __call__ returns the whole mapping
+
+    def __call__(self) -> dict[str, Any]:
+        path = _toml_path.get()
+        if path is None:
+            return {}
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+        for section, key in SECRET_KEYS:
+            table = data.get(section)
+            if isinstance(table, Mapping) and key in table:
+                raise ConfigError(
+                    [
+                        (
+                            f"{section}.{key}",
+                            "secrets are not read from the config file; set "
+                            f"{ENV_PREFIX}{section.upper()}__{key.upper()} or "
+                            f"{section}.{key}_file",
+                        )
+                    ]
+                )
+        return data
+
+
+class AgentConfig(BaseSettings):
+    """The whole configuration. Build it with :func:`load_config`."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        nested_model_default_partial_update=True,
+    )
+
+    site: SiteConfig = Field(default_factory=SiteConfig, description="Site identity.")
+    models: ModelsConfig = Field(default_factory=ModelsConfig, description="Model packs.")
+    recognition: RecognitionConfig = Field(
+        default_factory=RecognitionConfig, description="Detection and matching."
+    )
+    enrollment: EnrollmentConfig = Field(
+        default_factory=EnrollmentConfig, description="Enrollment photo rules."
+    )
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="Command API keys.")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="State on disk.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logs.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlSource(settings_cls))
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``errors`` lists ``(key path, problem)`` pairs."""
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{path}: {problem}" for path, problem in errors))
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(root)"
+
+
+def load_config(path: Path | None = None) -> AgentConfig:
+    """Load the configuration from ``path`` (optional) and the environment.
+
+    Raises :class:`ConfigError` with one entry per problem, keyed by dotted path.
+    """
+    if path is not None and not path.is_file():
+        raise ConfigError([("(file)", f"config file {str(path)!r} does not exist")])
+    token = _toml_path.set(path)
+    try:
+        return AgentConfig()
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([("(file)", f"{path} is not valid TOML: {exc}")]) from exc
+    except ValidationError as exc:
+        raise ConfigError(
+            [(_key_path(err["loc"]), err["msg"]) for err in exc.errors(include_url=False)]
+        ) from exc
+    finally:
+        _toml_path.reset(token)
+
+
+def read_secret(value: SecretStr | None, file: Path | None) -> str | None:
+    """Return a secret from its direct value or, failing that, from its file."""
+    if value is not None:
+        return value.get_secret_value()
+    if file is not None:
+        return file.read_text(encoding="utf-8").strip()
+    return None
+
+
+def masked_dump(config: AgentConfig) -> dict[str, Any]:
+    """The effective configuration as plain data, with every secret replaced by ``***``."""
+    data = config.model_dump(mode="json")
+    for section, key in SECRET_KEYS:
+        if data.get(section, {}).get(key) is not None:
+            data[section][key] = "***"
+    return data

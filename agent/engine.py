@@ -1,0 +1,218 @@
+"""The recognition engine: detect (SCRFD) -> align (5 points) -> embed (ArcFace).
+
+InsightFace's model wrappers do the pre- and post-processing (anchors, NMS, the input
+normalisation the recognizer was trained with) on sessions this module builds, so results
+stay equivalent to InsightFace's reference pipeline while the sessions get the options and
+the graph rewrite measured fastest here. The engine is immutable after construction and
+safe to call from several worker threads at once (ONNX Runtime sessions are thread-safe).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+from insightface.model_zoo.scrfd import SCRFD
+from insightface.utils import face_align
+
+from agent.config import ModelsConfig, RecognitionConfig
+from agent.errors import ModelPackError
+from agent.modelpack import ModelPack
+from agent.onnx_sessions import ProviderReport, create_session
+
+log = logging.getLogger(__name__)
+
+# insightface's norm_crop calls scikit-image's SimilarityTransform.estimate, deprecated in
+# scikit-image 0.26 with an identical result; the warning would repeat on every face.
+warnings.filterwarnings("ignore", message="`estimate` is deprecated", category=FutureWarning)
+
+Image = npt.NDArray[np.uint8]
+FloatArray = npt.NDArray[np.float32]
+
+STRIDE = 32  # the coarsest SCRFD feature stride: detector inputs are multiples of it
+
+
+@dataclass(frozen=True)
+class DetectedFace:
+    """One face found by the detector, in source-image pixels."""
+
+    bbox: FloatArray  # x1, y1, x2, y2
+    score: float
+    kps: FloatArray  # 5 x 2: left eye, right eye, nose, left mouth, right mouth
+
+    @property
+    def area(self) -> float:
+        """Box area in square pixels."""
+        return float(max(0.0, self.bbox[2] - self.bbox[0]) * max(0.0, self.bbox[3] - self.bbox[1]))
+
+    @property
+    def inter_eye_px(self) -> float:
+        """Distance between the two eye landmarks."""
+        return float(np.linalg.norm(self.kps[1] - self.kps[0]))
+
+
+@dataclass(frozen=True)
+class Face(DetectedFace):
+    """A detected face with its L2-normalised embedding."""
+
+    embedding: FloatArray = field(default_factory=lambda: np.zeros(0, np.float32))
+
+
+def detector_input_size(width: int, height: int, long_side: int) -> tuple[int, int]:
+    """Detector input (w, h) that keeps the frame's aspect ratio, long side = ``long_side``.
+
+    The frame is scaled exactly as a square ``long_side`` input would scale it, so the same
+    faces are found, but no time is spent on padding: 1280x720 -> 640x384 (0.6 of 640x640).
+    """
+    if width <= 0 or height <= 0:
+        raise ValueError("image has no pixels")
+    if width >= height:
+        short = math.ceil(long_side * height / width / STRIDE) * STRIDE
+        return long_side, max(STRIDE, short)
+    short = math.ceil(long_side * width / height / STRIDE) * STRIDE
+    return max(STRIDE, short), long_side
+
+
+class FaceEngine:
+    """Detector + recognizer of one model pack, ready to run."""
+
+    def __init__(
+        self, pack: ModelPack, models: ModelsConfig, recognition: RecognitionConfig
+    ) -> None:
+        started = time.perf_counter()
+        self.pack = pack
+        self.recognition = recognition
+        try:
+            det_session, det_report = create_session(
+                pack.detector_path, models.providers, models.intra_op_threads
+            )
+            rec_session, rec_report = create_session(
+                pack.recognizer_path,
+                models.providers,
+                models.intra_op_threads,
+                optimize_prelu=models.optimize_prelu,
+            )
+            self._detector = SCRFD(
+                str(pack.detector_path), session=det_session, static_shape_sessions=False
+            )
+            self._detector.nms_thresh = recognition.nms_threshold
+            self._recognizer = ArcFaceONNX(str(pack.recognizer_path), session=rec_session)
+        except (RuntimeError, ValueError, OSError, AssertionError) as exc:
+            # onnxruntime raises its own RuntimeError subclasses; the wrappers assert.
+            raise ModelPackError(pack.name, f"ONNX Runtime could not load it: {exc}") from exc
+        if not self._detector.use_kps:
+            raise ModelPackError(pack.name, "the detector has no keypoint outputs")
+        self.providers: dict[str, ProviderReport] = {
+            "detector": det_report,
+            "recognizer": rec_report,
+        }
+        self._warm_up()
+        self.load_seconds = time.perf_counter() - started
+
+    @property
+    def embedding_space(self) -> str:
+        """Id stamped on every embedding this engine produces."""
+        return self.pack.embedding_space
+
+    @property
+    def embedding_dim(self) -> int:
+        """Length of each embedding."""
+        return self.pack.embedding_dim
+
+    def provider_warnings(self) -> list[str]:
+        """'requested X, running on Y' sentences, one per degraded session."""
+        return [
+            f"{role}: {warning}"
+            for role, report in self.providers.items()
+            if (warning := report.warning()) is not None
+        ]
+
+    def _warm_up(self) -> None:
+        # The first run of a session costs 100-400 ms (kernel selection); pay it at load.
+        blank = np.zeros((STRIDE * 3, STRIDE * 4, 3), np.uint8)
+        self.detect(blank)
+        out = self.embed([np.zeros((112, 112, 3), np.uint8)])
+        if out.shape != (1, self.embedding_dim) or not np.all(np.isfinite(out)):
+            raise ModelPackError(
+                self.pack.name,
+                f"recognizer returned shape {out.shape}, expected (1, {self.embedding_dim})",
+            )
+
+    def detect(
+        self, image: Image, *, long_side: int | None = None, threshold: float | None = None
+    ) -> list[DetectedFace]:
+        """Find faces in a BGR image; sorted by detector score, best first."""
+        height, width = image.shape[:2]
+        size = detector_input_size(width, height, long_side or self.recognition.det_long_side)
+        boxes, kpss = self._detector.detect(
+            image,
+            input_size=size,
+            det_thresh=self.recognition.det_threshold if threshold is None else threshold,
+        )
+        if kpss is None:
+            return []
+        return [
+            DetectedFace(
+                bbox=boxes[i, :4].astype(np.float32),
+                score=float(boxes[i, 4]),
+                kps=kpss[i].astype(np.float32),
+            )
+            for i in range(boxes.shape[0])
+        ]
+
+    def align(self, image: Image, faces: Sequence[DetectedFace]) -> list[Image]:
+        """112x112 crops aligned on the five landmarks (ArcFace template)."""
+        size = self._recognizer.input_size[0]
+        return [face_align.norm_crop(image, landmark=f.kps, image_size=size) for f in faces]
+
+    def embed(self, crops: Sequence[Image]) -> FloatArray:
+        """L2-normalised embeddings of aligned crops, in one recognizer call."""
+        if not crops:
+            return np.zeros((0, self.embedding_dim), np.float32)
+        raw: FloatArray = np.asarray(self._recognizer.get_feat(list(crops)), dtype=np.float32)
+        norms = np.linalg.norm(raw, axis=1, keepdims=True)
+        normalised: FloatArray = raw / np.maximum(norms, 1e-12)
+        return normalised
+
+    def analyze(self, image: Image) -> list[Face]:
+        """Detect, align and embed every face of a frame (all embeddings in one call)."""
+        found = self.detect(image)
+        embeddings = self.embed(self.align(image, found))
+        return [
+            Face(bbox=f.bbox, score=f.score, kps=f.kps, embedding=embeddings[i])
+            for i, f in enumerate(found)
+        ]
+
+    def describe(self) -> dict[str, object]:
+        """Model state for status replies and logs (no weights, no embeddings)."""
+        return {
+            "pack": self.pack.name,
+            "embeddingSpace": self.embedding_space,
+            "embeddingDim": self.embedding_dim,
+            "providers": {role: list(r.active) for role, r in self.providers.items()},
+            "warnings": self.provider_warnings(),
+            "loadSeconds": round(self.load_seconds, 3),
+        }
+
+
+def load_engine(
+    models_dir_pack: ModelPack, models: ModelsConfig, recognition: RecognitionConfig
+) -> FaceEngine:
+    """Build an engine and log what it runs on."""
+    engine = FaceEngine(models_dir_pack, models, recognition)
+    log.info(
+        "MODEL_LOADED pack=%s space=%s dim=%d providers=%s seconds=%.2f",
+        engine.pack.name,
+        engine.embedding_space,
+        engine.embedding_dim,
+        engine.providers["recognizer"].active[0],
+        engine.load_seconds,
+    )
+    return engine

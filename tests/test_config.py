@@ -1,0 +1,147 @@
+"""Configuration: defaults, TOML, environment overrides, errors by key path, secrets."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from agent.config import AgentConfig, ConfigError, load_config, masked_dump
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_are_valid() -> None:
+    cfg = load_config(None)
+    assert cfg.site.timezone == "Asia/Ho_Chi_Minh"
+    assert cfg.models.providers == ("CPUExecutionProvider",)
+
+
+def test_example_config_loads_and_documents_every_key() -> None:
+    cfg = load_config(ROOT / "config.toml")
+    assert cfg.models.dir == Path("models")
+    text = (ROOT / "config.toml").read_text(encoding="utf-8")
+    for section_name, field in AgentConfig.model_fields.items():
+        assert f"[{section_name}]" in text, f"config.toml lacks section [{section_name}]"
+        section = field.annotation
+        assert isinstance(section, type) and issubclass(section, BaseModel)
+        for key in section.model_fields:
+            assert key in text, f"config.toml does not mention {section_name}.{key}"
+
+
+def test_every_field_has_description_and_default() -> None:
+    for section_name, field in AgentConfig.model_fields.items():
+        section = field.annotation
+        assert isinstance(section, type) and issubclass(section, BaseModel)
+        for key, sub in section.model_fields.items():
+            assert sub.description, f"{section_name}.{key} has no description"
+            assert not sub.is_required(), f"{section_name}.{key} has no default"
+
+
+def test_config_is_frozen() -> None:
+    cfg = load_config(None)
+    with pytest.raises(Exception, match="frozen"):
+        cfg.site.id = "other"  # type: ignore[misc]
+
+
+def test_environment_overrides_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _write(tmp_path, '[site]\nid = "from-toml"\n[recognition]\nmatch_threshold = 0.3\n')
+    monkeypatch.setenv("AGENT_RECOGNITION__MATCH_THRESHOLD", "0.55")
+    cfg = load_config(path)
+    assert cfg.site.id == "from-toml"
+    assert cfg.recognition.match_threshold == 0.55
+
+
+@pytest.mark.parametrize(
+    ("toml", "key", "fragment"),
+    [
+        ("[models]\nfoo = 1\n", "models.foo", "Extra inputs"),
+        ("[recognition]\ndet_long_side = 650\n", "recognition.det_long_side", "multiple of 32"),
+        ("[recognition]\nmatch_threshold = 1.5\n", "recognition.match_threshold", "less than"),
+        ("[models]\nintra_op_threads = 'two'\n", "models.intra_op_threads", "integer"),
+        ("[site]\ntimezone = 'Mars/Olympus'\n", "site.timezone", "unknown time zone"),
+        ("[site]\nid = 'a b'\n", "site.id", "pattern"),
+        ("[models]\nproviders = ['GPU']\n", "models.providers.0", "Input should be"),
+        ("[nonsense]\nx = 1\n", "nonsense", "Extra inputs"),
+    ],
+)
+def test_errors_are_reported_by_key_path(
+    tmp_path: Path, toml: str, key: str, fragment: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, toml))
+    paths = dict(info.value.errors)
+    assert key in paths, paths
+    assert fragment in paths[key]
+
+
+def test_all_errors_reported_at_once(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, "[models]\nfoo = 1\n[recognition]\ndet_threshold = 7\n"))
+    assert {k for k, _ in info.value.errors} == {"models.foo", "recognition.det_threshold"}
+
+
+def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(_write(tmp_path, "[site\nid=1"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_secret_in_toml_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, '[auth]\napi_keys = "hunter2"\n'))
+    ((key, problem),) = info.value.errors
+    assert key == "auth.api_keys"
+    assert "AGENT_AUTH__API_KEYS" in problem
+    assert "hunter2" not in str(info.value)
+
+
+def test_secret_from_environment_is_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENT_AUTH__API_KEYS", "hunter2")
+    cfg = load_config(None)
+    assert cfg.auth.api_keys is not None
+    assert cfg.auth.api_keys.get_secret_value() == "hunter2"
+    assert "hunter2" not in repr(cfg)
+    assert masked_dump(cfg)["auth"]["api_keys"] == "***"
+
+
+def _check_config(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", "check-config", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_check_config_cli_prints_key_paths(tmp_path: Path) -> None:
+    bad = _write(tmp_path, "[models]\nintra_op_threads = 0\n[logging]\nlevel = 'LOUD'\n")
+    result = _check_config(str(bad))
+    assert result.returncode == 2
+    assert "models.intra_op_threads" in result.stderr
+    assert "logging.level" in result.stderr
+
+
+def test_check_config_cli_masks_secrets() -> None:
+    import os
+
+    env = {**os.environ, "AGENT_AUTH__API_KEYS": "hunter2"}
+    result = _check_config("config.toml", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "hunter2" not in result.stdout
+    assert '"api_keys": "***"' in result.stdout
