@@ -20,8 +20,8 @@ system-deps:
 	bash scripts/system-deps.sh
 
 lint: setup
-	$(VENV)/bin/ruff check agent tests bench
-	$(VENV)/bin/ruff format --check agent tests bench
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 test: setup system-deps lint

@@ -134,6 +134,40 @@ def cmd_models(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failures else EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the agent until SIGTERM or SIGINT."""
+    import asyncio
+    import signal
+
+    from agent.app import Agent
+
+    cfg = _load(args.config)
+    setup_logging(cfg.logging)
+
+    async def _main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await Agent(cfg).run(stop)
+
+    try:
+        asyncio.run(_main())
+    except Exception as exc:
+        log.exception("AGENT_CRASHED error=%s", exc)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    """Write the protocol's JSON Schemas."""
+    from agent.protocol import write_schemas
+
+    for path in write_schemas(args.out):
+        print(path)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for the documentation test)."""
     parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__.splitlines()[0])
@@ -151,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--json", action="store_true", help="print the reply object as JSON")
     _config_arg(embed)
     embed.set_defaults(func=cmd_embed)
+
+    run = sub.add_parser("run", help="run the agent (MQTT commands, sessions)")
+    _config_arg(run)
+    run.set_defaults(func=cmd_run)
+
+    schemas = sub.add_parser("schemas", help="write the protocol's JSON Schemas")
+    schemas.add_argument("--out", type=Path, default=Path("docs/schemas"), help="folder")
+    schemas.set_defaults(func=cmd_schemas)
 
     models = sub.add_parser("models", help="install the default pack or verify packs")
     models.add_argument("action", choices=["install-default", "verify"])

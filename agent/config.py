@@ -13,9 +13,18 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,6 +32,7 @@ from pydantic_settings import (
 )
 
 ENV_PREFIX = "AGENT_"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 ExecutionProvider = Literal[
     "TensorrtExecutionProvider",
@@ -174,6 +184,160 @@ class EnrollmentConfig(Section):
     )
 
 
+class MqttConfig(Section):
+    """The MQTT broker connection and topics."""
+
+    host: str = Field("127.0.0.1", min_length=1, max_length=253, description="Broker host.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 is usual for TLS).")
+    client_id: str = Field(
+        "",
+        max_length=128,
+        description="Client id; empty = 'edge-agent-<site id>'. Must be stable for the "
+        "broker to keep the session across reconnects.",
+    )
+    protocol: Literal["auto", "5", "3.1.1"] = Field(
+        "auto", description="'auto' tries MQTT 5 first and falls back to 3.1.1."
+    )
+    topic_prefix: str = Field(
+        "attendance",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_./-]+$",
+        description="Topics are <prefix>/<site id>/...",
+    )
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive, seconds.")
+    session_expiry_s: int = Field(
+        3600,
+        ge=0,
+        le=7 * 24 * 3600,
+        description="How long the broker keeps the agent's subscriptions and queued commands "
+        "while it is offline.",
+    )
+    username: str | None = Field(None, max_length=256, description="Broker user name.")
+    password: SecretStr | None = Field(
+        None, description="Broker password (environment AGENT_MQTT__PASSWORD only)."
+    )
+    password_file: Path | None = Field(None, description="File holding the broker password.")
+    tls: bool = Field(False, description="Connect with TLS.")
+    ca_file: Path | None = Field(None, description="CA bundle for the broker's certificate.")
+    cert_file: Path | None = Field(None, description="Client certificate (mutual TLS).")
+    key_file: Path | None = Field(None, description="Client private key (mutual TLS).")
+    reconnect_min_s: float = Field(1.0, ge=0.1, le=60, description="First reconnect delay.")
+    reconnect_max_s: float = Field(30.0, ge=1, le=600, description="Longest reconnect delay.")
+    max_payload_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        le=256 * 1024 * 1024,
+        description="Larger command payloads are refused with 422.",
+    )
+    reply_cache_s: int = Field(
+        86400,
+        ge=60,
+        le=30 * 86400,
+        description="How long a reply is kept to answer a redelivered requestId again.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MqttConfig:
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (mutual TLS)")
+        return self
+
+    def effective_client_id(self, site_id: str) -> str:
+        """The client id sent to the broker."""
+        return self.client_id or f"edge-agent-{site_id}"
+
+
+class CallbackConfig(Section):
+    """Where recognition results may be sent, and the key sent with them."""
+
+    allowed_urls: tuple[str, ...] = Field(
+        ("http://127.0.0.1/", "http://localhost/"),
+        max_length=64,
+        description="A session's callbackUrl must have the scheme, host and port of one of "
+        "these and start with its path. Biometric results go nowhere else.",
+    )
+    api_key: SecretStr | None = Field(
+        None, description="X-API-Key sent with callbacks (environment AGENT_CALLBACK__API_KEY)."
+    )
+    api_key_file: Path | None = Field(None, description="File holding the callback API key.")
+
+    @field_validator("allowed_urls")
+    @classmethod
+    def _absolute_urls(cls, urls: tuple[str, ...]) -> tuple[str, ...]:
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{url!r} is not an absolute http(s) URL")
+        return urls
+
+    def allows(self, url: str) -> bool:
+        """Whether ``url`` has the scheme, host and port of an allowed URL, under its path."""
+        try:
+            target = urlsplit(url)
+            target_port = target.port
+        except ValueError:
+            return False
+        for allowed in self.allowed_urls:
+            rule = urlsplit(allowed)
+            if (
+                target.scheme == rule.scheme
+                and target.hostname == rule.hostname
+                and (target_port or _DEFAULT_PORTS[target.scheme])
+                == (rule.port or _DEFAULT_PORTS[rule.scheme])
+                and (target.path or "/").startswith(rule.path or "/")
+                and not target.username
+            ):
+                return True
+        return False
+
+
+class CameraEntry(Section):
+    """A camera known to the site, which session/start may name by id only."""
+
+    id: str = Field(min_length=1, max_length=128, description="Camera id.")
+    name: str = Field("", max_length=128, description="Display name.")
+    url: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="Stream URL without credentials (rtsp://, http://, file://).",
+    )
+
+
+class CamerasConfig(Section):
+    """The site's cameras."""
+
+    registry: tuple[CameraEntry, ...] = Field(
+        (), max_length=256, description="Cameras that commands may name by id."
+    )
+
+    @field_validator("registry")
+    @classmethod
+    def _unique_ids(cls, registry: tuple[CameraEntry, ...]) -> tuple[CameraEntry, ...]:
+        ids = [c.id for c in registry]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"camera ids must be unique: {', '.join(duplicates)}")
+        return registry
+
+    def find(self, camera_id: str) -> CameraEntry | None:
+        """The registered camera with this id, if any."""
+        return next((c for c in self.registry if c.id == camera_id), None)
+
+
+class RuntimeConfig(Section):
+    """Process-wide limits."""
+
+    inference_workers: int = Field(
+        2, ge=1, le=32, description="Threads running ONNX inference (bounded pool)."
+    )
+    shutdown_grace_s: float = Field(
+        10.0, ge=1.0, le=120.0, description="Longest clean shutdown before exiting anyway."
+    )
+
+
 class StorageConfig(Section):
     """Where the agent keeps its state."""
 
@@ -203,7 +367,9 @@ class AuthConfig(Section):
     api_keys_file: Path | None = Field(None, description="File holding the API keys, one per line.")
 
 
-SECRET_KEYS: frozenset[tuple[str, str]] = frozenset({("auth", "api_keys")})
+SECRET_KEYS: frozenset[tuple[str, str]] = frozenset(
+    {("auth", "api_keys"), ("mqtt", "password"), ("callback", "api_key")}
+)
 """(section, key) pairs that must never be written in the TOML file."""
 
 _toml_path: ContextVar[Path | None] = ContextVar("agent_config_toml", default=None)
@@ -256,7 +422,11 @@ class AgentConfig(BaseSettings):
     enrollment: EnrollmentConfig = Field(
         default_factory=EnrollmentConfig, description="Enrollment photo rules."
     )
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT broker.")
     auth: AuthConfig = Field(default_factory=AuthConfig, description="Command API keys.")
+    callback: CallbackConfig = Field(default_factory=CallbackConfig, description="Callbacks.")
+    cameras: CamerasConfig = Field(default_factory=CamerasConfig, description="Cameras.")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Runtime limits.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="State on disk.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logs.")
 
@@ -311,6 +481,12 @@ def read_secret(value: SecretStr | None, file: Path | None) -> str | None:
     if file is not None:
         return file.read_text(encoding="utf-8").strip()
     return None
+
+
+def api_keys(cfg: AuthConfig) -> list[str]:
+    """The accepted command API keys (comma- or line-separated); empty means none set."""
+    raw = read_secret(cfg.api_keys, cfg.api_keys_file) or ""
+    return [k.strip() for k in raw.replace("\n", ",").split(",") if k.strip()]
 
 
 def masked_dump(config: AgentConfig) -> dict[str, Any]:

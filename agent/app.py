@@ -1,0 +1,280 @@
+"""The agent process: one supervisor that starts every part, owns every task and thread,
+and shuts them down in reverse order.
+
+Start: state file -> inference pool -> model -> sessions -> command processor and MQTT
+link -> resume persisted sessions. Stop (SIGTERM/SIGINT): refuse new commands, finish the
+ones running, stop sessions' work (they stay persisted for resume), publish 'offline',
+close the link, the pool and the state file; all within the configured grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from enum import StrEnum
+from typing import Any
+
+from agent import __version__
+from agent.commands import CommandProcessor, decode_photo_field
+from agent.config import AgentConfig, api_keys
+from agent.embedding import generate_embedding
+from agent.engine import FaceEngine
+from agent.errors import AgentError, ErrorCode, ModelPackError
+from agent.events import EventFactory, EventSink, LogSink
+from agent.inference import InferencePool, ModelSlot
+from agent.modelpack import select_pack
+from agent.mqtt import IncomingMessage, MqttLink
+from agent.protocol import Command, EmbeddingGenerate, SessionStart, SessionStop
+from agent.reply import Reply
+from agent.sessions import HoldRunner, SessionManager, SessionRunner
+from agent.store import Store
+
+log = logging.getLogger(__name__)
+
+HOUSEKEEPING_INTERVAL_S = 3600.0
+
+
+class AgentState(StrEnum):
+    """Lifecycle of the agent process."""
+
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+
+
+class Agent:
+    """Supervisor of one agent process. ``run`` returns after a clean shutdown."""
+
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        *,
+        sink: EventSink | None = None,
+        runner: SessionRunner | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.state = AgentState.STARTING
+        self.models = ModelSlot()
+        self.sink: EventSink = sink or LogSink()
+        self._runner: SessionRunner = runner or HoldRunner()
+        self._started = time.time()
+        self._status_dirty = asyncio.Event()
+        self.sessions: SessionManager | None = None
+        self.link: MqttLink | None = None
+        self._pool: InferencePool | None = None
+
+    # Model ----------------------------------------------------------------------------
+
+    def _load_model_blocking(self) -> FaceEngine:
+        cfg = self.cfg
+        pack = select_pack(cfg.models.dir, cfg.models.pack)
+        return FaceEngine(pack, cfg.models, cfg.recognition)
+
+    async def _load_model(self, pool: InferencePool) -> None:
+        try:
+            engine = await pool.run(self._load_model_blocking)
+        except ModelPackError as exc:
+            self.models.clear(exc.message)
+            log.error("MODEL_NOT_LOADED reason=%s (commands that need it answer 503)", exc.message)
+            return
+        self.models.set(engine)
+        for warning in engine.provider_warnings():
+            log.warning("ONNX_PROVIDER_DEGRADED %s", warning)
+        log.info(
+            "MODEL_LOADED pack=%s space=%s seconds=%.2f",
+            engine.pack.name,
+            engine.embedding_space,
+            engine.load_seconds,
+        )
+
+    # Status ---------------------------------------------------------------------------
+
+    def online_payload(self) -> dict[str, Any]:
+        """The retained availability message."""
+        engine = self.models.engine
+        return {
+            "state": "online",
+            "version": __version__,
+            "siteId": self.cfg.site.id,
+            "modelPack": engine.pack.name if engine else None,
+            "embeddingSpace": engine.embedding_space if engine else None,
+            "activeSessions": [s.slot_id for s in self.sessions.sessions] if self.sessions else [],
+            "warnings": self.warnings(),
+        }
+
+    def warnings(self) -> list[str]:
+        """Conditions an operator should see (degraded provider, no model, ...)."""
+        engine = self.models.engine
+        if engine is None:
+            return [f"MODEL_NOT_LOADED: {self.models.reason}"]
+        return [f"ONNX_PROVIDER_DEGRADED: {w}" for w in engine.provider_warnings()]
+
+    def status(self) -> dict[str, Any]:
+        """The agent's state for the status command."""
+        link = self.link
+        return {
+            "agent": {
+                "version": __version__,
+                "siteId": self.cfg.site.id,
+                "state": self.state.value,
+                "uptimeSeconds": round(time.time() - self._started, 1),
+            },
+            "model": self.models.describe(),
+            "sessions": [s.summary() for s in self.sessions.sessions] if self.sessions else [],
+            "mqtt": {
+                "connected": link.connected if link else False,
+                "protocol": link.protocol if link else None,
+                "connects": link.connects if link else 0,
+            },
+            "warnings": self.warnings(),
+        }
+
+    def _mark_status_dirty(self) -> None:
+        self._status_dirty.set()
+
+    async def _status_publisher(self, link: MqttLink) -> None:
+        """Republish the retained 'online' message whenever sessions or the model change."""
+        while True:
+            await self._status_dirty.wait()
+            self._status_dirty.clear()
+            await link.publish_status()
+
+    # Commands -------------------------------------------------------------------------
+
+    def _handlers(self, sessions: SessionManager, pool: InferencePool) -> dict[str, Any]:
+        async def session_start(command: Command) -> Reply:
+            assert isinstance(command, SessionStart)
+            return Reply.ok("Session started.", await sessions.start(command))
+
+        async def session_stop(command: Command) -> Reply:
+            assert isinstance(command, SessionStop)
+            return Reply.ok("Session stopped.", await sessions.stop(command.slot_id))
+
+        async def embedding_generate(command: Command) -> Reply:
+            assert isinstance(command, EmbeddingGenerate)
+            photo = decode_photo_field(command.photo)
+            if photo is None:
+                raise AgentError(
+                    ErrorCode.PHOTO_FILE_REQUIRED,
+                    "photo is required: send the image base64-encoded.",
+                )
+            engine = self.models.require()
+            result = await pool.run(
+                generate_embedding,
+                engine,
+                self.cfg.enrollment,
+                photo=photo,
+                submission_id=command.submission_id,
+            )
+            return Reply.ok("Embedding generated.", result.as_data())
+
+        async def status(command: Command) -> Reply:
+            return Reply.ok("Agent status.", self.status())
+
+        async def refuse_while_stopping(handler: Any, command: Command) -> Reply:
+            if self.state is not AgentState.RUNNING:
+                raise AgentError(
+                    ErrorCode.AGENT_SHUTTING_DOWN,
+                    "The agent is starting or shutting down; retry in a moment.",
+                    status=503,
+                )
+            result: Reply = await handler(command)
+            return result
+
+        table = {
+            "session/start": session_start,
+            "session/stop": session_stop,
+            "embedding/generate": embedding_generate,
+            "status": status,
+        }
+        return {
+            name: (lambda c, h=handler: refuse_while_stopping(h, c))
+            for name, handler in table.items()
+        }
+
+    async def _send_reply(self, message: IncomingMessage, reply: Reply) -> None:
+        link = self.link
+        if link is None:
+            return
+        if message.response_topic:
+            await link.publish(
+                message.response_topic,
+                reply.to_json_dict(),
+                correlation_data=message.correlation_data,
+            )
+        else:
+            await link.publish(link.reply_topic, reply.to_json_dict())
+
+    # Lifecycle ------------------------------------------------------------------------
+
+    async def _housekeeping(self, store: Store) -> None:
+        while True:
+            pruned = store.prune_replies(self.cfg.mqtt.reply_cache_s)
+            if pruned:
+                log.info("REPLY_CACHE_PRUNED rows=%d", pruned)
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then shut down cleanly."""
+        cfg = self.cfg
+        store = Store(cfg.storage.data_dir)
+        pool = self._pool = InferencePool(cfg.runtime.inference_workers)
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await self._load_model(pool)
+            sessions = self.sessions = SessionManager(
+                store=store,
+                models=self.models,
+                sink=self.sink,
+                events=EventFactory(cfg.site.id, cfg.site.timezone),
+                cameras=cfg.cameras,
+                callback=cfg.callback,
+                recognition=cfg.recognition,
+                runner=self._runner,
+                on_change=self._mark_status_dirty,
+            )
+            processor = CommandProcessor(
+                command_prefix=f"{cfg.mqtt.topic_prefix}/{cfg.site.id}/cmd",
+                api_keys=api_keys(cfg.auth),
+                max_payload_bytes=cfg.mqtt.max_payload_bytes,
+                reply_cache_s=cfg.mqtt.reply_cache_s,
+                store=store,
+                handlers=self._handlers(sessions, pool),
+                send_reply=self._send_reply,
+            )
+            link = self.link = MqttLink(
+                cfg.mqtt, cfg.site.id, processor.handle, self.online_payload
+            )
+            tasks.append(asyncio.create_task(link.run(), name="mqtt-link"))
+            tasks.append(asyncio.create_task(self._status_publisher(link), name="status-publisher"))
+            tasks.append(asyncio.create_task(self._housekeeping(store), name="housekeeping"))
+            await sessions.resume_all()
+            self.state = AgentState.RUNNING
+            log.info("AGENT_RUNNING version=%s site=%s", __version__, cfg.site.id)
+            stop_wait = asyncio.create_task(stop.wait(), name="stop-wait")
+            done, _ = await asyncio.wait({stop_wait, tasks[0]}, return_when=asyncio.FIRST_COMPLETED)
+            if stop_wait not in done:
+                stop_wait.cancel()
+                await asyncio.gather(stop_wait, return_exceptions=True)
+                log.error("AGENT_LINK_DIED error=%r", tasks[0].exception())
+            self.state = AgentState.STOPPING
+            log.info("AGENT_STOPPING grace=%.0fs", cfg.runtime.shutdown_grace_s)
+            try:
+                async with asyncio.timeout(cfg.runtime.shutdown_grace_s):
+                    await link.drain_handlers(timeout=cfg.runtime.shutdown_grace_s / 2)
+                    await sessions.shutdown()
+                    await link.close()
+            except TimeoutError:
+                log.error("AGENT_SHUTDOWN_TIMEOUT some work was cut short")
+        finally:
+            if self.sessions is not None:
+                await self.sessions.shutdown()  # no-op after a clean shutdown
+            for task in reversed(tasks):
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            pool.close()
+            store.close()
+            self.state = AgentState.STOPPED
+            log.info("AGENT_STOPPED")

@@ -1,0 +1,96 @@
+"""Events the agent produces for the backend, and the sink they are handed to.
+
+Sessions and cameras build :class:`SessionStatusEvent` and :class:`RecognitionEvent`
+objects and hand them to an :class:`EventSink`. The durable outbox is the production
+sink; :class:`LogSink` only logs (for runs without a backend).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+from agent.protocol import (
+    CameraUptime,
+    RecognitionEvent,
+    SessionStatus,
+    SessionStatusEvent,
+    StatusReason,
+)
+
+log = logging.getLogger(__name__)
+
+Event = SessionStatusEvent | RecognitionEvent
+
+
+class EventSink(Protocol):
+    """Receives every event of a session, in order, with where it must be delivered."""
+
+    async def emit(self, event: Event, callback_url: str) -> None:
+        """Accept one event; returns once it is safely recorded."""
+
+
+class LogSink:
+    """A sink that logs each event (type, slot, student id) and keeps nothing."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def emit(self, event: Event, callback_url: str) -> None:
+        """Log the event."""
+        self.count += 1
+        if isinstance(event, RecognitionEvent):
+            log.info(
+                "EVENT_RECOGNITION slot=%s student=%s camera=%s confidence=%.3f",
+                event.slot_id,
+                event.student_id,
+                event.camera_id,
+                event.confidence,
+            )
+        else:
+            log.info(
+                "EVENT_SESSION_STATUS slot=%s status=%s reason=%s",
+                event.slot_id,
+                event.status,
+                event.reason,
+            )
+
+
+class EventFactory:
+    """Builds events with fresh ids and timestamps in the site's time zone."""
+
+    def __init__(self, site_id: str, timezone: str) -> None:
+        self.site_id = site_id
+        self.zone = ZoneInfo(timezone)
+
+    def now(self) -> datetime:
+        """Current time in the site's zone (ISO 8601 with offset on the wire)."""
+        return datetime.now(self.zone)
+
+    def status(
+        self,
+        slot_id: str,
+        status: SessionStatus,
+        reason: StatusReason | None = None,
+        *,
+        camera_id: str | None = None,
+        camera_name: str | None = None,
+        cameras: list[CameraUptime] | None = None,
+        message: str | None = None,
+    ) -> SessionStatusEvent:
+        """A SESSION_STATUS event."""
+        return SessionStatusEvent(
+            event_id=str(uuid.uuid4()),
+            slot_id=slot_id,
+            site_id=self.site_id,
+            status=status,
+            reason=reason,
+            camera_id=camera_id,
+            camera_name=camera_name,
+            cameras=cameras,
+            message=message,
+            occurred_at=self.now(),
+        )

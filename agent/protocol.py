@@ -1,0 +1,253 @@
+"""Wire formats of the backend protocol: commands, replies and callback events.
+
+These pydantic models are the single source of truth: the agent validates with them and
+``docs/schemas/*.json`` are generated from them (``python -m agent schemas``). Field names
+are camelCase on the wire, as the backend has always sent them.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
+
+from agent.reply import Reply
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
+
+
+class WireModel(BaseModel):
+    """Base of every wire model: camelCase names, unknown fields rejected, immutable."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class Command(WireModel):
+    """Fields every command may carry."""
+
+    request_id: Id | None = Field(
+        None,
+        alias="requestId",
+        description="Caller's id for this request; echoed in the reply and used to "
+        "deduplicate redelivered commands.",
+    )
+    api_key: str | None = Field(
+        None,
+        alias="apiKey",
+        max_length=256,
+        description="API key, when the MQTT v5 user property x-api-key is not used.",
+    )
+
+
+class SessionMode(StrEnum):
+    """How often a student is reported."""
+
+    ATTENDANCE = "ATTENDANCE"  # once per session
+    CONTINUOUS = "CONTINUOUS"  # again every configured interval while seen
+
+
+class CameraSpec(WireModel):
+    """A camera of a session: by id from the site's config, or with its own URL."""
+
+    id: Id = Field(description="Camera id; looked up in the site config when rtspUrl is absent.")
+    name: str | None = Field(None, max_length=128, description="Display name.")
+    rtsp_url: str | None = Field(
+        None,
+        alias="rtspUrl",
+        max_length=2048,
+        pattern=r"^(rtsp|rtsps|http|https|file)://",
+        description="Stream URL (rtsp://, http(s):// MJPEG, file://).",
+    )
+
+
+class StudentSpec(WireModel):
+    """One student of the roster with one or more enrollment embeddings."""
+
+    id: Id = Field(description="Student id, reported in recognition events.")
+    code: str | None = Field(None, max_length=64, description="Student code (e.g. school id).")
+    name: str | None = Field(None, max_length=256, description="Display name (never logged).")
+    embeddings: list[list[float]] = Field(
+        min_length=1,
+        max_length=32,
+        description="Enrollment embeddings (each as long as the model's embedding dimension).",
+    )
+    embedding_space: str | None = Field(
+        None,
+        alias="embeddingSpace",
+        max_length=64,
+        description="Space the embeddings belong to (from embedding/generate); checked.",
+    )
+
+
+class SessionStart(Command):
+    """``session/start``: begin recognising a class slot's students on its cameras."""
+
+    slot_id: Id = Field(alias="slotId", description="Class slot; one session per slot.")
+    mode: SessionMode = Field(SessionMode.ATTENDANCE, description="Reporting mode.")
+    callback_url: str = Field(
+        alias="callbackUrl",
+        min_length=8,
+        max_length=2048,
+        pattern=r"^https?://",
+        description="Where events are POSTed; must match the site's allowlist.",
+    )
+    cameras: list[CameraSpec] = Field(min_length=1, max_length=64, description="Cameras.")
+    students: list[StudentSpec] = Field(min_length=1, max_length=5000, description="Roster.")
+    threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="Cosine threshold for this session (default: config)."
+    )
+    end_time: AwareDatetime | None = Field(
+        None,
+        alias="endTime",
+        description="ISO 8601 with offset; the session stops itself then (SESSION_ENDED).",
+    )
+
+    @field_validator("students")
+    @classmethod
+    def _unique_students(cls, students: list[StudentSpec]) -> list[StudentSpec]:
+        ids = [s.id for s in students]
+        if len(set(ids)) != len(ids):
+            raise ValueError("student ids must be unique")
+        return students
+
+    @field_validator("cameras")
+    @classmethod
+    def _unique_cameras(cls, cameras: list[CameraSpec]) -> list[CameraSpec]:
+        ids = [c.id for c in cameras]
+        if len(set(ids)) != len(ids):
+            raise ValueError("camera ids must be unique")
+        return cameras
+
+
+class SessionStop(Command):
+    """``session/stop``: end a slot's session."""
+
+    slot_id: Id = Field(alias="slotId", description="Class slot of the session to stop.")
+
+
+class EmbeddingGenerate(Command):
+    """``embedding/generate``: enrollment embedding from a photo."""
+
+    submission_id: str | None = Field(
+        None, alias="submissionId", max_length=128, description="Echoed in the result."
+    )
+    photo: str | None = Field(
+        None, description="The image file's bytes, base64-encoded (JPEG, PNG, WebP, BMP)."
+    )
+
+
+class StatusRequest(Command):
+    """``status``: the agent's state."""
+
+
+COMMANDS: dict[str, type[Command]] = {
+    "session/start": SessionStart,
+    "session/stop": SessionStop,
+    "embedding/generate": EmbeddingGenerate,
+    "status": StatusRequest,
+}
+"""Command name (topic suffix after ``cmd/``) -> payload model."""
+
+
+class StatusReason(StrEnum):
+    """Why a session's status changed."""
+
+    REQUESTED = "REQUESTED"
+    SESSION_ENDED = "SESSION_ENDED"
+    ALL_CAMERAS_FAILED = "ALL_CAMERAS_FAILED"
+    CAMERA_FAILURE = "CAMERA_FAILURE"
+    CAMERA_RECOVERED = "CAMERA_RECOVERED"
+    BACKEND_UNRESPONSIVE = "BACKEND_UNRESPONSIVE"
+    AGENT_RESTARTED = "AGENT_RESTARTED"
+    STOP_FAILED = "STOP_FAILED"
+
+
+class SessionStatus(StrEnum):
+    """Session status events."""
+
+    STARTED = "STARTED"
+    RESUMED = "RESUMED"
+    CAMERA_DISCONNECTED = "CAMERA_DISCONNECTED"
+    CAMERA_RECONNECTED = "CAMERA_RECONNECTED"
+    STOPPED = "STOPPED"
+
+
+class CameraUptime(WireModel):
+    """How long a camera delivered frames during the session."""
+
+    camera_id: str = Field(alias="cameraId")
+    camera_name: str | None = Field(None, alias="cameraName")
+    up_seconds: float = Field(alias="upSeconds", ge=0)
+    session_seconds: float = Field(alias="sessionSeconds", ge=0)
+
+
+class SessionStatusEvent(WireModel):
+    """Callback body ``type = SESSION_STATUS``."""
+
+    type: Literal["SESSION_STATUS"] = "SESSION_STATUS"
+    event_id: str = Field(alias="eventId", description="UUID; also the Idempotency-Key header.")
+    slot_id: str = Field(alias="slotId")
+    site_id: str = Field(alias="siteId")
+    status: SessionStatus
+    reason: StatusReason | None = None
+    camera_id: str | None = Field(None, alias="cameraId")
+    camera_name: str | None = Field(None, alias="cameraName")
+    cameras: list[CameraUptime] | None = Field(
+        None, description="Per-camera up-time (STOPPED only)."
+    )
+    message: str | None = None
+    occurred_at: datetime = Field(alias="occurredAt", description="ISO 8601 with offset.")
+
+
+class RecognitionEvent(WireModel):
+    """Callback body ``type = RECOGNITION``."""
+
+    type: Literal["RECOGNITION"] = "RECOGNITION"
+    event_id: str = Field(alias="eventId", description="UUID; also the Idempotency-Key header.")
+    slot_id: str = Field(alias="slotId")
+    site_id: str = Field(alias="siteId")
+    mode: SessionMode
+    student_id: str = Field(alias="studentId")
+    student_code: str | None = Field(None, alias="studentCode")
+    confidence: float = Field(ge=-1.0, le=1.0, description="Cosine similarity of the match.")
+    camera_id: str = Field(alias="cameraId")
+    camera_name: str | None = Field(None, alias="cameraName")
+    recognized_at: datetime = Field(alias="recognizedAt", description="ISO 8601 with offset.")
+    embedding_space: str = Field(alias="embeddingSpace")
+    face_jpeg: str | None = Field(
+        None, alias="faceJpeg", description="Base64 JPEG crop of the face, when enabled."
+    )
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schema of every command, the reply and every callback event, by file stem."""
+    schemas: dict[str, dict[str, Any]] = {
+        f"command.{name.replace('/', '.')}": model.model_json_schema(by_alias=True)
+        for name, model in COMMANDS.items()
+    }
+    schemas["reply"] = Reply.model_json_schema(by_alias=True)
+    schemas["event.session_status"] = SessionStatusEvent.model_json_schema(by_alias=True)
+    schemas["event.recognition"] = RecognitionEvent.model_json_schema(by_alias=True)
+    return schemas
+
+
+def write_schemas(folder: Path) -> list[Path]:
+    """Write ``<stem>.schema.json`` files; returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for stem, schema in json_schemas().items():
+        path = folder / f"{stem}.schema.json"
+        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        written.append(path)
+    return written

@@ -1,0 +1,347 @@
+"""Recognition sessions: one per class slot, started and stopped by commands, persisted so
+they resume after an agent restart, and stopped by themselves at their end time.
+
+A session's work (reading cameras, recognising faces) is done by a :class:`SessionRunner`
+given to the manager; the manager owns the session's task, its persisted row and its
+status events (STARTED, RESUMED, STOPPED).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from agent.config import CallbackConfig, CamerasConfig, RecognitionConfig
+from agent.errors import AgentError, ErrorCode
+from agent.events import EventFactory, EventSink
+from agent.inference import ModelSlot
+from agent.matching import Roster
+from agent.protocol import SessionStart, SessionStatus, StatusReason
+from agent.store import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SessionCamera:
+    """A camera of a running session, with its URL resolved."""
+
+    id: str
+    name: str
+    url: str
+
+
+@dataclass
+class ActiveSession:
+    """A running session: its command, roster and the task doing its work."""
+
+    command: SessionStart
+    roster: Roster
+    cameras: list[SessionCamera]
+    embedding_space: str
+    threshold: float
+    started_at: float = field(default_factory=time.time)
+    task: asyncio.Task[None] | None = None
+    stop_reason: StatusReason | None = None
+
+    @property
+    def slot_id(self) -> str:
+        """The class slot this session serves."""
+        return self.command.slot_id
+
+    def summary(self) -> dict[str, Any]:
+        """What replies and status show of the session (no embeddings, no names)."""
+        end = self.command.end_time
+        return {
+            "slotId": self.slot_id,
+            "mode": self.command.mode.value,
+            "cameras": [{"id": c.id, "name": c.name} for c in self.cameras],
+            "students": len(self.roster),
+            "embeddingSpace": self.embedding_space,
+            "threshold": self.threshold,
+            "endTime": end.isoformat() if end else None,
+            "startedAt": datetime.fromtimestamp(self.started_at).astimezone().isoformat(),
+        }
+
+
+class SessionRunner(Protocol):
+    """Does a session's work until cancelled, or returns a reason to stop it."""
+
+    async def run(self, session: ActiveSession) -> StatusReason | None:
+        """Run the session; return a stop reason (e.g. all cameras failed) or be cancelled."""
+
+
+class HoldRunner:
+    """Holds the session's state without reading cameras (no camera pipeline configured)."""
+
+    async def run(self, session: ActiveSession) -> StatusReason | None:
+        """Wait until the session is stopped."""
+        await asyncio.Event().wait()
+        return None
+
+
+class SessionManager:
+    """Owns every session: start, stop, resume, end-time stop, shutdown."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        models: ModelSlot,
+        sink: EventSink,
+        events: EventFactory,
+        cameras: CamerasConfig,
+        callback: CallbackConfig,
+        recognition: RecognitionConfig,
+        runner: SessionRunner,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._store = store
+        self._models = models
+        self._sink = sink
+        self._events = events
+        self._cameras = cameras
+        self._callback = callback
+        self._recognition = recognition
+        self._runner = runner
+        self._on_change = on_change
+        self._sessions: dict[str, ActiveSession] = {}
+
+    @property
+    def sessions(self) -> list[ActiveSession]:
+        """Running sessions in start order."""
+        return list(self._sessions.values())
+
+    def get(self, slot_id: str) -> ActiveSession | None:
+        """The running session of a slot, if any."""
+        return self._sessions.get(slot_id)
+
+    def _resolve_cameras(self, command: SessionStart) -> list[SessionCamera]:
+        resolved, unknown = [], []
+        for spec in command.cameras:
+            if spec.rtsp_url:
+                resolved.append(SessionCamera(spec.id, spec.name or spec.id, spec.rtsp_url))
+                continue
+            entry = self._cameras.find(spec.id)
+            if entry is None:
+                unknown.append(spec.id)
+            else:
+                resolved.append(
+                    SessionCamera(entry.id, spec.name or entry.name or entry.id, entry.url)
+                )
+        if unknown:
+            raise AgentError(
+                ErrorCode.CAMERA_NOT_FOUND,
+                f"Camera(s) {', '.join(unknown)} are not in this site's configuration; "
+                "give an rtspUrl or add them to [cameras] registry.",
+                status=404,
+                details={"cameraIds": unknown},
+            )
+        return resolved
+
+    def _build(self, command: SessionStart) -> ActiveSession:
+        """Validate a start command against config and model, and build the session."""
+        if not self._callback.allows(command.callback_url):
+            raise AgentError(
+                ErrorCode.CALLBACK_URL_NOT_ALLOWED,
+                "callbackUrl is not in this site's allowlist ([callback] allowed_urls).",
+            )
+        cameras = self._resolve_cameras(command)
+        engine = self._models.require()
+        space = engine.embedding_space
+        wrong = sorted(
+            {s.embedding_space for s in command.students if s.embedding_space not in (None, space)}
+        )
+        if wrong:
+            raise AgentError(
+                ErrorCode.EMBEDDING_MODEL_MISMATCH,
+                f"Embeddings are from space {', '.join(map(str, wrong))}; this agent expects "
+                f"{space}. Regenerate them with embedding/generate.",
+                status=409,
+                details={"expected": space, "received": wrong},
+            )
+        roster = Roster.validated(
+            [(s.id, s.embeddings) for s in command.students], engine.embedding_dim
+        )
+        threshold = (
+            command.threshold
+            if command.threshold is not None
+            else self._recognition.match_threshold
+        )
+        return ActiveSession(
+            command=command,
+            roster=roster,
+            cameras=cameras,
+            embedding_space=space,
+            threshold=threshold,
+        )
+
+    async def start(self, command: SessionStart) -> dict[str, Any]:
+        """Start a session (seed start_session); returns its summary."""
+        if command.slot_id in self._sessions:
+            raise AgentError(
+                ErrorCode.SESSION_ALREADY_EXISTS,
+                f"A session for slot {command.slot_id} is already running; stop it first.",
+                status=409,
+            )
+        if command.end_time is not None and command.end_time.timestamp() <= time.time():
+            raise AgentError(
+                ErrorCode.VALIDATION_ERROR,
+                "endTime is in the past.",
+                status=422,
+                details={"errors": [{"path": "endTime", "problem": "in the past"}]},
+            )
+        session = self._build(command)
+        # No await between the existence check and this insertion: two concurrent starts
+        # of one slot cannot both pass.
+        self._sessions[command.slot_id] = session
+        try:
+            self._store.save_session(
+                command.slot_id,
+                command.model_dump(mode="json", by_alias=True, exclude={"api_key"}),
+                command.end_time.timestamp() if command.end_time else None,
+            )
+        except StoreError as exc:
+            del self._sessions[command.slot_id]
+            raise AgentError(
+                ErrorCode.INTERNAL_ERROR, f"Session could not be saved: {exc}", status=500
+            ) from exc
+        await self._emit(session, SessionStatus.STARTED)
+        self._launch(session)
+        log.info(
+            "SESSION_STARTED slot=%s cameras=%d students=%d mode=%s",
+            session.slot_id,
+            len(session.cameras),
+            len(session.roster),
+            command.mode,
+        )
+        return session.summary()
+
+    def _launch(self, session: ActiveSession) -> None:
+        session.task = asyncio.create_task(
+            self._lifecycle(session), name=f"session-{session.slot_id}"
+        )
+        self._on_change()
+
+    async def _lifecycle(self, session: ActiveSession) -> None:
+        """Run the session until its runner gives up or its end time comes."""
+        end = session.command.end_time
+        runner = asyncio.create_task(self._runner.run(session), name=f"runner-{session.slot_id}")
+        try:
+            timeout = None if end is None else max(0.0, end.timestamp() - time.time())
+            done, _ = await asyncio.wait({runner}, timeout=timeout)
+            reason = runner.result() if runner in done else StatusReason.SESSION_ENDED
+        except asyncio.CancelledError:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+            raise
+        except Exception:
+            log.exception("SESSION_RUNNER_CRASHED slot=%s", session.slot_id)
+            reason = StatusReason.STOP_FAILED
+        if not runner.done():
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+        if reason is None:
+            return
+        if self._sessions.get(session.slot_id) is session:
+            await self._finish(session, reason)
+
+    async def stop(
+        self, slot_id: str, reason: StatusReason = StatusReason.REQUESTED
+    ) -> dict[str, Any]:
+        """Stop a session (seed stop_session); returns its final summary."""
+        session = self._sessions.get(slot_id)
+        if session is None:
+            raise AgentError(
+                ErrorCode.SESSION_NOT_FOUND,
+                f"No session is running for slot {slot_id}.",
+                status=404,
+            )
+        await self._finish(session, reason)
+        if session.stop_reason is StatusReason.STOP_FAILED:
+            raise AgentError(
+                ErrorCode.STOP_SESSION_FAILED,
+                f"Session {slot_id} did not stop cleanly; it was removed. See the agent log.",
+                status=500,
+            )
+        return session.summary()
+
+    async def _finish(self, session: ActiveSession, reason: StatusReason) -> None:
+        """Cancel the session's work, forget it, and report STOPPED."""
+        if self._sessions.get(session.slot_id) is not session:
+            return
+        del self._sessions[session.slot_id]  # a concurrent stop now gets 404
+        session.stop_reason = reason
+        failed = False
+        task = session.task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            results = await asyncio.gather(task, return_exceptions=True)
+            if any(isinstance(r, Exception) for r in results):
+                failed = True
+                log.error("STOP_SESSION_FAILED slot=%s error=%r", session.slot_id, results[0])
+        try:
+            self._store.delete_session(session.slot_id)
+        except StoreError:
+            failed = True
+            log.exception("STOP_SESSION_FAILED slot=%s (row not deleted)", session.slot_id)
+        if failed:
+            session.stop_reason = StatusReason.STOP_FAILED
+        await self._emit(session, SessionStatus.STOPPED, reason)
+        self._on_change()
+        log.info("SESSION_STOPPED slot=%s reason=%s", session.slot_id, reason)
+
+    async def _emit(
+        self, session: ActiveSession, status: SessionStatus, reason: StatusReason | None = None
+    ) -> None:
+        event = self._events.status(session.slot_id, status, reason)
+        await self._sink.emit(event, session.command.callback_url)
+
+    async def resume_all(self) -> None:
+        """Resume persisted sessions whose end time has not passed (after a restart)."""
+        for row in self._store.sessions():
+            slot = row["slot_id"]
+            try:
+                command = SessionStart.model_validate(row["command"])
+            except ValueError:
+                log.exception("SESSION_RESUME_FAILED slot=%s (unreadable row dropped)", slot)
+                self._store.delete_session(slot)
+                continue
+            if command.end_time is not None and command.end_time.timestamp() <= time.time():
+                await self._drop(
+                    command, StatusReason.SESSION_ENDED, "ended while the agent was down"
+                )
+                continue
+            try:
+                session = self._build(command)
+            except AgentError as exc:
+                log.error(
+                    "SESSION_RESUME_FAILED slot=%s code=%s message=%s", slot, exc.code, exc.message
+                )
+                await self._drop(command, StatusReason.AGENT_RESTARTED, exc.message)
+                continue
+            self._sessions[slot] = session
+            await self._emit(session, SessionStatus.RESUMED, StatusReason.AGENT_RESTARTED)
+            self._launch(session)
+            log.info("SESSION_RESUMED slot=%s", slot)
+
+    async def _drop(self, command: SessionStart, reason: StatusReason, message: str) -> None:
+        """Forget a persisted session that cannot resume, and report it STOPPED."""
+        self._store.delete_session(command.slot_id)
+        event = self._events.status(command.slot_id, SessionStatus.STOPPED, reason, message=message)
+        await self._sink.emit(event, command.callback_url)
+        log.info("SESSION_NOT_RESUMED slot=%s reason=%s", command.slot_id, reason)
+
+    async def shutdown(self) -> None:
+        """Stop every session's work in reverse start order; rows stay for resume."""
+        for session in reversed(self.sessions):
+            task = session.task
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._sessions.clear()

@@ -1,0 +1,119 @@
+"""Running a real agent in the test's event loop against a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from agent.app import Agent, AgentState
+from agent.config import AgentConfig
+from agent.events import Event
+from tests.brokers import API_KEY, Backend, Mosquitto
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS_DIR = ROOT / "models"
+CALLBACK = "http://127.0.0.1:9/callback"
+
+
+class RecordingSink:
+    """Test sink at the event seam: keeps every event with its callback URL."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Event, str]] = []
+        self.changed = asyncio.Event()
+
+    async def emit(self, event: Event, callback_url: str) -> None:
+        self.events.append((event, callback_url))
+        self.changed.set()
+
+    def statuses(self, slot_id: str | None = None) -> list[str]:
+        """Status names of SESSION_STATUS events (optionally for one slot), in order."""
+        return [
+            str(getattr(e, "status", ""))
+            for e, _ in self.events
+            if e.type == "SESSION_STATUS" and (slot_id is None or e.slot_id == slot_id)
+        ]
+
+    async def wait_for(self, status: str, slot_id: str, timeout: float = 15.0) -> None:
+        """Wait until a SESSION_STATUS with this status arrives for the slot."""
+        async with asyncio.timeout(timeout):
+            while status not in self.statuses(slot_id):
+                self.changed.clear()
+                await self.changed.wait()
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = {**out.get(key, {}), **value} if isinstance(value, dict) else value
+    return out
+
+
+def agent_config(data_dir: Path, broker: Mosquitto, **sections: dict[str, Any]) -> AgentConfig:
+    """Config for an in-test agent: the test broker, a temp data dir, the real models."""
+    base: dict[str, Any] = {
+        "mqtt": {"port": broker.port, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0},
+        "storage": {"data_dir": data_dir},
+        "auth": {"api_keys": API_KEY},
+        "models": {"dir": MODELS_DIR},
+        "callback": {"allowed_urls": ["http://127.0.0.1:9/"]},
+        "cameras": {
+            "registry": [{"id": "cam-1", "name": "Room 1", "url": "rtsp://127.0.0.1:1/room1"}]
+        },
+    }
+    return AgentConfig(**_merge(base, sections))
+
+
+@contextlib.asynccontextmanager
+async def running_agent(
+    cfg: AgentConfig, sink: RecordingSink | None = None
+) -> AsyncIterator[Agent]:
+    """Start an agent, wait until it is connected, and stop it cleanly afterwards."""
+    agent = Agent(cfg, sink=sink or RecordingSink())
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop), name="agent-under-test")
+    try:
+        async with asyncio.timeout(30):
+            while not (agent.state is AgentState.RUNNING and agent.link and agent.link.connected):
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.02)
+        yield agent
+    finally:
+        stop.set()
+        async with asyncio.timeout(30):
+            await task
+    assert agent.state is AgentState.STOPPED
+
+
+@contextlib.asynccontextmanager
+async def backend(
+    broker: Mosquitto,
+    *,
+    protocol: aiomqtt.ProtocolVersion = aiomqtt.ProtocolVersion.V5,
+    site: str = "site-1",
+) -> AsyncIterator[Backend]:
+    """A connected backend client."""
+    async with aiomqtt.Client("127.0.0.1", broker.port, protocol=protocol) as client:
+        async with Backend(client, site=site) as b:
+            yield b
+
+
+def start_payload(slot: str, embedding: list[float], **extra: Any) -> dict[str, Any]:
+    """A valid session/start payload with one student."""
+    payload: dict[str, Any] = {
+        "slotId": slot,
+        "mode": "ATTENDANCE",
+        "callbackUrl": CALLBACK,
+        "cameras": [{"id": "cam-1"}],
+        "students": [
+            {"id": "stu-1", "code": "S001", "name": "Yao Ming", "embeddings": [embedding]}
+        ],
+    }
+    payload.update(extra)
+    return payload
