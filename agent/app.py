@@ -17,15 +17,17 @@ from typing import Any
 
 from agent import __version__
 from agent.commands import CommandProcessor, decode_photo_field
-from agent.config import AgentConfig, api_keys
+from agent.config import AgentConfig, api_keys, read_secret
+from agent.delivery import Delivery, OutboxSink
 from agent.embedding import generate_embedding
 from agent.engine import FaceEngine
 from agent.errors import AgentError, ErrorCode, ModelPackError
-from agent.events import EventFactory, EventSink, LogSink
+from agent.events import EventFactory, EventSink
 from agent.inference import InferencePool, ModelSlot
 from agent.modelpack import select_pack
 from agent.mqtt import IncomingMessage, MqttLink
-from agent.protocol import Command, EmbeddingGenerate, SessionStart, SessionStop
+from agent.outbox import Outbox
+from agent.protocol import Command, EmbeddingGenerate, SessionStart, SessionStop, StatusReason
 from agent.reply import Reply
 from agent.sessions import HoldRunner, SessionManager, SessionRunner
 from agent.store import Store
@@ -33,6 +35,7 @@ from agent.store import Store
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL_S = 3600.0
+OUTBOX_BACKLOG_WARN_S = 3600.0
 
 
 class AgentState(StrEnum):
@@ -57,13 +60,15 @@ class Agent:
         self.cfg = cfg
         self.state = AgentState.STARTING
         self.models = ModelSlot()
-        self.sink: EventSink = sink or LogSink()
+        self._injected_sink = sink
         self._runner: SessionRunner = runner or HoldRunner()
         self._started = time.time()
         self._status_dirty = asyncio.Event()
         self.sessions: SessionManager | None = None
         self.link: MqttLink | None = None
         self._pool: InferencePool | None = None
+        self.outbox: Outbox | None = None
+        self.delivery: Delivery | None = None
 
     # Model ----------------------------------------------------------------------------
 
@@ -105,11 +110,22 @@ class Agent:
         }
 
     def warnings(self) -> list[str]:
-        """Conditions an operator should see (degraded provider, no model, ...)."""
+        """Conditions an operator should see (degraded provider, no model, outbox full...)."""
         engine = self.models.engine
-        if engine is None:
-            return [f"MODEL_NOT_LOADED: {self.models.reason}"]
-        return [f"ONNX_PROVIDER_DEGRADED: {w}" for w in engine.provider_warnings()]
+        found = (
+            [f"MODEL_NOT_LOADED: {self.models.reason}"]
+            if engine is None
+            else [f"ONNX_PROVIDER_DEGRADED: {w}" for w in engine.provider_warnings()]
+        )
+        if self.outbox is not None:
+            if self.outbox.full_reason:
+                found.append(f"OUTBOX_FULL: {self.outbox.full_reason}")
+            oldest = self.outbox.stats()["oldestPending"]
+            if oldest and oldest["ageSeconds"] > OUTBOX_BACKLOG_WARN_S:
+                found.append(
+                    f"OUTBOX_BACKLOG: oldest undelivered event is {oldest['ageSeconds']:.0f} s old"
+                )
+        return found
 
     def status(self) -> dict[str, Any]:
         """The agent's state for the status command."""
@@ -128,6 +144,7 @@ class Agent:
                 "protocol": link.protocol if link else None,
                 "connects": link.connects if link else 0,
             },
+            "outbox": self.outbox.stats() if self.outbox else None,
             "warnings": self.warnings(),
         }
 
@@ -209,12 +226,22 @@ class Agent:
 
     # Lifecycle ------------------------------------------------------------------------
 
-    async def _housekeeping(self, store: Store) -> None:
+    async def _housekeeping(self, store: Store, outbox: Outbox) -> None:
         while True:
             pruned = store.prune_replies(self.cfg.mqtt.reply_cache_s)
-            if pruned:
-                log.info("REPLY_CACHE_PRUNED rows=%d", pruned)
+            delivered = outbox.prune_delivered(self.cfg.callback.delivered_retention_s)
+            if pruned or delivered:
+                log.info("HOUSEKEEPING replies_pruned=%d delivered_pruned=%d", pruned, delivered)
             await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
+
+    async def _autostop(self, slot_id: str) -> None:
+        """The delivery rule found the backend unresponsive for this session."""
+        if self.sessions is None:
+            return
+        try:
+            await self.sessions.stop(slot_id, StatusReason.BACKEND_UNRESPONSIVE)
+        except AgentError as exc:
+            log.info("AUTOSTOP_SKIPPED slot=%s code=%s", slot_id, exc.code)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down cleanly."""
@@ -222,18 +249,31 @@ class Agent:
         store = Store(cfg.storage.data_dir)
         pool = self._pool = InferencePool(cfg.runtime.inference_workers)
         tasks: list[asyncio.Task[None]] = []
+        outbox = self.outbox = Outbox(store, max_pending=cfg.callback.max_pending_events)
+        delivery = self.delivery = Delivery(
+            outbox,
+            cfg.callback,
+            api_key=read_secret(cfg.callback.api_key, cfg.callback.api_key_file),
+            active_slots=lambda: (
+                {s.slot_id for s in self.sessions.sessions} if self.sessions else ()
+            ),
+            on_unresponsive=self._autostop,
+        )
+        sink = self._injected_sink or OutboxSink(outbox, delivery)
         try:
             await self._load_model(pool)
+            await delivery.start()
             sessions = self.sessions = SessionManager(
                 store=store,
                 models=self.models,
-                sink=self.sink,
+                sink=sink,
                 events=EventFactory(cfg.site.id, cfg.site.timezone),
                 cameras=cfg.cameras,
                 callback=cfg.callback,
                 recognition=cfg.recognition,
                 runner=self._runner,
                 on_change=self._mark_status_dirty,
+                on_stopped=delivery.forget,
             )
             processor = CommandProcessor(
                 command_prefix=f"{cfg.mqtt.topic_prefix}/{cfg.site.id}/cmd",
@@ -249,7 +289,9 @@ class Agent:
             )
             tasks.append(asyncio.create_task(link.run(), name="mqtt-link"))
             tasks.append(asyncio.create_task(self._status_publisher(link), name="status-publisher"))
-            tasks.append(asyncio.create_task(self._housekeeping(store), name="housekeeping"))
+            tasks.append(
+                asyncio.create_task(self._housekeeping(store, outbox), name="housekeeping")
+            )
             await sessions.resume_all()
             self.state = AgentState.RUNNING
             log.info("AGENT_RUNNING version=%s site=%s", __version__, cfg.site.id)
@@ -274,6 +316,7 @@ class Agent:
             for task in reversed(tasks):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await delivery.close()
             pool.close()
             store.close()
             self.state = AgentState.STOPPED

@@ -168,6 +168,28 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_outbox(args: argparse.Namespace) -> int:
+    """Show the outbox, or re-queue its dead letters."""
+    from agent.outbox import Outbox
+    from agent.store import Store, StoreError
+
+    cfg = _load(args.config)
+    try:
+        store = Store(cfg.storage.data_dir)
+    except StoreError as exc:
+        print(f"Cannot open the outbox: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        outbox = Outbox(store, max_pending=cfg.callback.max_pending_events)
+        if args.action == "retry":
+            print(f"Re-queued {outbox.retry_dead()} dead letter(s).")
+        else:
+            print(json.dumps(outbox.stats(), indent=2, default=str))
+    finally:
+        store.close()
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for the documentation test)."""
     parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__.splitlines()[0])
@@ -189,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the agent (MQTT commands, sessions)")
     _config_arg(run)
     run.set_defaults(func=cmd_run)
+
+    outbox = sub.add_parser("outbox", help="show queued callback events, or retry dead letters")
+    outbox.add_argument("action", nargs="?", choices=["show", "retry"], default="show")
+    _config_arg(outbox)
+    outbox.set_defaults(func=cmd_outbox)
 
     schemas = sub.add_parser("schemas", help="write the protocol's JSON Schemas")
     schemas.add_argument("--out", type=Path, default=Path("docs/schemas"), help="folder")

@@ -263,6 +263,39 @@ class CallbackConfig(Section):
         None, description="X-API-Key sent with callbacks (environment AGENT_CALLBACK__API_KEY)."
     )
     api_key_file: Path | None = Field(None, description="File holding the callback API key.")
+    timeout_s: float = Field(10.0, ge=0.5, le=120, description="Total time for one POST.")
+    attempts_per_round: int = Field(
+        3, ge=1, le=10, description="POSTs per round before backing off (seed: 3)."
+    )
+    first_retry_s: float = Field(
+        1.0, ge=0.01, le=60, description="Wait after the first failed POST; doubles (1, 2, 4 s)."
+    )
+    retry_max_s: float = Field(
+        300.0, ge=1, le=3600, description="Longest wait between rounds (capped backoff)."
+    )
+    autostop_failures: int = Field(
+        10,
+        ge=0,
+        le=10_000,
+        description="Stop a session after this many consecutive failed POSTs (0: never).",
+    )
+    autostop_seconds: float = Field(
+        120.0,
+        ge=0,
+        le=86_400,
+        description="Stop a session after this long without a "
+        "successful POST while failing (0: never).",
+    )
+    max_pending_events: int = Field(
+        100_000,
+        ge=10,
+        le=10_000_000,
+        description="Undelivered events kept at most; past it "
+        "new events are refused (logged, in status and metrics), old ones are never dropped.",
+    )
+    delivered_retention_s: float = Field(
+        86_400.0, ge=0, le=30 * 86_400, description="How long delivered events stay in the outbox."
+    )
 
     @field_validator("allowed_urls")
     @classmethod

@@ -100,6 +100,7 @@ class SessionManager:
         recognition: RecognitionConfig,
         runner: SessionRunner,
         on_change: Callable[[], None] = lambda: None,
+        on_stopped: Callable[[str], None] = lambda slot_id: None,
     ) -> None:
         self._store = store
         self._models = models
@@ -110,6 +111,7 @@ class SessionManager:
         self._recognition = recognition
         self._runner = runner
         self._on_change = on_change
+        self._on_stopped = on_stopped
         self._sessions: dict[str, ActiveSession] = {}
 
     @property
@@ -211,7 +213,14 @@ class SessionManager:
             raise AgentError(
                 ErrorCode.INTERNAL_ERROR, f"Session could not be saved: {exc}", status=500
             ) from exc
-        await self._emit(session, SessionStatus.STARTED)
+        try:
+            await self._emit(session, SessionStatus.STARTED)
+        except AgentError:
+            # The STARTED event could not be stored (outbox full): do not run a session
+            # whose events would be lost.
+            del self._sessions[command.slot_id]
+            self._store.delete_session(command.slot_id)
+            raise
         self._launch(session)
         log.info(
             "SESSION_STARTED slot=%s cameras=%d students=%d mode=%s",
@@ -292,7 +301,13 @@ class SessionManager:
             log.exception("STOP_SESSION_FAILED slot=%s (row not deleted)", session.slot_id)
         if failed:
             session.stop_reason = StatusReason.STOP_FAILED
-        await self._emit(session, SessionStatus.STOPPED, reason)
+        try:
+            await self._emit(session, SessionStatus.STOPPED, reason)
+        except AgentError as exc:
+            log.error(
+                "SESSION_EVENT_LOST slot=%s status=STOPPED code=%s", session.slot_id, exc.code
+            )
+        self._on_stopped(session.slot_id)
         self._on_change()
         log.info("SESSION_STOPPED slot=%s reason=%s", session.slot_id, reason)
 

@@ -36,7 +36,36 @@ def _m001_sessions(db: sqlite_utils.Database) -> None:
     db.table("replies").create_index(["created_at"])
 
 
-MIGRATIONS: list[tuple[str, Migration]] = [("001_sessions", _m001_sessions)]
+def _m002_outbox(db: sqlite_utils.Database) -> None:
+    db.table("events").create(
+        {
+            "event_id": str,
+            "slot_id": str,
+            "seq": int,
+            "type": str,
+            "body": str,
+            "callback_url": str,
+            "created_at": float,
+            "attempts": int,
+            "next_attempt_at": float,
+            "last_error": str,
+            "status_code": int,
+            "state": str,
+            "delivered_at": float,
+        },
+        pk="event_id",
+        not_null={"slot_id", "seq", "type", "body", "callback_url", "created_at", "state"},
+        defaults={"attempts": 0, "state": "pending"},
+    )
+    db.table("events").create_index(["state", "slot_id", "seq"])
+    db.table("events").create_index(["slot_id", "seq"], unique=True)
+    db.table("slot_sequences").create({"slot_id": str, "last_seq": int}, pk="slot_id")
+
+
+MIGRATIONS: list[tuple[str, Migration]] = [
+    ("001_sessions", _m001_sessions),
+    ("002_outbox", _m002_outbox),
+]
 """Applied in order, each once; append new ones, never edit applied ones."""
 
 

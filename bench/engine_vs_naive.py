@@ -2,7 +2,8 @@
 
 What it measures, in one process and on the same frames for every pipeline:
 
-* Frames: the sample photos ``t1.jpg`` (6 faces) and ``players.jpg`` (22 faces), each
+* Frames: the sample photos ``t1.jpg`` (6 faces) and ``players.jpg`` (22 faces at its own
+  1237x800 size; 16-17 remain detectable once it is shrunk into a 16:9 frame), each
   letterboxed (scaled keeping the aspect ratio, centred on a grey canvas) to 1280x720 and
   1920x1080 -- four BGR frames, like decoded camera frames.
 * ``naive``: ``insightface.app.FaceAnalysis(name=<models/buffalo_sc>,
@@ -16,17 +17,22 @@ What it measures, in one process and on the same frames for every pipeline:
   camera stream would run when it has both cores to itself.
 
 Each pipeline is warmed up on each frame (3 runs by default), then timed ``--runs`` times per
-frame. Reported per frame and pipeline: median wall-clock ms per frame, frames/s, median
+frame. By default the pipelines are timed in interleaved rounds (one call of each per round,
+the order rotated every round, a short pause between calls so a spinning thread pool goes
+idle), so that a noisy neighbour on a shared machine slows all of them alike;
+``--order blocks`` times all runs of one pipeline back to back instead. Reported per frame and
+pipeline: median and minimum wall-clock ms per frame, frames/s (from the median), median
 process CPU ms per frame (all threads together: ~wall for 1 thread, up to 2x wall on 2 busy
-cores), and the speed-up ``naive_ms / engine_ms``. A second table checks that the same faces
-are found: boxes matched greedily between naive and engine (IoU > 0.5), counts on each side,
-and the mean / minimum cosine similarity of the embeddings of matched faces. A third table
-times the detector alone (naive ``det_model.detect`` vs ``engine.detect``) to show where the
-time goes.
+cores), and the speed-up ``naive_ms / engine_ms`` of the medians. A second table checks that
+the same faces are found: boxes matched greedily between naive and engine (IoU > 0.5), counts
+on each side, and the mean / minimum cosine similarity of the embeddings of matched faces. A
+third table times the detector alone (naive ``det_model.detect`` vs ``engine.detect``) to
+show where the time goes.
 
 Run from the project root::
 
-    .venv/bin/python bench/engine_vs_naive.py [--runs 20] [--warmup 3] [--json results.json]
+    .venv/bin/python bench/engine_vs_naive.py [--runs 20] [--warmup 3]
+        [--order interleaved|blocks] [--json results.json]
 
 The markdown tables go to stdout; ``--json`` also writes the raw timings.
 """
@@ -43,7 +49,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +65,7 @@ SIZES = ((1280, 720), (1920, 1080))
 GREY = 114
 IOU_MATCH = 0.5
 PAUSE_S = 0.5  # between timing blocks, so a spinning thread pool can go idle
+GAP_S = 0.02  # between interleaved calls, for the same reason
 
 Image = npt.NDArray[np.uint8]
 FloatArray = npt.NDArray[np.float32]
@@ -83,6 +90,11 @@ class Timing:
     def median_ms(self) -> float:
         """Median wall-clock milliseconds per frame."""
         return statistics.median(self.wall_ms)
+
+    @property
+    def min_ms(self) -> float:
+        """Fastest wall-clock milliseconds per frame."""
+        return min(self.wall_ms)
 
     @property
     def median_cpu_ms(self) -> float:
@@ -159,18 +171,45 @@ def match_faces(
     return matched
 
 
-def time_pipeline(run: Callable[[Image], object], frame: Image, warmup: int, runs: int) -> Timing:
-    """Warm up, then time ``runs`` calls of ``run(frame)`` (wall clock and process CPU)."""
-    for _ in range(warmup):
-        run(frame)
+def timed_call(run: Callable[[Image], object], frame: Image, timing: Timing) -> None:
+    """Call ``run(frame)`` once and append its wall-clock and process CPU milliseconds."""
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    run(frame)
+    timing.cpu_ms.append((time.process_time() - cpu0) * 1000)
+    timing.wall_ms.append((time.perf_counter() - wall0) * 1000)
+
+
+def time_pipelines(
+    runs_by_name: Mapping[str, Callable[[Image], object]],
+    frame: Image,
+    *,
+    warmup: int,
+    runs: int,
+    interleaved: bool,
+) -> dict[str, Timing]:
+    """Warm up every pipeline on ``frame``, then time ``runs`` calls of each.
+
+    Interleaved: round by round, one call of each pipeline, the order rotated each round.
+    Blocks: all calls of one pipeline back to back, then the next pipeline.
+    """
+    names = list(runs_by_name)
+    timings = {name: Timing() for name in names}
+    for name in names:
+        for _ in range(warmup):
+            runs_by_name[name](frame)
     gc.collect()
-    timing = Timing()
-    for _ in range(runs):
-        wall0, cpu0 = time.perf_counter(), time.process_time()
-        run(frame)
-        timing.cpu_ms.append((time.process_time() - cpu0) * 1000)
-        timing.wall_ms.append((time.perf_counter() - wall0) * 1000)
-    return timing
+    if interleaved:
+        for round_no in range(runs):
+            shift = round_no % len(names)
+            for name in names[shift:] + names[:shift]:
+                time.sleep(GAP_S)
+                timed_call(runs_by_name[name], frame, timings[name])
+    else:
+        for name in names:
+            time.sleep(PAUSE_S)
+            for _ in range(runs):
+                timed_call(runs_by_name[name], frame, timings[name])
+    return timings
 
 
 def machine_info() -> dict[str, Any]:
@@ -282,11 +321,11 @@ def render(results: dict[str, Any]) -> str:
         f"insightface {info['insightface']}; load average before start "
         f"{info['loadavg_before']}.",
         f"Date: {info['date']}. Runs per frame: {results['runs']} timed after "
-        f"{results['warmup']} warm-up.",
+        f"{results['warmup']} warm-up, order: {results['order']}.",
         "",
-        "| frame | faces | pipeline | det input | median ms/frame | frames/s | CPU ms/frame "
-        "| speed-up vs naive |",
-        "|---|---:|---|---|---:|---:|---:|---:|",
+        "| frame | faces | pipeline | det input | median ms/frame | min ms | frames/s "
+        "| CPU ms/frame | speed-up vs naive |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|",
     ]
     for frame, per in results["frames"].items():
         naive_ms = per["timing"]["naive"]["median_ms"]
@@ -295,7 +334,8 @@ def render(results: dict[str, Any]) -> str:
             speed = "1.00x" if name == "naive" else f"{naive_ms / ms:.2f}x"
             lines.append(
                 f"| {frame} | {per['faces'][name]} | {name} | {per['det_input'][name]} "
-                f"| {fmt(ms)} | {fmt(1000 / ms, 2)} | {fmt(t['median_cpu_ms'])} | {speed} |"
+                f"| {fmt(ms)} | {fmt(t['min_ms'])} | {fmt(1000 / ms, 2)} "
+                f"| {fmt(t['median_cpu_ms'])} | {speed} |"
             )
     lines += [
         "",
@@ -334,6 +374,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=20, help="timed runs per frame (20)")
     parser.add_argument("--warmup", type=int, default=3, help="warm-up runs per frame (3)")
     parser.add_argument("--det-runs", type=int, default=20, help="detector-only runs (20)")
+    parser.add_argument(
+        "--order",
+        choices=("interleaved", "blocks"),
+        default="interleaved",
+        help="interleaved rounds (default) or all runs of one pipeline back to back",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.warmup < 0:
@@ -353,6 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": info,
         "runs": args.runs,
         "warmup": args.warmup,
+        "order": args.order,
         "setup": setup,
         "frames": {},
     }
@@ -383,20 +430,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "mean_cosine": statistics.fmean(cosines) if cosines else 0.0,
                 "min_cosine": min(cosines) if cosines else 0.0,
             }
-        for name, run in pipelines.items():
-            time.sleep(PAUSE_S)
-            timing = time_pipeline(run, frame, args.warmup, args.runs)
+        interleaved = args.order == "interleaved"
+        timings = time_pipelines(
+            pipelines, frame, warmup=args.warmup, runs=args.runs, interleaved=interleaved
+        )
+        for name, timing in timings.items():
             per["timing"][name] = {
                 "median_ms": timing.median_ms,
+                "min_ms": timing.min_ms,
                 "median_cpu_ms": timing.median_cpu_ms,
                 "wall_ms": [round(v, 3) for v in timing.wall_ms],
                 "cpu_ms": [round(v, 3) for v in timing.cpu_ms],
             }
             print(f"# {frame_name} {name}: {timing.median_ms:.1f} ms/frame", file=sys.stderr)
-        for name, detect in detectors.items():
-            time.sleep(PAUSE_S)
-            det_timing = time_pipeline(detect, frame, args.warmup, args.det_runs)
-            per["detector_ms"][name] = det_timing.median_ms
+        det_timings = time_pipelines(
+            detectors, frame, warmup=args.warmup, runs=args.det_runs, interleaved=interleaved
+        )
+        per["detector_ms"] = {name: t.median_ms for name, t in det_timings.items()}
         results["frames"][frame_name] = per
     results["total_seconds"] = round(time.perf_counter() - started, 1)
     results["machine"]["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,10 @@ async def backend(
     site: str = "site-1",
 ) -> AsyncIterator[Backend]:
     """A connected backend client."""
-    async with aiomqtt.Client("127.0.0.1", broker.port, protocol=protocol) as client:
+    nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+    async with aiomqtt.Client(
+        "127.0.0.1", broker.port, protocol=protocol, socket_options=nodelay
+    ) as client:
         async with Backend(client, site=site) as b:
             yield b
 

@@ -61,6 +61,7 @@ class Mosquitto:
             "log_dest stdout",
             "log_type error",
             "log_type warning",
+            "set_tcp_nodelay true",
         ]
         conf.write_text("\n".join(lines) + "\n")
         log = (self.workdir / "mosquitto.log").open("ab")

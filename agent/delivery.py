@@ -1,0 +1,310 @@
+"""Callback delivery: posts outbox events to each session's callback URL, in order per
+session, with the seed's retry round and then capped exponential backoff, forever.
+
+One worker task per slot with pending events, so a slow or dead callback URL only delays
+its own session. 2xx = delivered; 408, 429, 5xx, timeouts and connection errors = retry
+(``Retry-After`` honoured); any other 4xx = dead letter. Failures also feed the per-session
+auto-stop rule (N consecutive failed attempts, or T seconds without a success).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Collection, Coroutine
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+
+from agent.config import CallbackConfig
+from agent.events import Event
+from agent.outbox import Outbox, OutboxEvent
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = {408, 429}
+SCAN_INTERVAL_S = 5.0
+BODY_EXCERPT = 300
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one POST."""
+
+    delivered: bool
+    permanent: bool
+    status: int | None
+    error: str
+    retry_after: float | None = None
+
+
+@dataclass
+class SlotHealth:
+    """Delivery health of one session, for the auto-stop rule."""
+
+    consecutive_failures: int = 0
+    failing_since: float | None = None
+    triggered: bool = False
+
+
+def parse_retry_after(value: str | None, cap: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (seconds or HTTP date), capped."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return max(0.0, min(cap, seconds))
+
+
+class Delivery:
+    """Owns the HTTP client and the per-slot delivery workers."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        cfg: CallbackConfig,
+        *,
+        api_key: str | None,
+        active_slots: Callable[[], Collection[str]] = lambda: (),
+        on_unresponsive: Callable[[str], Coroutine[Any, Any, None]] | None = None,
+        on_result: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self.cfg = cfg
+        self._api_key = api_key
+        self._active_slots = active_slots
+        self._on_unresponsive = on_unresponsive
+        self._on_result = on_result
+        self._http: aiohttp.ClientSession | None = None
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._wake: dict[str, asyncio.Event] = {}
+        self._health: dict[str, SlotHealth] = {}
+        self._side_tasks: set[asyncio.Task[None]] = set()
+        self._scanner: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Open the HTTP client and start delivering what is pending."""
+        self._http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s),
+            headers={"User-Agent": "edge-attendance-agent"},
+        )
+        self._scanner = asyncio.create_task(self._scan_loop(), name="delivery-scanner")
+
+    async def close(self) -> None:
+        """Stop all workers (events in flight stay pending) and close the client."""
+        tasks = [t for t in (self._scanner, *self._workers.values(), *self._side_tasks) if t]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._workers.clear()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    def notify(self, slot_id: str) -> None:
+        """A new event was committed for ``slot_id``: make sure a worker runs."""
+        wake = self._wake.get(slot_id)
+        if wake is not None:
+            wake.set()
+        self._ensure_worker(slot_id)
+
+    def forget(self, slot_id: str) -> None:
+        """Drop the slot's auto-stop counters (its session ended)."""
+        self._health.pop(slot_id, None)
+
+    def health(self, slot_id: str) -> SlotHealth | None:
+        """Current auto-stop counters of a slot."""
+        return self._health.get(slot_id)
+
+    def _ensure_worker(self, slot_id: str) -> None:
+        task = self._workers.get(slot_id)
+        if task is None or task.done():
+            self._wake.setdefault(slot_id, asyncio.Event())
+            self._workers[slot_id] = asyncio.create_task(
+                self._worker(slot_id), name=f"delivery-{slot_id}"
+            )
+
+    async def _scan_loop(self) -> None:
+        # Picks up events pending from before a restart and dead letters re-queued by
+        # `python -m agent outbox retry` from another process.
+        while True:
+            for slot_id in self.outbox.pending_slots():
+                self._ensure_worker(slot_id)
+            for slot_id, health in list(self._health.items()):
+                self._maybe_stop(slot_id, health)  # the time rule fires between failures too
+            await asyncio.sleep(min(SCAN_INTERVAL_S, max(0.5, self.cfg.autostop_seconds / 4)))
+
+    async def _worker(self, slot_id: str) -> None:
+        wake = self._wake[slot_id]
+        try:
+            while True:
+                wake.clear()
+                event = self.outbox.next_for_slot(slot_id)
+                if event is None:
+                    return
+                delay = event.next_attempt_at - time.time()
+                if delay > 0:
+                    try:
+                        async with asyncio.timeout(delay):
+                            await wake.wait()
+                    except TimeoutError:
+                        pass
+                    continue  # re-read: a wake may mean an earlier event was re-queued
+                await self._deliver(event)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("DELIVERY_WORKER_CRASHED slot=%s (restarted by the scanner)", slot_id)
+        finally:
+            if self._workers.get(slot_id) is asyncio.current_task():
+                del self._workers[slot_id]
+
+    async def _deliver(self, event: OutboxEvent) -> None:
+        """One round: up to ``attempts_per_round`` POSTs, then success, dead, or retry later."""
+        attempts = event.attempts
+        outcome = Outcome(False, False, None, "not attempted")
+        for round_attempt in range(1, self.cfg.attempts_per_round + 1):
+            attempts += 1
+            started = time.perf_counter()
+            outcome = await self._post(event)
+            if self._on_result is not None:
+                self._on_result(
+                    "delivered" if outcome.delivered else "failed", time.perf_counter() - started
+                )
+            if outcome.delivered:
+                self.outbox.mark_delivered(event, outcome.status or 200, attempts)
+                self._record_success(event.slot_id)
+                log.info(
+                    "CALLBACK_DELIVERED slot=%s seq=%d event=%s type=%s attempts=%d",
+                    event.slot_id,
+                    event.seq,
+                    event.event_id,
+                    event.type,
+                    attempts,
+                )
+                return
+            if outcome.permanent:
+                self.outbox.mark_dead(event, attempts, outcome.error, outcome.status)
+                self._record_success(event.slot_id)  # the backend answered: it is alive
+                log.error(
+                    "CALLBACK_DEAD_LETTER slot=%s seq=%d event=%s status=%s error=%s",
+                    event.slot_id,
+                    event.seq,
+                    event.event_id,
+                    outcome.status,
+                    outcome.error,
+                )
+                return
+            log.warning(
+                "CALLBACK_FAILED slot=%s seq=%d event=%s attempt=%d status=%s error=%s",
+                event.slot_id,
+                event.seq,
+                event.event_id,
+                attempts,
+                outcome.status,
+                outcome.error,
+            )
+            self._record_failure(event.slot_id)
+            if round_attempt < self.cfg.attempts_per_round:
+                wait = self.cfg.first_retry_s * 2 ** (round_attempt - 1)
+                await asyncio.sleep(max(wait, outcome.retry_after or 0.0))
+        rounds = max(1, attempts // self.cfg.attempts_per_round)
+        backoff = min(self.cfg.retry_max_s, self.cfg.first_retry_s * 4 * 2 ** (rounds - 1))
+        backoff = max(backoff * random.uniform(0.75, 1.25), outcome.retry_after or 0.0)
+        self.outbox.mark_retry(
+            event, attempts, time.time() + backoff, outcome.error, outcome.status
+        )
+        log.warning(
+            "CALLBACK_RETRY_LATER slot=%s seq=%d event=%s in=%.1fs attempts=%d",
+            event.slot_id,
+            event.seq,
+            event.event_id,
+            backoff,
+            attempts,
+        )
+
+    async def _post(self, event: OutboxEvent) -> Outcome:
+        if self._http is None:
+            return Outcome(False, False, None, "delivery is closed")
+        headers = {
+            "Content-Type": "application/json",
+            "Idempotency-Key": event.event_id,
+            "X-Event-Sequence": str(event.seq),
+        }
+        if self._api_key:
+            headers["X-API-Key"] = self._api_key
+        try:
+            async with self._http.post(
+                event.callback_url, data=json.dumps(event.body), headers=headers
+            ) as response:
+                status = response.status
+                if 200 <= status < 300:
+                    return Outcome(True, False, status, "")
+                excerpt = (await response.content.read(BODY_EXCERPT)).decode("utf-8", "replace")
+                error = f"HTTP {status}: {excerpt}".strip()
+                retry_after = parse_retry_after(
+                    response.headers.get("Retry-After"), self.cfg.retry_max_s
+                )
+                retryable = status in RETRYABLE_STATUS or status >= 500
+                return Outcome(False, not retryable, status, error, retry_after)
+        except aiohttp.InvalidURL as exc:
+            return Outcome(False, True, None, f"invalid callback URL: {exc}")
+        except TimeoutError:
+            return Outcome(False, False, None, f"timed out after {self.cfg.timeout_s:g} s")
+        except aiohttp.ClientError as exc:
+            return Outcome(False, False, None, f"{type(exc).__name__}: {exc}"[:300])
+
+    def _record_success(self, slot_id: str) -> None:
+        health = self._health.get(slot_id)
+        if health is not None:
+            health.consecutive_failures = 0
+            health.failing_since = None
+
+    def _record_failure(self, slot_id: str) -> None:
+        if slot_id not in self._active_slots():
+            return
+        health = self._health.setdefault(slot_id, SlotHealth())
+        health.consecutive_failures += 1
+        if health.failing_since is None:
+            health.failing_since = time.time()
+        self._maybe_stop(slot_id, health)
+
+    def _maybe_stop(self, slot_id: str, health: SlotHealth) -> None:
+        if health.triggered or health.failing_since is None or self._on_unresponsive is None:
+            return
+        by_count = 0 < self.cfg.autostop_failures <= health.consecutive_failures
+        by_time = 0 < self.cfg.autostop_seconds <= time.time() - health.failing_since
+        if by_count or by_time:
+            health.triggered = True
+            log.error(
+                "BACKEND_UNRESPONSIVE slot=%s failures=%d failing_for=%.0fs: stopping the session",
+                slot_id,
+                health.consecutive_failures,
+                time.time() - health.failing_since,
+            )
+            task = asyncio.create_task(self._on_unresponsive(slot_id), name=f"autostop-{slot_id}")
+            self._side_tasks.add(task)
+            task.add_done_callback(self._side_tasks.discard)
+
+
+class OutboxSink:
+    """The production event sink: commit to the outbox, then wake the slot's worker."""
+
+    def __init__(self, outbox: Outbox, delivery: Delivery) -> None:
+        self.outbox = outbox
+        self.delivery = delivery
+
+    async def emit(self, event: Event, callback_url: str) -> None:
+        """Store the event durably (raises OutboxFullError when it cannot) and schedule it."""
+        self.outbox.add(event, callback_url)
+        self.delivery.notify(event.slot_id)

@@ -1,0 +1,40 @@
+"""The published protocol stays in step with the code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from agent.cli import build_parser
+from agent.errors import ErrorCode
+from agent.protocol import COMMANDS, json_schemas
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMAS = ROOT / "docs" / "schemas"
+PROTOCOL = ROOT / "docs" / "protocol.md"
+
+
+def test_json_schemas_are_current() -> None:
+    expected = json_schemas()
+    on_disk = {p.name.removesuffix(".schema.json") for p in SCHEMAS.glob("*.schema.json")}
+    assert on_disk == set(expected), "run `python -m agent schemas` and commit docs/schemas"
+    for stem, schema in expected.items():
+        current = json.loads((SCHEMAS / f"{stem}.schema.json").read_text())
+        assert current == schema, f"{stem} is stale: run `python -m agent schemas`"
+
+
+def test_protocol_doc_names_every_command_and_code() -> None:
+    text = PROTOCOL.read_text(encoding="utf-8")
+    for name in COMMANDS:
+        assert f"`{name}`" in text, f"docs/protocol.md does not document {name}"
+    for code in ErrorCode:
+        if code is not ErrorCode.CONFIG_INVALID:
+            assert f"`{code.value}`" in text, f"docs/protocol.md does not document {code}"
+
+
+def test_readme_documents_every_cli_command() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name in sub.choices:  # type: ignore[union-attr]
+        assert f"python -m agent {name}" in readme, f"README does not document `{name}`"
