@@ -43,7 +43,11 @@ def _start_agent(tmp_path: Path, broker: Mosquitto) -> subprocess.Popen[str]:
     log = (tmp_path / "agent.log").open("a")
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent", "run", "--config", str(ROOT / "config.toml")],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,
     )
     log.close()
@@ -87,7 +91,9 @@ async def test_sigterm_stops_cleanly_and_session_resumes(
         online = await _wait_online(broker)
         assert online["modelPack"] == "buffalo_sc"
         async with backend(broker) as b:
-            payload = start_payload("slot-proc", embedding, cameras=[{"id": "c", "rtspUrl": "rtsp://127.0.0.1:1/c"}])
+            payload = start_payload(
+                "slot-proc", embedding, cameras=[{"id": "c", "rtspUrl": "rtsp://127.0.0.1:1/c"}]
+            )
             reply = await b.send("session/start", payload)
             assert reply["status"] == 200, reply
         started = time.monotonic()

@@ -21,13 +21,28 @@ from tests.agent_harness import agent_config, backend, running_agent, start_payl
 from tests.brokers import API_KEY, Backend, Mosquitto
 
 STATUSES = {200, 400, 401, 404, 409, 422, 500, 503}
-COMMAND_NAMES = ["session/start", "session/stop", "embedding/generate", "status", "", "x",
-                 "session", "session/start/extra", "STATUS", "embedding"]
+COMMAND_NAMES = [
+    "session/start",
+    "session/stop",
+    "embedding/generate",
+    "status",
+    "",
+    "x",
+    "session",
+    "session/start/extra",
+    "STATUS",
+    "embedding",
+]
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=30),
-    lambda children: st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=12), children, max_size=6),
+    lambda children: (
+        st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=12), children, max_size=6)
+    ),
     max_leaves=25,
 )
 
@@ -64,7 +79,10 @@ async def fuzz_target(tmp_path: Path) -> AsyncIterator[tuple[Agent, Backend]]:
     broker = Mosquitto(tmp_path / "broker", persistence=False)
     broker.start()
     try:
-        async with running_agent(agent_config(tmp_path / "agent", broker)) as agent, backend(broker) as b:
+        async with (
+            running_agent(agent_config(tmp_path / "agent", broker)) as agent,
+            backend(broker) as b,
+        ):
             yield agent, b
     finally:
         broker.stop()
