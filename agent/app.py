@@ -191,7 +191,7 @@ class Agent:
             return Reply.ok("Agent status.", self.status())
 
         async def refuse_while_stopping(handler: Any, command: Command) -> Reply:
-            if self.state is not AgentState.RUNNING:
+            if self.state is not AgentState.RUNNING and handler is not status:
                 raise AgentError(
                     ErrorCode.AGENT_SHUTTING_DOWN,
                     "The agent is starting or shutting down; retry in a moment.",
@@ -287,13 +287,15 @@ class Agent:
             link = self.link = MqttLink(
                 cfg.mqtt, cfg.site.id, processor.handle, self.online_payload
             )
+            # Sessions resume before commands are accepted, so a command never meets a
+            # half-restored agent.
+            await sessions.resume_all()
+            self.state = AgentState.RUNNING
             tasks.append(asyncio.create_task(link.run(), name="mqtt-link"))
             tasks.append(asyncio.create_task(self._status_publisher(link), name="status-publisher"))
             tasks.append(
                 asyncio.create_task(self._housekeeping(store, outbox), name="housekeeping")
             )
-            await sessions.resume_all()
-            self.state = AgentState.RUNNING
             log.info("AGENT_RUNNING version=%s site=%s", __version__, cfg.site.id)
             stop_wait = asyncio.create_task(stop.wait(), name="stop-wait")
             done, _ = await asyncio.wait({stop_wait, tasks[0]}, return_when=asyncio.FIRST_COMPLETED)

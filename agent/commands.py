@@ -164,7 +164,10 @@ class CommandProcessor:
             raise
         finally:
             del self._in_flight[request_id]
-        self._remember(request_id, name, reply)
+        if reply.status < 500:
+            # 5xx (not loaded, shutting down, outbox full...) are transient: a retry with
+            # the same requestId must run the command again.
+            self._remember(request_id, name, reply)
         return reply
 
     async def _execute(self, name: str, payload: dict[str, Any], request_id: str | None) -> Reply:
@@ -252,7 +255,7 @@ def decode_photo_field(photo: str | None) -> bytes | None:
     if photo is None or photo == "":
         return None
     try:
-        return base64.b64decode(photo, validate=True)
+        return base64.b64decode("".join(photo.split()), validate=True)
     except (ValueError, TypeError) as exc:
         raise AgentError(
             ErrorCode.INVALID_FILE_FORMAT, "photo is not valid base64; encode the image bytes."

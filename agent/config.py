@@ -271,7 +271,7 @@ class CallbackConfig(Section):
         1.0, ge=0.01, le=60, description="Wait after the first failed POST; doubles (1, 2, 4 s)."
     )
     retry_max_s: float = Field(
-        300.0, ge=1, le=3600, description="Longest wait between rounds (capped backoff)."
+        300.0, ge=0.1, le=3600, description="Longest wait between rounds (capped backoff)."
     )
     autostop_failures: int = Field(
         10,

@@ -69,6 +69,7 @@ class MqttLink:
         online_payload: Callable[[], dict[str, Any]],
     ) -> None:
         self.cfg = cfg
+        self.site_id = site_id
         self.base = f"{cfg.topic_prefix}/{site_id}"
         self.command_filter = f"{self.base}/cmd/#"
         self.status_topic = f"{self.base}/status"
@@ -98,7 +99,9 @@ class MqttLink:
         return "5" if self._protocol == aiomqtt.ProtocolVersion.V5 else "3.1.1"
 
     def _offline_payload(self) -> bytes:
-        return json.dumps({"state": "offline", "clientId": self.client_id}).encode()
+        return json.dumps(
+            {"state": "offline", "siteId": self.site_id, "clientId": self.client_id}
+        ).encode()
 
     def _make_client(self) -> aiomqtt.Client:
         cfg = self.cfg

@@ -228,14 +228,16 @@ class Outbox:
             counts[str(state)] = int(count)
         oldest = list(
             self.db.query(
-                "select event_id, slot_id, type, created_at, attempts, last_error from events "
+                "select event_id as eventId, slot_id as slotId, type, created_at as createdAt, "
+                "attempts, last_error as lastError from events "
                 "where state = ? order by created_at limit 1",
                 [EventState.PENDING.value],
             )
         )
         dead = list(
             self.db.query(
-                "select event_id, slot_id, type, created_at, attempts, status_code, last_error "
+                "select event_id as eventId, slot_id as slotId, type, created_at as createdAt, "
+                "attempts, status_code as statusCode, last_error as lastError "
                 "from events where state = ? order by created_at limit 20",
                 [EventState.DEAD.value],
             )
@@ -244,7 +246,7 @@ class Outbox:
         return {
             "counts": counts,
             "oldestPending": (
-                {**oldest[0], "ageSeconds": round(now - oldest[0]["created_at"], 1)}
+                {**oldest[0], "ageSeconds": round(now - oldest[0]["createdAt"], 1)}
                 if oldest
                 else None
             ),

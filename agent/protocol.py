@@ -66,8 +66,9 @@ class CameraSpec(WireModel):
         None,
         alias="rtspUrl",
         max_length=2048,
-        pattern=r"^(rtsp|rtsps|http|https|file)://",
-        description="Stream URL (rtsp://, http(s):// MJPEG, file://).",
+        pattern=r"^(rtsp|rtsps|http|https)://",
+        description="Stream URL (rtsp://, rtsps://, http(s):// MJPEG). Local files and "
+        "devices can only be named in the site's config.",
     )
 
 

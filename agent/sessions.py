@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from agent.config import CallbackConfig, CamerasConfig, RecognitionConfig
@@ -45,7 +45,7 @@ class ActiveSession:
     cameras: list[SessionCamera]
     embedding_space: str
     threshold: float
-    started_at: float = field(default_factory=time.time)
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     task: asyncio.Task[None] | None = None
     stop_reason: StatusReason | None = None
 
@@ -65,7 +65,7 @@ class ActiveSession:
             "embeddingSpace": self.embedding_space,
             "threshold": self.threshold,
             "endTime": end.isoformat() if end else None,
-            "startedAt": datetime.fromtimestamp(self.started_at).astimezone().isoformat(),
+            "startedAt": self.started_at.isoformat(),
         }
 
 
@@ -146,7 +146,7 @@ class SessionManager:
             )
         return resolved
 
-    def _build(self, command: SessionStart) -> ActiveSession:
+    def _build(self, command: SessionStart, started_at: datetime | None = None) -> ActiveSession:
         """Validate a start command against config and model, and build the session."""
         if not self._callback.allows(command.callback_url):
             raise AgentError(
@@ -181,6 +181,7 @@ class SessionManager:
             cameras=cameras,
             embedding_space=space,
             threshold=threshold,
+            started_at=started_at or self._events.now(),
         )
 
     async def start(self, command: SessionStart) -> dict[str, Any]:
@@ -318,7 +319,16 @@ class SessionManager:
         await self._sink.emit(event, session.command.callback_url)
 
     async def resume_all(self) -> None:
-        """Resume persisted sessions whose end time has not passed (after a restart)."""
+        """Resume persisted sessions whose end time has not passed (after a restart).
+
+        Without a model, sessions are not resumed and their rows are kept: they resume
+        when the agent next starts with a model.
+        """
+        if self._models.engine is None:
+            rows = self._store.sessions()
+            if rows:
+                log.error("SESSION_RESUME_DEFERRED sessions=%d reason=no model loaded", len(rows))
+            return
         for row in self._store.sessions():
             slot = row["slot_id"]
             try:
@@ -332,8 +342,9 @@ class SessionManager:
                     command, StatusReason.SESSION_ENDED, "ended while the agent was down"
                 )
                 continue
+            started = datetime.fromtimestamp(row["started_at"], self._events.zone)
             try:
-                session = self._build(command)
+                session = self._build(command, started)
             except AgentError as exc:
                 log.error(
                     "SESSION_RESUME_FAILED slot=%s code=%s message=%s", slot, exc.code, exc.message
@@ -341,16 +352,29 @@ class SessionManager:
                 await self._drop(command, StatusReason.AGENT_RESTARTED, exc.message)
                 continue
             self._sessions[slot] = session
-            await self._emit(session, SessionStatus.RESUMED, StatusReason.AGENT_RESTARTED)
+            try:
+                await self._emit(session, SessionStatus.RESUMED, StatusReason.AGENT_RESTARTED)
+            except AgentError as exc:
+                log.error("SESSION_EVENT_LOST slot=%s status=RESUMED code=%s", slot, exc.code)
             self._launch(session)
             log.info("SESSION_RESUMED slot=%s", slot)
 
     async def _drop(self, command: SessionStart, reason: StatusReason, message: str) -> None:
         """Forget a persisted session that cannot resume, and report it STOPPED."""
         self._store.delete_session(command.slot_id)
-        event = self._events.status(command.slot_id, SessionStatus.STOPPED, reason, message=message)
-        await self._sink.emit(event, command.callback_url)
         log.info("SESSION_NOT_RESUMED slot=%s reason=%s", command.slot_id, reason)
+        if not self._callback.allows(command.callback_url):
+            log.warning(
+                "SESSION_EVENT_NOT_SENT slot=%s reason=callback no longer allowed", command.slot_id
+            )
+            return
+        event = self._events.status(command.slot_id, SessionStatus.STOPPED, reason, message=message)
+        try:
+            await self._sink.emit(event, command.callback_url)
+        except AgentError as exc:
+            log.error(
+                "SESSION_EVENT_LOST slot=%s status=STOPPED code=%s", command.slot_id, exc.code
+            )
 
     async def shutdown(self) -> None:
         """Stop every session's work in reverse start order; rows stay for resume."""

@@ -72,10 +72,14 @@ def agent_config(data_dir: Path, broker: Mosquitto, **sections: dict[str, Any]) 
 
 @contextlib.asynccontextmanager
 async def running_agent(
-    cfg: AgentConfig, sink: RecordingSink | None = None
+    cfg: AgentConfig, sink: RecordingSink | None = None, *, outbox: bool = False
 ) -> AsyncIterator[Agent]:
-    """Start an agent, wait until it is connected, and stop it cleanly afterwards."""
-    agent = Agent(cfg, sink=sink or RecordingSink())
+    """Start an agent, wait until it is connected, and stop it cleanly afterwards.
+
+    Events go to ``sink`` (a new RecordingSink by default), or with ``outbox=True`` to the
+    agent's real outbox and callback delivery.
+    """
+    agent = Agent(cfg, sink=None if outbox else (sink or RecordingSink()))
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop), name="agent-under-test")
     try:

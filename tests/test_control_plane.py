@@ -40,6 +40,9 @@ async def no_leftover_tasks() -> Any:
     yield
     current = asyncio.current_task()
     leftover = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    if leftover:  # give cancelled tasks a moment to finish unwinding
+        await asyncio.wait(leftover, timeout=2)
+        leftover = [t for t in leftover if not t.done()]
     assert not leftover, f"tasks left running: {[t.get_name() for t in leftover]}"
 
 

@@ -1,0 +1,94 @@
+"""A real HTTP backend for callback tests: answers 200, an error status, hangs, or is gone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from tests.brokers import free_port
+
+
+@dataclass
+class Received:
+    """One request as the backend saw it."""
+
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    answered: int | None = None
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class CallbackServer:
+    """``mode`` per path prefix: 'ok', 'hang', or an HTTP status such as 500 or 400."""
+
+    port: int = field(default_factory=free_port)
+    mode: dict[str, str | int] = field(default_factory=lambda: {"": "ok"})
+    hang_s: float = 30.0
+    retry_after: str | None = None
+    received: list[Received] = field(default_factory=list)
+    on_request: Any = None
+    _runner: web.AppRunner | None = None
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def url(self, path: str = "/callback") -> str:
+        """Absolute URL of a path on this server."""
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def _mode_for(self, path: str) -> str | int:
+        best = max((p for p in self.mode if path.startswith(p)), key=len, default="")
+        return self.mode.get(best, "ok")
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = json.loads(await request.read())
+        entry = Received(request.path, dict(request.headers), body)
+        self.received.append(entry)
+        if self.on_request is not None:
+            self.on_request(entry)
+        self.arrived.set()
+        mode = self._mode_for(request.path)
+        if mode == "hang":
+            await asyncio.sleep(self.hang_s)
+            mode = "ok"
+        status = 200 if mode == "ok" else int(mode)
+        entry.answered = status
+        self.arrived.set()
+        headers = {"Retry-After": self.retry_after} if self.retry_after and status != 200 else {}
+        return web.json_response({"ok": status == 200}, status=status, headers=headers)
+
+    async def start(self) -> None:
+        """Listen on the server's port (the same port after a stop)."""
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        """Stop listening: connections are refused until ``start`` again."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def delivered(self, path_prefix: str = "") -> list[Received]:
+        """Requests answered 200 (optionally under a path)."""
+        return [r for r in self.received if r.answered == 200 and r.path.startswith(path_prefix)]
+
+    def delivered_ids(self, path_prefix: str = "") -> list[str]:
+        """Event ids of the requests answered 200, in arrival order."""
+        return [r.body["eventId"] for r in self.delivered(path_prefix)]
+
+    async def wait_delivered(
+        self, count: int, timeout: float = 20.0, path_prefix: str = ""
+    ) -> None:
+        """Wait until ``count`` distinct events were answered 200."""
+        async with asyncio.timeout(timeout):
+            while len(set(self.delivered_ids(path_prefix))) < count:
+                self.arrived.clear()
+                await self.arrived.wait()

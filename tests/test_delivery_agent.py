@@ -1,0 +1,274 @@
+"""Callback delivery inside a real agent: auto-stop, dead letters via the CLI, SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import pytest
+
+from agent.engine import FaceEngine
+from tests.agent_harness import (
+    MODELS_DIR,
+    ROOT,
+    agent_config,
+    backend,
+    running_agent,
+    start_payload,
+)
+from tests.brokers import API_KEY, Mosquitto
+from tests.callback_server import CallbackServer, Received
+
+FAST_CALLBACK = {"timeout_s": 0.5, "first_retry_s": 0.05, "retry_max_s": 0.3}
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    server = Mosquitto(tmp_path / "broker")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[CallbackServer]:
+    srv = CallbackServer()
+    await srv.start()
+    yield srv
+    await srv.stop()
+
+
+@pytest.fixture(scope="module")
+def embedding(engine: FaceEngine, photos: dict[str, Path]) -> list[float]:
+    (face,) = engine.analyze(cv2.imread(str(photos["yaoming.jpg"])))
+    return [float(x) for x in face.embedding]
+
+
+def _cfg(tmp_path: Path, broker: Mosquitto, server: CallbackServer, **callback: Any) -> Any:
+    return agent_config(
+        tmp_path / "agent",
+        broker,
+        callback={
+            "allowed_urls": [server.url("/")],
+            "api_key": "cb-secret",
+            **FAST_CALLBACK,
+            **callback,
+        },
+    )
+
+
+def _start(
+    slot: str, embedding: list[float], server: CallbackServer, path: str = "/cb"
+) -> dict[str, Any]:
+    cameras = [{"id": "c1", "rtspUrl": "rtsp://127.0.0.1:1/c1"}]
+    return start_payload(slot, embedding, callbackUrl=server.url(path), cameras=cameras)
+
+
+async def test_events_reach_the_callback(
+    broker: Mosquitto, server: CallbackServer, tmp_path: Path, embedding: list[float]
+) -> None:
+    async with (
+        running_agent(_cfg(tmp_path, broker, server), outbox=True) as agent,
+        backend(broker) as b,
+    ):
+        assert (await b.send("session/start", _start("slot-1", embedding, server)))["status"] == 200
+        assert (await b.send("session/stop", {"slotId": "slot-1"}))["status"] == 200
+        await server.wait_delivered(2)
+        status = await b.send("status", {})
+        assert agent.outbox is not None
+    statuses = [r.body["status"] for r in server.delivered()]
+    assert statuses == ["STARTED", "STOPPED"]
+    assert all(r.headers["X-API-Key"] == "cb-secret" for r in server.received)
+    assert status["data"]["outbox"]["counts"]["pending"] == 0
+
+
+@pytest.mark.parametrize("rule", ["failures", "seconds"])
+async def test_autostop_on_unresponsive_backend(
+    broker: Mosquitto, server: CallbackServer, tmp_path: Path, embedding: list[float], rule: str
+) -> None:
+    limits = (
+        {"autostop_failures": 10, "autostop_seconds": 0}
+        if rule == "failures"
+        else {"autostop_failures": 0, "autostop_seconds": 1.5}
+    )
+    cfg = _cfg(tmp_path, broker, server, **limits)
+    alive_at_request: list[bool] = []
+    server.mode = {"": 500}
+    async with running_agent(cfg, outbox=True) as agent, backend(broker) as b:
+        assert agent.sessions is not None
+        server.on_request = lambda r: alive_at_request.append(
+            agent.sessions.get("slot-u") is not None
+        )  # type: ignore[union-attr]
+        started = time.monotonic()
+        assert (await b.send("session/start", _start("slot-u", embedding, server)))["status"] == 200
+        async with asyncio.timeout(15):
+            while agent.sessions.get("slot-u") is not None:
+                await asyncio.sleep(0.01)
+        stopped_after = time.monotonic() - started
+        failures_seen = len(server.received)
+        server.on_request = None
+        server.mode = {"": "ok"}
+        await server.wait_delivered(2, timeout=10)
+    if rule == "failures":
+        assert failures_seen == 10, failures_seen
+        assert all(alive_at_request[:10])  # not before the 10th failure
+    else:
+        assert 1.5 <= stopped_after < 5
+    bodies = [r.body for r in server.delivered()]
+    assert [b["status"] for b in bodies] == ["STARTED", "STOPPED"]
+    assert bodies[1]["reason"] == "BACKEND_UNRESPONSIVE"
+
+
+async def test_two_sessions_one_dead_callback(
+    broker: Mosquitto, server: CallbackServer, tmp_path: Path, embedding: list[float]
+) -> None:
+    server.mode = {"/dead": 500, "/good": "ok"}
+    cfg = _cfg(tmp_path, broker, server, autostop_failures=0, autostop_seconds=0)
+    async with running_agent(cfg, outbox=True), backend(broker) as b:
+        await b.send("session/start", _start("slot-dead", embedding, server, "/dead"))
+        for i in range(3):
+            slot = f"slot-good-{i}"
+            assert (await b.send("session/start", _start(slot, embedding, server, "/good")))[
+                "status"
+            ] == 200
+            await b.send("session/stop", {"slotId": slot})
+        await server.wait_delivered(6, path_prefix="/good", timeout=10)
+    assert not server.delivered("/dead")
+    assert len(server.received) > 6
+
+
+def _outbox_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "AGENT_STORAGE__DATA_DIR": str(data_dir)}
+    return subprocess.run(
+        [sys.executable, "-m", "agent", "outbox", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_dead_letter_visible_and_requeued_by_cli(
+    broker: Mosquitto, server: CallbackServer, tmp_path: Path, embedding: list[float]
+) -> None:
+    server.mode = {"": 400}
+    cfg = _cfg(tmp_path, broker, server)
+    async with running_agent(cfg, outbox=True) as agent, backend(broker) as b:
+        await b.send("session/start", _start("slot-400", embedding, server))
+        assert agent.outbox is not None
+        async with asyncio.timeout(10):
+            while agent.outbox.stats()["counts"]["dead"] != 1:
+                await asyncio.sleep(0.05)
+        shown = await asyncio.to_thread(_outbox_cli, cfg.storage.data_dir)
+        assert shown.returncode == 0, shown.stderr
+        stats = json.loads(shown.stdout)
+        assert stats["counts"]["dead"] == 1
+        assert stats["deadLetters"][0]["statusCode"] == 400
+        server.mode = {"": "ok"}
+        retried = await asyncio.to_thread(_outbox_cli, cfg.storage.data_dir, "retry")
+        assert "Re-queued 1 dead letter" in retried.stdout
+        await server.wait_delivered(1, timeout=15)  # the agent's scanner picks it up
+
+
+def _spawn_agent(
+    tmp_path: Path, broker: Mosquitto, server: CallbackServer
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "AGENT_MQTT__PORT": str(broker.port),
+        "AGENT_STORAGE__DATA_DIR": str(tmp_path / "data"),
+        "AGENT_MODELS__DIR": str(MODELS_DIR),
+        "AGENT_AUTH__API_KEYS": API_KEY,
+        "AGENT_CALLBACK__ALLOWED_URLS": json.dumps([server.url("/")]),
+        "AGENT_CALLBACK__TIMEOUT_S": "5",
+        "AGENT_CALLBACK__FIRST_RETRY_S": "0.05",
+        "AGENT_CALLBACK__RETRY_MAX_S": "0.3",
+        "AGENT_CALLBACK__AUTOSTOP_FAILURES": "0",
+        "AGENT_CALLBACK__AUTOSTOP_SECONDS": "0",
+    }
+    log = (tmp_path / "agent.log").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    log.close()
+    return proc
+
+
+def _stored_ids(data_dir: Path) -> set[str]:
+    with sqlite3.connect(data_dir / "agent.db") as conn:
+        return {row[0] for row in conn.execute("select event_id from events")}
+
+
+async def _wait_connected(broker: Mosquitto, proc: subprocess.Popen[bytes]) -> None:
+    async with backend(broker) as b:
+        async with asyncio.timeout(30):
+            while True:
+                assert proc.poll() is None, "agent exited"
+                try:
+                    if (await b.send("status", {}, timeout=1))["status"] == 200:
+                        return
+                except TimeoutError:
+                    pass
+
+
+async def test_sigkill_loses_nothing(
+    broker: Mosquitto, server: CallbackServer, tmp_path: Path, embedding: list[float]
+) -> None:
+    server.mode = {"": "hang"}
+    server.hang_s = 30
+    proc = _spawn_agent(tmp_path, broker, server)
+    try:
+        await _wait_connected(broker, proc)
+        async with backend(broker) as b:
+            for i in range(4):
+                assert (await b.send("session/start", _start(f"slot-k{i}", embedding, server)))[
+                    "status"
+                ] == 200
+            await b.send("session/stop", {"slotId": "slot-k0"})
+        # Deliveries are in flight (the backend hangs) when the agent is killed.
+        async with asyncio.timeout(10):
+            while len(server.received) < 4:
+                await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stored = _stored_ids(tmp_path / "data")
+    assert len(stored) == 5  # 4 STARTED + 1 STOPPED, all committed before the kill
+    await server.stop()
+    server.mode = {"": "ok"}
+    server.received.clear()
+    await server.start()
+    proc = _spawn_agent(tmp_path, broker, server)
+    try:
+        await server.wait_delivered(len(stored) + 3, timeout=30)  # + 3 RESUMED events
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    delivered = set(server.delivered_ids())
+    assert stored <= delivered, f"lost: {stored - delivered}"
+    by_slot: dict[str, list[Received]] = {}
+    for r in server.delivered():
+        by_slot.setdefault(r.body["slotId"], []).append(r)
+    for slot, received in by_slot.items():
+        seqs = [int(r.headers["X-Event-Sequence"]) for r in received]
+        assert seqs == sorted(seqs), (slot, seqs)
