@@ -41,10 +41,13 @@ def mosquitto_binary() -> str:
 class Mosquitto:
     """A broker process on 127.0.0.1 that tests can stop and restart on the same port."""
 
-    def __init__(self, workdir: Path, *, persistence: bool = True) -> None:
+    def __init__(
+        self, workdir: Path, *, persistence: bool = True, listener_lines: list[str] | None = None
+    ) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.persistence = persistence
+        self.listener_lines = listener_lines or ["allow_anonymous true"]
         self.proc: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
         # Run as root, mosquitto drops to its own user: it must be able to write here.
@@ -55,7 +58,7 @@ class Mosquitto:
         conf = self.workdir / "mosquitto.conf"
         lines = [
             f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
+            *self.listener_lines,
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.workdir}/",
             "log_dest stdout",
@@ -63,6 +66,10 @@ class Mosquitto:
             "log_type warning",
             "set_tcp_nodelay true",
         ]
+        if os.geteuid() == 0:
+            # Run as root, mosquitto would drop to its own user, which cannot read the
+            # test's private temp folders.
+            lines.append("user root")
         conf.write_text("\n".join(lines) + "\n")
         log = (self.workdir / "mosquitto.log").open("ab")
         self.proc = subprocess.Popen(
