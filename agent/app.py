@@ -27,9 +27,10 @@ from agent.inference import InferencePool, ModelSlot
 from agent.modelpack import select_pack
 from agent.mqtt import IncomingMessage, MqttLink
 from agent.outbox import Outbox
+from agent.pipeline import RecognitionRunner
 from agent.protocol import Command, EmbeddingGenerate, SessionStart, SessionStop, StatusReason
 from agent.reply import Reply
-from agent.sessions import HoldRunner, SessionManager, SessionRunner
+from agent.sessions import SessionManager, SessionRunner
 from agent.store import Store
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class Agent:
         self.state = AgentState.STARTING
         self.models = ModelSlot()
         self._injected_sink = sink
-        self._runner: SessionRunner = runner or HoldRunner()
+        self._runner = runner  # None: the real camera pipeline, built in run()
         self._started = time.time()
         self._status_dirty = asyncio.Event()
         self.sessions: SessionManager | None = None
@@ -260,6 +261,16 @@ class Agent:
             on_unresponsive=self._autostop,
         )
         sink = self._injected_sink or OutboxSink(outbox, delivery)
+        events = EventFactory(cfg.site.id, cfg.site.timezone)
+        runner = self._runner or RecognitionRunner(
+            cameras=cfg.cameras,
+            recognition=cfg.recognition,
+            models=self.models,
+            pool=pool,
+            sink=sink,
+            events=events,
+            store=store,
+        )
         try:
             await self._load_model(pool)
             await delivery.start()
@@ -267,11 +278,11 @@ class Agent:
                 store=store,
                 models=self.models,
                 sink=sink,
-                events=EventFactory(cfg.site.id, cfg.site.timezone),
+                events=events,
                 cameras=cfg.cameras,
                 callback=cfg.callback,
                 recognition=cfg.recognition,
-                runner=self._runner,
+                runner=runner,
                 on_change=self._mark_status_dirty,
                 on_stopped=delivery.forget,
             )

@@ -138,6 +138,45 @@ class RecognitionConfig(Section):
         le=1.0,
         description="Minimum lead of the best student's score over the second-best student's.",
     )
+    confirm_k: int = Field(
+        2, ge=1, le=50, description="A face is recognised when it matched one student in k ..."
+    )
+    confirm_n: int = Field(
+        3, ge=1, le=50, description="... of its last n analyses (one lucky frame is not enough)."
+    )
+    min_face_px: int = Field(
+        32, ge=8, le=1000, description="Faces narrower than this (pixels) are not recognised."
+    )
+    track_iou: float = Field(
+        0.3, ge=0.05, le=0.95, description="Box overlap that continues a face's track."
+    )
+    track_max_missed: int = Field(
+        4, ge=0, le=100, description="Analyses a track survives without its face."
+    )
+    reembed_every: int = Field(
+        8,
+        ge=1,
+        le=1000,
+        description="A recognised track is re-checked every this many "
+        "analyses (others are embedded every analysis until confirmed).",
+    )
+    continuous_interval_s: float = Field(
+        60.0,
+        ge=1.0,
+        le=86_400,
+        description="CONTINUOUS mode: re-report a student seen again after this long.",
+    )
+    face_jpeg: bool = Field(
+        False,
+        description="Attach a small JPEG crop of the face to recognition events "
+        "(kept only until delivered).",
+    )
+
+    @model_validator(mode="after")
+    def _k_of_n(self) -> RecognitionConfig:
+        if self.confirm_k > self.confirm_n:
+            raise ValueError("confirm_k must not exceed confirm_n")
+        return self
 
 
 class EnrollmentConfig(Section):
@@ -340,7 +379,36 @@ class CameraEntry(Section):
 
 
 class CamerasConfig(Section):
-    """The site's cameras."""
+    """The site's cameras and how they are read."""
+
+    open_timeout_s: float = Field(
+        5.0, ge=0.5, le=60, description="Longest wait for a stream to open (seed: 5 s)."
+    )
+    read_timeout_s: float = Field(
+        2.0, ge=0.2, le=60, description="Longest wait inside one read (OpenCV FFmpeg option)."
+    )
+    max_frame_age_s: float = Field(
+        3.0, ge=0.5, le=120, description="No new frame for this long = the stream is hung."
+    )
+    reconnect_attempts: int = Field(
+        3, ge=1, le=100, description="Reconnect attempts before a camera is dead (seed: 3)."
+    )
+    reconnect_interval_s: float = Field(
+        2.0, ge=0.0, le=120, description="Pause between reconnect attempts (seed: 2 s)."
+    )
+    probe_min_s: float = Field(
+        5.0, ge=0.1, le=600, description="First re-probe of a dead camera; doubles each time."
+    )
+    probe_max_s: float = Field(60.0, ge=0.1, le=3600, description="Longest re-probe interval.")
+    analysis_fps: float = Field(
+        4.0, gt=0, le=30, description="Analyses per second per camera (at most)."
+    )
+    ffmpeg_options: str = Field(
+        "rtsp_transport;tcp|analyzeduration;100000|probesize;32768",
+        max_length=1024,
+        description="OPENCV_FFMPEG_CAPTURE_OPTIONS: RTSP over TCP and a fast open (measured "
+        "0.13 s instead of 2.8 s).",
+    )
 
     registry: tuple[CameraEntry, ...] = Field(
         (), max_length=256, description="Cameras that commands may name by id."

@@ -70,6 +70,15 @@ class EventFactory:
         """Current time in the site's zone (ISO 8601 with offset on the wire)."""
         return datetime.now(self.zone)
 
+    def at(self, timestamp: float) -> datetime:
+        """A Unix timestamp in the site's zone."""
+        return datetime.fromtimestamp(timestamp, self.zone)
+
+    @staticmethod
+    def new_id() -> str:
+        """A fresh event id (UUID 4)."""
+        return str(uuid.uuid4())
+
     def status(
         self,
         slot_id: str,
@@ -83,7 +92,7 @@ class EventFactory:
     ) -> SessionStatusEvent:
         """A SESSION_STATUS event."""
         return SessionStatusEvent(
-            event_id=str(uuid.uuid4()),
+            event_id=self.new_id(),
             slot_id=slot_id,
             site_id=self.site_id,
             status=status,

@@ -21,7 +21,7 @@ from agent.errors import AgentError, ErrorCode
 from agent.events import EventFactory, EventSink
 from agent.inference import ModelSlot
 from agent.matching import Roster
-from agent.protocol import SessionStart, SessionStatus, StatusReason
+from agent.protocol import CameraUptime, SessionStart, SessionStatus, StatusReason
 from agent.store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,9 @@ class ActiveSession:
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     task: asyncio.Task[None] | None = None
     stop_reason: StatusReason | None = None
+    # Set by the runner while it runs: per-camera health and up-times.
+    camera_health: Callable[[], list[dict[str, Any]]] | None = None
+    uptimes: Callable[[], list[CameraUptime]] | None = None
 
     @property
     def slot_id(self) -> str:
@@ -60,7 +63,11 @@ class ActiveSession:
         return {
             "slotId": self.slot_id,
             "mode": self.command.mode.value,
-            "cameras": [{"id": c.id, "name": c.name} for c in self.cameras],
+            "cameras": (
+                self.camera_health()
+                if self.camera_health is not None
+                else [{"id": c.id, "name": c.name} for c in self.cameras]
+            ),
             "students": len(self.roster),
             "embeddingSpace": self.embedding_space,
             "threshold": self.threshold,
@@ -297,6 +304,7 @@ class SessionManager:
                 log.error("STOP_SESSION_FAILED slot=%s error=%r", session.slot_id, results[0])
         try:
             self._store.delete_session(session.slot_id)
+            self._store.clear_recognized(session.slot_id)
         except StoreError:
             failed = True
             log.exception("STOP_SESSION_FAILED slot=%s (row not deleted)", session.slot_id)
@@ -315,7 +323,8 @@ class SessionManager:
     async def _emit(
         self, session: ActiveSession, status: SessionStatus, reason: StatusReason | None = None
     ) -> None:
-        event = self._events.status(session.slot_id, status, reason)
+        cameras = session.uptimes() if status is SessionStatus.STOPPED and session.uptimes else None
+        event = self._events.status(session.slot_id, status, reason, cameras=cameras)
         await self._sink.emit(event, session.command.callback_url)
 
     async def resume_all(self) -> None:

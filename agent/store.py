@@ -62,9 +62,17 @@ def _m002_outbox(db: sqlite_utils.Database) -> None:
     db.table("slot_sequences").create({"slot_id": str, "last_seq": int}, pk="slot_id")
 
 
+def _m003_recognized(db: sqlite_utils.Database) -> None:
+    db.table("recognized").create(
+        {"slot_id": str, "student_id": str, "recognized_at": float},
+        pk=("slot_id", "student_id"),
+    )
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("001_sessions", _m001_sessions),
     ("002_outbox", _m002_outbox),
+    ("003_recognized", _m003_recognized),
 ]
 """Applied in order, each once; append new ones, never edit applied ones."""
 
@@ -129,6 +137,30 @@ class Store:
         """Persisted sessions, oldest first, with the command decoded."""
         rows = self.db.table("sessions").rows_where(order_by="started_at")
         return [{**row, "command": json.loads(row["command"])} for row in rows]
+
+    # Students already reported (ATTENDANCE mode survives restarts) --------------------
+
+    def mark_recognized(self, slot_id: str, student_id: str) -> bool:
+        """Record a reported student; False if the slot had already reported them."""
+        try:
+            with self.db.conn:
+                cursor = self.db.execute(
+                    "insert or ignore into recognized (slot_id, student_id, recognized_at) "
+                    "values (?, ?, ?)",
+                    [slot_id, student_id, time.time()],
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write the state file {self.path}: {exc}") from exc
+        return bool(cursor.rowcount)
+
+    def recognized(self, slot_id: str) -> set[str]:
+        """Students already reported for a slot."""
+        rows = self.db.execute("select student_id from recognized where slot_id = ?", [slot_id])
+        return {str(r[0]) for r in rows}
+
+    def clear_recognized(self, slot_id: str) -> None:
+        """Forget a slot's reported students (its session ended)."""
+        self._write(lambda: self.db.table("recognized").delete_where("slot_id = ?", [slot_id]))
 
     # Replies (idempotency) -----------------------------------------------------------
 

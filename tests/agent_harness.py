@@ -14,6 +14,7 @@ import aiomqtt
 from agent.app import Agent, AgentState
 from agent.config import AgentConfig
 from agent.events import Event
+from agent.sessions import HoldRunner
 from tests.brokers import API_KEY, Backend, Mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,14 +73,23 @@ def agent_config(data_dir: Path, broker: Mosquitto, **sections: dict[str, Any]) 
 
 @contextlib.asynccontextmanager
 async def running_agent(
-    cfg: AgentConfig, sink: RecordingSink | None = None, *, outbox: bool = False
+    cfg: AgentConfig,
+    sink: RecordingSink | None = None,
+    *,
+    outbox: bool = False,
+    cameras: bool = False,
 ) -> AsyncIterator[Agent]:
     """Start an agent, wait until it is connected, and stop it cleanly afterwards.
 
     Events go to ``sink`` (a new RecordingSink by default), or with ``outbox=True`` to the
-    agent's real outbox and callback delivery.
+    agent's real outbox and callback delivery. Sessions hold their state without reading
+    cameras unless ``cameras=True`` (the real camera pipeline).
     """
-    agent = Agent(cfg, sink=None if outbox else (sink or RecordingSink()))
+    agent = Agent(
+        cfg,
+        sink=None if outbox else (sink or RecordingSink()),
+        runner=None if cameras else HoldRunner(),
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop), name="agent-under-test")
     try:

@@ -36,6 +36,8 @@ def _start_agent(tmp_path: Path, broker: Mosquitto) -> subprocess.Popen[str]:
         "AGENT_MQTT__PORT": str(broker.port),
         "AGENT_STORAGE__DATA_DIR": str(tmp_path / "data"),
         "AGENT_MODELS__DIR": str(MODELS_DIR),
+        # The test cameras do not exist: keep them "reconnecting" for the test's duration.
+        "AGENT_CAMERAS__RECONNECT_ATTEMPTS": "100",
         "AGENT_AUTH__API_KEYS": API_KEY,
         "AGENT_CALLBACK__ALLOWED_URLS": '["http://127.0.0.1:9/"]',
         "AGENT_LOGGING__FORMAT": "json",

@@ -1,0 +1,334 @@
+"""Camera readers: one thread per camera, reading with OpenCV, reconnecting by itself.
+
+The thread ``grab()``s every frame (H.264 must decode every frame anyway) but converts
+(``retrieve()``) only the frame the analyser asked for, and hands it to the event loop;
+nothing is queued, so results are always about *now*. Failures follow the seed: a failed
+read (or no frame for ``max_frame_age_s``) releases the capture and retries the open
+``reconnect_attempts`` times, ``reconnect_interval_s`` apart; when all fail the camera is
+dead for the session, and is then re-probed with capped backoff until it comes back.
+
+Code on this thread never touches loop state: it hands frames and state changes to the
+loop with ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import cv2
+import numpy as np
+
+from agent.config import CamerasConfig
+from agent.engine import Image
+
+log = logging.getLogger(__name__)
+
+
+class CameraState(StrEnum):
+    """Where a camera reader is."""
+
+    CONNECTING = "CONNECTING"
+    LIVE = "LIVE"
+    RECONNECTING = "RECONNECTING"
+    DEAD = "DEAD"  # all reconnect attempts failed; being re-probed slowly
+    STOPPED = "STOPPED"
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame and when it was read."""
+
+    image: Image
+    monotonic: float
+    wall: float
+
+
+@dataclass
+class CameraStats:
+    """Counters shown in status and metrics."""
+
+    frames_read: int = 0
+    frames_analysed: int = 0
+    frames_invalid: int = 0
+    reconnects: int = 0
+    last_error: str = ""
+    up_seconds: float = 0.0
+    live_since: float | None = None
+    last_frame_at: float | None = None
+
+
+def redact_url(url: str) -> str:
+    """The URL without any user:password part (safe to log)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid url>"
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def _source(url: str) -> tuple[Any, int]:
+    """What to pass to cv2.VideoCapture for a camera URL, and the backend to use."""
+    if url.isdigit():
+        return int(url), cv2.CAP_V4L2
+    if url.startswith("file://"):
+        return url[len("file://") :], cv2.CAP_FFMPEG
+    return url, cv2.CAP_FFMPEG
+
+
+StateCallback = Callable[[str, CameraState, str], None]
+
+
+@dataclass
+class CameraReader:
+    """Reads one camera on its own thread. ``start`` it, ask ``next_frame``, ``stop`` it."""
+
+    camera_id: str
+    name: str
+    url: str
+    cfg: CamerasConfig
+    loop: asyncio.AbstractEventLoop
+    on_state: StateCallback  # called on the loop: (camera_id, new state, reason)
+    state: CameraState = CameraState.CONNECTING
+    stats: CameraStats = field(default_factory=CameraStats)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _want: threading.Event = field(default_factory=threading.Event)
+    _waiter: asyncio.Future[Frame] | None = None
+    _thread: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # Loop side -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the reader thread."""
+        os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = self.cfg.ffmpeg_options
+        self._thread = threading.Thread(
+            target=self._run, name=f"camera-{self.camera_id}", daemon=True
+        )
+        self._thread.start()
+
+    async def next_frame(self, timeout: float) -> Frame | None:
+        """The next frame the camera delivers, or None if none comes within ``timeout``."""
+        future: asyncio.Future[Frame] = self.loop.create_future()
+        with self._lock:
+            self._waiter = future
+            self._want.set()
+        try:
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            return None
+        finally:
+            with self._lock:
+                if self._waiter is future:
+                    self._waiter = None
+                    self._want.clear()
+
+    def frame_age(self) -> float | None:
+        """Seconds since the last frame was read (None before the first)."""
+        last = self.stats.last_frame_at
+        return None if last is None else time.monotonic() - last
+
+    def up_seconds(self) -> float:
+        """Total time the camera was live."""
+        live = self.stats.live_since
+        return self.stats.up_seconds + (time.monotonic() - live if live is not None else 0.0)
+
+    async def stop(self) -> None:
+        """Stop the thread and wait for it (bounded by the open and read timeouts)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            limit = self.cfg.open_timeout_s + self.cfg.read_timeout_s + 2
+            await asyncio.to_thread(thread.join, limit)
+            if thread.is_alive():
+                log.error("CAMERA_THREAD_STUCK camera=%s (still blocked in OpenCV)", self.camera_id)
+        self._set_state_local(CameraState.STOPPED)
+
+    def mark_stalled(self) -> None:
+        """Loop side: no frame for ``max_frame_age_s`` while the thread is still blocked in
+        a read. Reported at once; the thread reconnects when the read gives up."""
+        if self.state is CameraState.LIVE:
+            self.stats.last_error = f"no frame for {self.cfg.max_frame_age_s:g} s (stream hung)"
+            log.warning(
+                "CAMERA_READ_FAIL camera=%s reason=%s", self.camera_id, self.stats.last_error
+            )
+            self._set_state_local(CameraState.RECONNECTING)
+            self.on_state(self.camera_id, CameraState.RECONNECTING, self.stats.last_error)
+
+    def describe(self) -> dict[str, Any]:
+        """Health for status: state, frame age, counters, last error."""
+        age = self.frame_age()
+        return {
+            "id": self.camera_id,
+            "name": self.name,
+            "state": self.state.value,
+            "frameAgeSeconds": None if age is None else round(age, 2),
+            "framesRead": self.stats.frames_read,
+            "framesAnalysed": self.stats.frames_analysed,
+            "framesDropped": max(0, self.stats.frames_read - self.stats.frames_analysed),
+            "framesInvalid": self.stats.frames_invalid,
+            "reconnects": self.stats.reconnects,
+            "lastError": self.stats.last_error or None,
+            "upSeconds": round(self.up_seconds(), 1),
+        }
+
+    def _set_state_local(self, state: CameraState) -> None:
+        now = time.monotonic()
+        if self.state is CameraState.LIVE and state is not CameraState.LIVE:
+            if self.stats.live_since is not None:
+                self.stats.up_seconds += now - self.stats.live_since
+            self.stats.live_since = None
+        elif state is CameraState.LIVE and self.state is not CameraState.LIVE:
+            self.stats.live_since = now
+        self.state = state
+
+    # Thread side ---------------------------------------------------------------------
+
+    def _report(self, state: CameraState, reason: str = "") -> None:
+        """From the thread: change state and tell the loop."""
+        if state is self.state:
+            return
+        self._set_state_local(state)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the agent is exiting
+            self.loop.call_soon_threadsafe(self.on_state, self.camera_id, state, reason)
+
+    def _deliver(self, frame: Frame) -> None:
+        with self._lock:
+            waiter = self._waiter
+            if waiter is None:
+                return
+            self._waiter = None
+            self._want.clear()
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(_resolve, waiter, frame)
+
+    def _open(self) -> Any | None:
+        source, backend = _source(self.url)
+        params = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+            int(self.cfg.open_timeout_s * 1000),
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+            int(self.cfg.read_timeout_s * 1000),
+        ]
+        started = time.monotonic()
+        try:
+            cap = cv2.VideoCapture(source, backend, params)
+        except cv2.error as exc:
+            self.stats.last_error = f"open failed: {exc}"[:300]
+            return None
+        if not cap.isOpened():
+            cap.release()
+            took = time.monotonic() - started
+            self.stats.last_error = (
+                "open timed out" if took >= self.cfg.open_timeout_s * 0.9 else "open refused"
+            )
+            return None
+        return cap
+
+    def _run(self) -> None:
+        attempts = 0
+        probe = self.cfg.probe_min_s
+        safe_url = redact_url(self.url)
+        while not self._stop.is_set():
+            cap = self._open()
+            if cap is None:
+                attempts += 1
+                if self.state is CameraState.DEAD:
+                    log.info("CAMERA_PROBE_FAILED camera=%s next_in=%.0fs", self.camera_id, probe)
+                    self._stop.wait(probe)
+                    probe = min(self.cfg.probe_max_s, probe * 2)
+                    continue
+                event = (
+                    "CAMERA_RECONNECT_TIMEOUT"
+                    if "timed out" in self.stats.last_error
+                    else "CAMERA_RECONNECT_ERROR"
+                )
+                log.warning(
+                    "%s camera=%s url=%s attempt=%d/%d error=%s",
+                    event,
+                    self.camera_id,
+                    safe_url,
+                    attempts,
+                    self.cfg.reconnect_attempts,
+                    self.stats.last_error,
+                )
+                if attempts >= self.cfg.reconnect_attempts:
+                    log.error(
+                        "CAMERA_DEAD camera=%s url=%s after %d attempts",
+                        self.camera_id,
+                        safe_url,
+                        attempts,
+                    )
+                    self._report(CameraState.DEAD, self.stats.last_error)
+                    self._stop.wait(probe)
+                    continue
+                self._stop.wait(self.cfg.reconnect_interval_s)
+                continue
+            if attempts or self.state is CameraState.DEAD:
+                self.stats.reconnects += 1
+                log.info(
+                    "CAMERA_RECONNECT_OK camera=%s after %d attempt(s)", self.camera_id, attempts
+                )
+            attempts = 0
+            probe = self.cfg.probe_min_s
+            self._report(CameraState.LIVE)
+            reason = self._read_until_failure(cap)
+            cap.release()
+            if self._stop.is_set():
+                break
+            self.stats.last_error = reason
+            log.warning("CAMERA_READ_FAIL camera=%s reason=%s", self.camera_id, reason)
+            log.info("CAMERA_RECONNECT camera=%s", self.camera_id)
+            self._report(CameraState.RECONNECTING, reason)
+        self._report(CameraState.STOPPED)
+
+    def _read_until_failure(self, cap: Any) -> str:
+        """Read until a failure (returned as the reason) or a stop request."""
+        pace = _file_pace(cap) if self.url.startswith("file://") else 0.0
+        last = time.monotonic()
+        while not self._stop.is_set():
+            ok = cap.grab()
+            now = time.monotonic()
+            if not ok:
+                return "read failed (stream ended or connection lost)"
+            if now - last > self.cfg.max_frame_age_s:
+                return f"no frame for {now - last:.1f} s (stream hung)"
+            last = now
+            self.stats.frames_read += 1
+            self.stats.last_frame_at = now
+            if self.state is not CameraState.LIVE:  # frames flow again after a stall
+                self._report(CameraState.LIVE)
+            if self._want.is_set():
+                ok, image = cap.retrieve()
+                if not ok or image is None or image.size == 0 or image.ndim != 3:
+                    self.stats.frames_invalid += 1
+                else:
+                    self._deliver(Frame(np.ascontiguousarray(image), now, time.time()))
+            if pace:
+                self._stop.wait(pace)
+        return "stopped"
+
+
+def _file_pace(cap: Any) -> float:
+    """Seconds per frame for a video file (read it at its own rate, not as fast as possible)."""
+    fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+    return 1.0 / fps if 1.0 <= fps <= 120.0 else 0.1
+
+
+def _resolve(future: asyncio.Future[Frame], frame: Frame) -> None:
+    if not future.done():
+        future.set_result(frame)

@@ -1,0 +1,325 @@
+"""The live recognition loop of a session: its cameras, their analysis, and its events.
+
+Per camera: a reader thread (``agent.camera``) and one analysis task that asks for the
+newest frame at ``analysis_fps`` and runs detect -> track -> embed (only new or uncertain
+faces) -> match in the inference pool. A student is recognised when one tracked face
+matched them in k of its last n analyses. Camera failures become CAMERA_DISCONNECTED /
+CAMERA_RECONNECTED events, and the session ends (ALL_CAMERAS_FAILED) when every camera
+is dead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from dataclasses import dataclass, field
+
+import cv2
+
+from agent.camera import CameraReader, CameraState, Frame
+from agent.config import CamerasConfig, RecognitionConfig
+from agent.engine import FaceEngine, FloatArray, Image
+from agent.errors import AgentError
+from agent.events import EventFactory, EventSink
+from agent.inference import InferencePool, ModelSlot
+from agent.matching import Roster
+from agent.protocol import (
+    CameraUptime,
+    RecognitionEvent,
+    SessionMode,
+    SessionStatus,
+    StatusReason,
+)
+from agent.sessions import ActiveSession
+from agent.store import Store, StoreError
+from agent.tracker import FaceTracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """A confirmed student seen in one analysis."""
+
+    student_id: str
+    score: float
+    bbox: FloatArray
+    crop: Image | None = None
+
+
+@dataclass
+class AnalysisResult:
+    """What one analysis of one frame found."""
+
+    faces: int = 0
+    embedded: int = 0
+    sightings: list[Sighting] = field(default_factory=list)
+
+
+def analyse_frame(
+    engine: FaceEngine,
+    image: Image,
+    tracker: FaceTracker,
+    roster: Roster,
+    cfg: RecognitionConfig,
+    threshold: float,
+) -> AnalysisResult:
+    """Detect, track, embed what needs it, match, and vote (runs in an inference thread).
+
+    ``tracker`` belongs to one camera, whose analyses run one at a time.
+    """
+    faces = [f for f in engine.detect(image) if f.bbox[2] - f.bbox[0] >= cfg.min_face_px]
+    tracks = tracker.update(faces)
+    todo = [t for t in tracks if tracker.needs_embedding(t)]
+    if todo:
+        crops = engine.align(image, [t.face for t in todo])
+        matches = roster.match(engine.embed(crops))
+        for track, match in zip(todo, matches, strict=True):
+            accepted = match.accepted(threshold, cfg.match_margin)
+            track.vote(match.student_id if accepted else None, match.score, cfg.confirm_k)
+    result = AnalysisResult(faces=len(faces), embedded=len(todo))
+    for track in tracks:
+        if track.confirmed is not None:
+            crop = engine.align(image, [track.face])[0] if cfg.face_jpeg else None
+            result.sightings.append(
+                Sighting(track.confirmed, track.best_scores[track.confirmed], track.face.bbox, crop)
+            )
+    return result
+
+
+class RecognitionRunner:
+    """The :class:`~agent.sessions.SessionRunner` that reads cameras and recognises faces."""
+
+    def __init__(
+        self,
+        *,
+        cameras: CamerasConfig,
+        recognition: RecognitionConfig,
+        models: ModelSlot,
+        pool: InferencePool,
+        sink: EventSink,
+        events: EventFactory,
+        store: Store,
+    ) -> None:
+        self.cameras_cfg = cameras
+        self.cfg = recognition
+        self.models = models
+        self.pool = pool
+        self.sink = sink
+        self.events = events
+        self.store = store
+
+    async def run(self, session: ActiveSession) -> StatusReason | None:
+        """Run the session's cameras until cancelled, or until all of them are dead."""
+        loop = asyncio.get_running_loop()
+        changes: asyncio.Queue[tuple[str, CameraState, str]] = asyncio.Queue()
+        readers = [
+            CameraReader(
+                camera_id=cam.id,
+                name=cam.name,
+                url=cam.url,
+                cfg=self.cameras_cfg,
+                loop=loop,
+                on_state=lambda cid, state, reason: changes.put_nowait((cid, state, reason)),
+            )
+            for cam in session.cameras
+        ]
+        session.camera_health = lambda: [r.describe() for r in readers]
+        session.uptimes = lambda: self._uptimes(session, readers)
+        reported = (
+            set()
+            if session.command.mode is SessionMode.CONTINUOUS
+            else (self.store.recognized(session.slot_id))
+        )
+        last_report: dict[str, float] = {}
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            for reader in readers:
+                reader.start()
+                tasks.append(
+                    asyncio.create_task(
+                        self._analyse(session, reader, reported, last_report),
+                        name=f"analyse-{session.slot_id}-{reader.camera_id}",
+                    )
+                )
+            disconnected: set[str] = set()
+            while True:
+                camera_id, state, reason = await changes.get()
+                reader = next(r for r in readers if r.camera_id == camera_id)
+                if state is CameraState.DEAD:
+                    if all(r.state is CameraState.DEAD for r in readers):
+                        log.error("ALL_CAMERAS_DEAD slot=%s", session.slot_id)
+                        return StatusReason.ALL_CAMERAS_FAILED
+                    disconnected.add(camera_id)
+                    await self._status(
+                        session,
+                        SessionStatus.CAMERA_DISCONNECTED,
+                        StatusReason.CAMERA_FAILURE,
+                        reader,
+                        reason,
+                    )
+                elif state is CameraState.LIVE and camera_id in disconnected:
+                    disconnected.discard(camera_id)
+                    await self._status(
+                        session,
+                        SessionStatus.CAMERA_RECONNECTED,
+                        StatusReason.CAMERA_RECOVERED,
+                        reader,
+                        "",
+                    )
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*(r.stop() for r in readers))
+
+    def _uptimes(self, session: ActiveSession, readers: list[CameraReader]) -> list[CameraUptime]:
+        total = max(0.0, time.time() - session.started_at.timestamp())
+        return [
+            CameraUptime(
+                camera_id=r.camera_id,
+                camera_name=r.name,
+                up_seconds=round(min(r.up_seconds(), total), 1),
+                session_seconds=round(total, 1),
+            )
+            for r in readers
+        ]
+
+    async def _status(
+        self,
+        session: ActiveSession,
+        status: SessionStatus,
+        reason: StatusReason,
+        reader: CameraReader,
+        message: str,
+    ) -> None:
+        event = self.events.status(
+            session.slot_id,
+            status,
+            reason,
+            camera_id=reader.camera_id,
+            camera_name=reader.name,
+            message=message or None,
+        )
+        try:
+            await self.sink.emit(event, session.command.callback_url)
+        except AgentError as exc:
+            log.error(
+                "SESSION_EVENT_LOST slot=%s status=%s code=%s", session.slot_id, status, exc.code
+            )
+
+    async def _analyse(
+        self,
+        session: ActiveSession,
+        reader: CameraReader,
+        reported: set[str],
+        last_report: dict[str, float],
+    ) -> None:
+        cfg = self.cfg
+        interval = 1.0 / self.cameras_cfg.analysis_fps
+        tracker = FaceTracker(
+            iou=cfg.track_iou,
+            max_missed=cfg.track_max_missed,
+            n=cfg.confirm_n,
+            reembed_every=cfg.reembed_every,
+        )
+        while True:
+            started = time.monotonic()
+            if reader.state is CameraState.DEAD:
+                await asyncio.sleep(interval)
+                continue
+            frame = await reader.next_frame(timeout=self.cameras_cfg.max_frame_age_s)
+            if frame is None:
+                age = reader.frame_age()
+                if age is None or age > self.cameras_cfg.max_frame_age_s:
+                    reader.mark_stalled()
+                continue
+            engine = self.models.engine
+            if engine is None or engine.embedding_space != session.embedding_space:
+                await asyncio.sleep(interval)  # no usable model right now: skip frames
+                continue
+            try:
+                result = await self.pool.run(
+                    analyse_frame,
+                    engine,
+                    frame.image,
+                    tracker,
+                    session.roster,
+                    cfg,
+                    session.threshold,
+                )
+            except Exception:
+                reader.stats.frames_invalid += 1
+                log.exception(
+                    "FRAME_PROCESSING_ERROR slot=%s camera=%s", session.slot_id, reader.camera_id
+                )
+                continue
+            reader.stats.frames_analysed += 1
+            for sighting in result.sightings:
+                await self._maybe_report(session, reader, frame, sighting, reported, last_report)
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+    async def _maybe_report(
+        self,
+        session: ActiveSession,
+        reader: CameraReader,
+        frame: Frame,
+        sighting: Sighting,
+        reported: set[str],
+        last_report: dict[str, float],
+    ) -> None:
+        student_id = sighting.student_id
+        if session.command.mode is SessionMode.ATTENDANCE:
+            if student_id in reported:
+                return
+        else:
+            last = last_report.get(student_id)
+            if last is not None and time.monotonic() - last < self.cfg.continuous_interval_s:
+                return
+        student = next(s for s in session.command.students if s.id == student_id)
+        face_jpeg = None
+        if sighting.crop is not None:
+            ok, buf = cv2.imencode(".jpg", sighting.crop, [cv2.IMWRITE_JPEG_QUALITY, 80])
+            face_jpeg = base64.b64encode(buf.tobytes()).decode() if ok else None
+        event = RecognitionEvent(
+            event_id=self.events.new_id(),
+            slot_id=session.slot_id,
+            site_id=self.events.site_id,
+            mode=session.command.mode,
+            student_id=student_id,
+            student_code=student.code,
+            confidence=round(min(1.0, max(-1.0, sighting.score)), 4),
+            camera_id=reader.camera_id,
+            camera_name=reader.name,
+            recognized_at=self.events.at(frame.wall),
+            embedding_space=session.embedding_space,
+            face_jpeg=face_jpeg,
+        )
+        try:
+            await self.sink.emit(event, session.command.callback_url)
+        except AgentError as exc:
+            log.error(
+                "RECOGNITION_EVENT_LOST slot=%s student=%s code=%s",
+                session.slot_id,
+                student_id,
+                exc.code,
+            )
+            return
+        if session.command.mode is SessionMode.ATTENDANCE:
+            reported.add(student_id)
+            try:
+                self.store.mark_recognized(session.slot_id, student_id)
+            except StoreError:
+                log.exception(
+                    "RECOGNIZED_NOT_SAVED slot=%s student=%s", session.slot_id, student_id
+                )
+        last_report[student_id] = time.monotonic()
+        log.info(
+            "STUDENT_RECOGNIZED slot=%s student=%s camera=%s confidence=%.3f",
+            session.slot_id,
+            student_id,
+            reader.camera_id,
+            sighting.score,
+        )

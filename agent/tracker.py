@@ -1,0 +1,105 @@
+"""A light IoU tracker: follows faces across analyses so each is embedded once (or when its
+match is still uncertain), and so k-of-n confirmation counts the same face."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agent.engine import DetectedFace, FloatArray
+
+
+def iou_matrix(a: FloatArray, b: FloatArray) -> FloatArray:
+    """IoU of every box in ``a`` (N x 4) with every box in ``b`` (M x 4)."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)), np.float32)
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    result: FloatArray = (inter / np.maximum(union, 1e-6)).astype(np.float32)
+    return result
+
+
+@dataclass
+class Track:
+    """One face followed across analyses."""
+
+    track_id: int
+    face: DetectedFace
+    votes: deque[str | None]
+    best_scores: dict[str, float] = field(default_factory=dict)
+    missed: int = 0
+    since_embed: int = 0
+    confirmed: str | None = None  # student id once k of the last n votes agree
+
+    def vote(self, student_id: str | None, score: float, k: int) -> str | None:
+        """Record one match result; returns the student id when newly confirmed."""
+        self.votes.append(student_id)
+        self.since_embed = 0
+        if student_id is not None:
+            self.best_scores[student_id] = max(score, self.best_scores.get(student_id, -1.0))
+        if student_id is not None and self.votes.count(student_id) >= k:
+            newly = self.confirmed != student_id
+            self.confirmed = student_id
+            return student_id if newly else None
+        if self.confirmed is not None and self.votes.count(self.confirmed) == 0:
+            self.confirmed = None  # the face no longer matches: it was a tracker swap
+        return None
+
+
+class FaceTracker:
+    """Greedy IoU association of this analysis's faces with the previous tracks."""
+
+    def __init__(self, *, iou: float, max_missed: int, n: int, reembed_every: int) -> None:
+        self.iou = iou
+        self.max_missed = max_missed
+        self.n = n
+        self.reembed_every = reembed_every
+        self.tracks: list[Track] = []
+        self._next_id = 1
+
+    def update(self, faces: list[DetectedFace]) -> list[Track]:
+        """Associate faces with tracks (new tracks for the rest); returns the live tracks
+        that have a face in this analysis."""
+        boxes = np.array([f.bbox for f in faces], np.float32).reshape(-1, 4)
+        previous = np.array([t.face.bbox for t in self.tracks], np.float32).reshape(-1, 4)
+        overlap = iou_matrix(previous, boxes)
+        matched_tracks: set[int] = set()
+        matched_faces: dict[int, Track] = {}
+        for flat in np.argsort(-overlap, axis=None):
+            ti, fi = divmod(int(flat), max(1, overlap.shape[1]))
+            if overlap.size == 0 or overlap[ti, fi] < self.iou:
+                break
+            if ti in matched_tracks or fi in matched_faces:
+                continue
+            matched_tracks.add(ti)
+            matched_faces[fi] = self.tracks[ti]
+        seen: list[Track] = []
+        for fi, face in enumerate(faces):
+            track = matched_faces.get(fi)
+            if track is None:
+                track = Track(self._next_id, face, deque(maxlen=self.n))
+                self._next_id += 1
+                self.tracks.append(track)
+            else:
+                track.face = face
+                track.missed = 0
+                track.since_embed += 1
+            seen.append(track)
+        seen_ids = {t.track_id for t in seen}
+        for track in self.tracks:
+            if track.track_id not in seen_ids:
+                track.missed += 1
+        self.tracks = [t for t in self.tracks if t.missed <= self.max_missed]
+        return seen
+
+    def needs_embedding(self, track: Track) -> bool:
+        """New and unconfirmed tracks every analysis; confirmed ones now and then."""
+        return track.confirmed is None or track.since_embed >= self.reembed_every
