@@ -300,13 +300,20 @@ class CameraReader:
         """Read until a failure (returned as the reason) or a stop request."""
         pace = _file_pace(cap) if self.url.startswith("file://") else 0.0
         last = time.monotonic()
+        slow = 0.9 * self.cfg.read_timeout_s
         while not self._stop.is_set():
+            before = time.monotonic()
             ok = cap.grab()
             now = time.monotonic()
             if not ok:
                 return "read failed (stream ended or connection lost)"
-            if now - last > self.cfg.max_frame_age_s:
-                return f"no frame for {now - last:.1f} s (stream hung)"
+            if now - before >= slow:
+                # The read waited out its timeout: FFmpeg hands back buffered data from a
+                # stream that stopped (measured with a frozen RTSP server: one "frame" per
+                # timeout). It is not a live frame, so it does not refresh the frame age.
+                if now - last > self.cfg.max_frame_age_s:
+                    return f"no new frame for {now - last:.1f} s (stream hung)"
+                continue
             last = now
             self.stats.frames_read += 1
             self.stats.last_frame_at = now

@@ -18,6 +18,7 @@ from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -184,6 +185,8 @@ class Delivery:
             if outcome.delivered:
                 self.outbox.mark_delivered(event, outcome.status or 200, attempts)
                 self._record_success(event.slot_id)
+                if attempts > 1:
+                    self._backend_is_back(event)
                 log.info(
                     "CALLBACK_DELIVERED slot=%s seq=%d event=%s type=%s attempts=%d",
                     event.slot_id,
@@ -263,6 +266,15 @@ class Delivery:
             return Outcome(False, False, None, f"timed out after {self.cfg.timeout_s:g} s")
         except aiohttp.ClientError as exc:
             return Outcome(False, False, None, f"{type(exc).__name__}: {exc}"[:300])
+
+    def _backend_is_back(self, event: OutboxEvent) -> None:
+        """A retried event got through: the backend is back, so other sessions' events for
+        the same host stop waiting out their backoff (up to retry_max_s otherwise)."""
+        parts = urlsplit(event.callback_url)
+        origin = f"{parts.scheme}://{parts.netloc}/"
+        for slot_id in self.outbox.expedite(origin):
+            if slot_id != event.slot_id:
+                self.notify(slot_id)
 
     def _record_success(self, slot_id: str) -> None:
         health = self._health.get(slot_id)

