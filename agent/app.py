@@ -21,10 +21,10 @@ from agent.config import AgentConfig, api_keys, read_secret
 from agent.delivery import Delivery, OutboxSink
 from agent.embedding import generate_embedding
 from agent.engine import FaceEngine
-from agent.errors import AgentError, ErrorCode, ModelPackError
+from agent.errors import AgentError, ErrorCode
 from agent.events import EventFactory, EventSink
 from agent.inference import InferencePool, ModelSlot
-from agent.modelpack import select_pack
+from agent.model_watch import ModelWatcher
 from agent.mqtt import IncomingMessage, MqttLink
 from agent.outbox import Outbox
 from agent.pipeline import RecognitionRunner
@@ -69,31 +69,24 @@ class Agent:
         self.link: MqttLink | None = None
         self._pool: InferencePool | None = None
         self.outbox: Outbox | None = None
+        self.watcher: ModelWatcher | None = None
         self.delivery: Delivery | None = None
 
     # Model ----------------------------------------------------------------------------
 
-    def _load_model_blocking(self) -> FaceEngine:
-        cfg = self.cfg
-        pack = select_pack(cfg.models.dir, cfg.models.pack)
-        return FaceEngine(pack, cfg.models, cfg.recognition)
-
-    async def _load_model(self, pool: InferencePool) -> None:
-        try:
-            engine = await pool.run(self._load_model_blocking)
-        except ModelPackError as exc:
-            self.models.clear(exc.message)
-            log.error("MODEL_NOT_LOADED reason=%s (commands that need it answer 503)", exc.message)
-            return
-        self.models.set(engine)
+    async def _on_swap(self, engine: FaceEngine) -> None:
+        """A pack went into service: resume sessions that waited for a model, drop
+        recognizers no session needs, tell the backend."""
         for warning in engine.provider_warnings():
             log.warning("ONNX_PROVIDER_DEGRADED %s", warning)
-        log.info(
-            "MODEL_LOADED pack=%s space=%s seconds=%.2f",
-            engine.pack.name,
-            engine.embedding_space,
-            engine.load_seconds,
-        )
+        sessions = self.sessions
+        if sessions is not None:
+            if self.state is AgentState.RUNNING:
+                await sessions.resume_all()
+            dropped = self.models.retain({s.embedding_space for s in sessions.sessions})
+            if dropped:
+                log.info("MODEL_SPACES_RELEASED spaces=%s", ",".join(dropped))
+        self._mark_status_dirty()
 
     # Status ---------------------------------------------------------------------------
 
@@ -118,6 +111,8 @@ class Agent:
             if engine is None
             else [f"ONNX_PROVIDER_DEGRADED: {w}" for w in engine.provider_warnings()]
         )
+        if self.models.reload_error:
+            found.append(f"MODEL_RELOAD_FAILED: {self.models.reload_error}")
         if self.outbox is not None:
             if self.outbox.full_reason:
                 found.append(f"OUTBOX_FULL: {self.outbox.full_reason}")
@@ -138,7 +133,10 @@ class Agent:
                 "state": self.state.value,
                 "uptimeSeconds": round(time.time() - self._started, 1),
             },
-            "model": self.models.describe(),
+            "model": {
+                **self.models.describe(),
+                "reloads": self.watcher.describe() if self.watcher else None,
+            },
             "sessions": [s.summary() for s in self.sessions.sessions] if self.sessions else [],
             "mqtt": {
                 "connected": link.connected if link else False,
@@ -244,6 +242,28 @@ class Agent:
         except AgentError as exc:
             log.info("AUTOSTOP_SKIPPED slot=%s code=%s", slot_id, exc.code)
 
+    async def _wait_for_stop(self, stop: asyncio.Event, link_task: asyncio.Task[None]) -> None:
+        """Return when a stop is requested (or, which should never happen, the link dies)."""
+        stop_wait = asyncio.create_task(stop.wait(), name="stop-wait")
+        done, _ = await asyncio.wait({stop_wait, link_task}, return_when=asyncio.FIRST_COMPLETED)
+        if stop_wait not in done:
+            stop_wait.cancel()
+            await asyncio.gather(stop_wait, return_exceptions=True)
+            log.error("AGENT_LINK_DIED error=%r", link_task.exception())
+
+    async def _shutdown_gracefully(self, link: MqttLink, sessions: SessionManager) -> None:
+        """Refuse new commands, finish running ones, stop sessions' work, say offline."""
+        self.state = AgentState.STOPPING
+        grace = self.cfg.runtime.shutdown_grace_s
+        log.info("AGENT_STOPPING grace=%.0fs", grace)
+        try:
+            async with asyncio.timeout(grace):
+                await link.drain_handlers(timeout=grace / 2)
+                await sessions.shutdown()
+                await link.close()
+        except TimeoutError:
+            log.error("AGENT_SHUTDOWN_TIMEOUT some work was cut short")
+
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down cleanly."""
         cfg = self.cfg
@@ -272,7 +292,10 @@ class Agent:
             store=store,
         )
         try:
-            await self._load_model(pool)
+            watcher = self.watcher = ModelWatcher(
+                cfg.models, cfg.recognition, self.models, pool, on_swap=self._on_swap
+            )
+            await watcher.reload()
             await delivery.start()
             sessions = self.sessions = SessionManager(
                 store=store,
@@ -307,22 +330,11 @@ class Agent:
             tasks.append(
                 asyncio.create_task(self._housekeeping(store, outbox), name="housekeeping")
             )
+            if cfg.models.watch:
+                tasks.append(asyncio.create_task(watcher.run(), name="model-watcher"))
             log.info("AGENT_RUNNING version=%s site=%s", __version__, cfg.site.id)
-            stop_wait = asyncio.create_task(stop.wait(), name="stop-wait")
-            done, _ = await asyncio.wait({stop_wait, tasks[0]}, return_when=asyncio.FIRST_COMPLETED)
-            if stop_wait not in done:
-                stop_wait.cancel()
-                await asyncio.gather(stop_wait, return_exceptions=True)
-                log.error("AGENT_LINK_DIED error=%r", tasks[0].exception())
-            self.state = AgentState.STOPPING
-            log.info("AGENT_STOPPING grace=%.0fs", cfg.runtime.shutdown_grace_s)
-            try:
-                async with asyncio.timeout(cfg.runtime.shutdown_grace_s):
-                    await link.drain_handlers(timeout=cfg.runtime.shutdown_grace_s / 2)
-                    await sessions.shutdown()
-                    await link.close()
-            except TimeoutError:
-                log.error("AGENT_SHUTDOWN_TIMEOUT some work was cut short")
+            await self._wait_for_stop(stop, tasks[0])
+            await self._shutdown_gracefully(link, sessions)
         finally:
             if self.sessions is not None:
                 await self.sessions.shutdown()  # no-op after a clean shutdown

@@ -181,6 +181,11 @@ class FaceEngine:
         normalised: FloatArray = raw / np.maximum(norms, 1e-12)
         return normalised
 
+    def raw_embedding(self, crop: Image) -> FloatArray:
+        """The recognizer's output for one aligned crop, before normalisation (self-tests)."""
+        raw: FloatArray = np.asarray(self._recognizer.get_feat([crop]), dtype=np.float32)
+        return raw.reshape(-1)
+
     def analyze(self, image: Image) -> list[Face]:
         """Detect, align and embed every face of a frame (all embeddings in one call)."""
         found = self.detect(image)

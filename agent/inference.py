@@ -39,31 +39,70 @@ class InferencePool:
 
 
 class ModelSlot:
-    """The engine in service (or why there is none). Swapped by assigning one reference."""
+    """The engine in service, and the engines kept for running sessions' embedding spaces.
+
+    Swapping is one reference assignment on the event loop: an analysis takes its engine
+    once, so it never sees half of two packs. When a new pack brings another recognizer
+    (another embedding space), sessions started on the old space keep matching with the
+    old recognizer until they end (:meth:`retain`), while new sessions use the new one.
+    """
 
     def __init__(self) -> None:
         self.engine: FaceEngine | None = None
         self.reason = "not loaded yet"
+        self._kept: dict[str, FaceEngine] = {}
+        self.reload_error: str | None = None
+        self.swaps = 0
 
-    def set(self, engine: FaceEngine) -> None:
-        """Put an engine in service."""
+    def activate(self, engine: FaceEngine) -> None:
+        """Put an engine in service (the previous one is kept for its space's sessions)."""
+        previous = self.engine
+        if previous is not None and previous.embedding_space != engine.embedding_space:
+            self._kept[previous.embedding_space] = previous
+        self._kept.pop(engine.embedding_space, None)
         self.engine = engine
         self.reason = ""
+        self.reload_error = None
+        self.swaps += 1
 
     def clear(self, reason: str) -> None:
-        """Take the engine out of service, saying why."""
+        """No engine in service, saying why."""
         self.engine = None
         self.reason = reason
 
     def require(self) -> FaceEngine:
-        """The engine, or a 503 ``MODEL_NOT_LOADED`` error with the reason."""
+        """The engine in service, or a 503 ``MODEL_NOT_LOADED`` error with the reason."""
         engine = self.engine
         if engine is None:
             raise ModelNotLoadedError(self.reason)
         return engine
 
+    def for_space(self, space: str) -> FaceEngine | None:
+        """The engine to match embeddings of ``space`` with (None if none is loaded).
+
+        For the space in service this is the current engine, so a detector-only change
+        reaches running sessions at once.
+        """
+        engine = self.engine
+        if engine is not None and engine.embedding_space == space:
+            return engine
+        return self._kept.get(space)
+
+    def retain(self, spaces_in_use: set[str]) -> list[str]:
+        """Drop kept engines no running session needs; returns the spaces dropped."""
+        dropped = [space for space in self._kept if space not in spaces_in_use]
+        for space in dropped:
+            del self._kept[space]
+        return dropped
+
     def describe(self) -> dict[str, Any]:
         """Model state for status."""
-        if self.engine is None:
-            return {"loaded": False, "reason": self.reason}
-        return {"loaded": True, **self.engine.describe()}
+        base: dict[str, Any] = (
+            {"loaded": False, "reason": self.reason}
+            if self.engine is None
+            else {"loaded": True, **self.engine.describe()}
+        )
+        base["keptSpaces"] = sorted(self._kept)
+        base["reloadError"] = self.reload_error
+        base["swaps"] = self.swaps
+        return base

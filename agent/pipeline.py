@@ -239,8 +239,8 @@ class RecognitionRunner:
                 if age >= limit:
                     reader.mark_stalled()
                 continue
-            engine = self.models.engine
-            if engine is None or engine.embedding_space != session.embedding_space:
+            engine = self.models.for_space(session.embedding_space)
+            if engine is None:
                 await asyncio.sleep(interval)  # no usable model right now: skip frames
                 continue
             try:

@@ -87,6 +87,15 @@ class ModelsConfig(Section):
             "cameras run in parallel workers (measured)."
         ),
     )
+    watch: bool = Field(
+        True, description="Watch the folder and swap in new or changed packs while running."
+    )
+    settle_s: float = Field(
+        2.0,
+        ge=0.1,
+        le=600,
+        description="A pack is considered once its files have not changed for this long.",
+    )
     optimize_prelu: bool = Field(
         True,
         description=(

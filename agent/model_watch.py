@@ -1,0 +1,209 @@
+"""Model hot reload: notice new files in ``models/``, verify the pack, load it beside the
+running one, test it on a golden photo, and swap it in without stopping sessions.
+
+Rule for which pack is active: ``[models] pack`` when set, otherwise the newest pack
+folder (by modification time). A pack is considered only once its files have stopped
+changing for ``settle_s``; a manifest with sha256 hashes (written last by the technician)
+guarantees that a half-copied pack is never loaded. A pack that fails any check never
+replaces the one in service: the failure is logged and reported as
+``MODEL_RELOAD_FAILED``, and the pack is tried again when its files change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from agent.config import ModelsConfig, RecognitionConfig
+from agent.defaultpack import DefaultPackError, sample_photo
+from agent.engine import FaceEngine, Image
+from agent.errors import ModelPackError
+from agent.inference import InferencePool, ModelSlot
+from agent.modelpack import ModelPack, list_pack_dirs, read_pack
+from agent.tracker import iou_matrix
+
+log = logging.getLogger(__name__)
+
+CANARY_PHOTO = "yaoming.jpg"
+# Where InsightFace's buffalo_sc finds the face in the golden photo (x1, y1, x2, y2).
+CANARY_BOX = np.array([[71.5, 73.3, 177.0, 212.0]], np.float32)
+CANARY_MIN_IOU = 0.5
+
+
+def newest_pack_dir(models_dir: Path, configured: str) -> Path | None:
+    """The folder the activation rule points at (configured, else the newest)."""
+    if configured:
+        return models_dir / configured
+    folders = list_pack_dirs(models_dir)
+    return max(folders, key=lambda p: p.stat().st_mtime) if folders else None
+
+
+def canary(engine: FaceEngine) -> None:
+    """Check a freshly loaded engine on the golden photo; raises ModelPackError if not sound.
+
+    The detector must find the one expected face; the recognizer must return a finite,
+    non-zero embedding of the pack's dimension.
+    """
+    name = engine.pack.name
+    try:
+        raw_image = cv2.imread(str(sample_photo(CANARY_PHOTO)), cv2.IMREAD_COLOR)
+    except DefaultPackError as exc:
+        raise ModelPackError(name, f"canary photo unavailable: {exc}") from exc
+    if raw_image is None:
+        raise ModelPackError(name, f"canary photo {CANARY_PHOTO} cannot be read")
+    image: Image = np.asarray(raw_image, dtype=np.uint8)
+    faces = engine.detect(image, long_side=640)
+    if len(faces) != 1:
+        raise ModelPackError(
+            name, f"canary: detector found {len(faces)} faces in the golden photo, expected 1"
+        )
+    overlap = float(iou_matrix(CANARY_BOX, faces[0].bbox[None, :])[0, 0])
+    if overlap < CANARY_MIN_IOU:
+        raise ModelPackError(name, f"canary: face box off by IoU {overlap:.2f}")
+    raw = engine.raw_embedding(engine.align(image, faces)[0])
+    norm = float(np.linalg.norm(raw))
+    if raw.shape != (engine.embedding_dim,) or not np.all(np.isfinite(raw)) or norm < 1e-6:
+        raise ModelPackError(
+            name, f"canary: recognizer returned shape {raw.shape}, norm {norm:.3g}"
+        )
+
+
+class _Handler(FileSystemEventHandler):
+    """Runs on watchdog's thread: only hands the news to the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, changed: asyncio.Event) -> None:
+        self._loop = loop
+        self._changed = changed
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write"):
+            return  # reads (our own hashing) are not changes
+        with contextlib.suppress(RuntimeError):  # loop closed during shutdown
+            self._loop.call_soon_threadsafe(self._changed.set)
+
+
+class ModelWatcher:
+    """Loads the active pack at start and whenever ``models/`` changes."""
+
+    def __init__(
+        self,
+        models: ModelsConfig,
+        recognition: RecognitionConfig,
+        slot: ModelSlot,
+        pool: InferencePool,
+        *,
+        on_swap: Callable[[FaceEngine], Awaitable[None]] | None = None,
+    ) -> None:
+        self.cfg = models
+        self.recognition = recognition
+        self.slot = slot
+        self.pool = pool
+        self.on_swap = on_swap
+        self.attempts = 0
+        self.failures = 0
+        self.last_attempt: float | None = None
+        self._changed = asyncio.Event()
+
+    def _build(self, pack: ModelPack) -> FaceEngine:
+        engine = FaceEngine(pack, self.cfg, self.recognition)
+        canary(engine)
+        return engine
+
+    async def reload(self) -> bool:
+        """Evaluate the pack the activation rule points at; swap it in if it is new and
+        sound. Returns whether a swap happened."""
+        self.attempts += 1
+        self.last_attempt = time.time()
+        folder = newest_pack_dir(self.cfg.dir, self.cfg.pack)
+        if folder is None:
+            if self.slot.engine is None:
+                self.slot.clear(f"no model pack in {self.cfg.dir}")
+                log.error("MODEL_NOT_LOADED reason=no model pack in %s", self.cfg.dir)
+            return False
+        try:
+            pack = await self.pool.run(read_pack, folder)
+            current = self.slot.engine
+            if current is not None and (
+                current.pack.path == pack.path
+                and current.pack.detector_sha256 == pack.detector_sha256
+                and current.pack.recognizer_sha256 == pack.recognizer_sha256
+            ):
+                return False
+            started = time.perf_counter()
+            engine = await self.pool.run(self._build, pack)
+        except ModelPackError as exc:
+            self._failed(folder.name, exc.reason)
+            return False
+        previous = self.slot.engine
+        self.slot.activate(engine)
+        log.info(
+            "MODEL_SWAPPED pack=%s space=%s previous=%s previous_space=%s load_seconds=%.2f",
+            pack.name,
+            engine.embedding_space,
+            previous.pack.name if previous else None,
+            previous.embedding_space if previous else None,
+            time.perf_counter() - started,
+        )
+        if self.on_swap is not None:
+            await self.on_swap(engine)
+        return True
+
+    def _failed(self, pack: str, reason: str) -> None:
+        self.failures += 1
+        self.slot.reload_error = f"{pack}: {reason}"
+        if self.slot.engine is None:
+            self.slot.clear(f"pack {pack!r} is not usable: {reason}")
+        log.error(
+            "MODEL_RELOAD_FAILED pack=%s reason=%s serving=%s",
+            pack,
+            reason,
+            self.slot.engine.pack.name if self.slot.engine else None,
+        )
+
+    async def run(self) -> None:
+        """Watch the models folder until cancelled (the observer thread is always joined)."""
+        self.cfg.dir.mkdir(parents=True, exist_ok=True)
+        observer = Observer()
+        observer.schedule(
+            _Handler(asyncio.get_running_loop(), self._changed), str(self.cfg.dir), recursive=True
+        )
+        observer.daemon = True
+        observer.start()
+        try:
+            while True:
+                await self._changed.wait()
+                await self._settle()
+                await self.reload()
+        finally:
+            observer.stop()
+            await asyncio.to_thread(observer.join, 5.0)
+
+    async def _settle(self) -> None:
+        """Return once no change was seen for ``settle_s`` (a copy in progress keeps
+        writing)."""
+        while True:
+            self._changed.clear()
+            try:
+                async with asyncio.timeout(self.cfg.settle_s):
+                    await self._changed.wait()
+            except TimeoutError:
+                return
+
+    def describe(self) -> dict[str, Any]:
+        """Reload counters for status."""
+        return {
+            "attempts": self.attempts,
+            "failures": self.failures,
+            "lastAttempt": self.last_attempt,
+            "lastError": self.slot.reload_error,
+        }
