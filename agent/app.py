@@ -24,6 +24,8 @@ from agent.engine import FaceEngine
 from agent.errors import AgentError, ErrorCode
 from agent.events import EventFactory, EventSink
 from agent.inference import InferencePool, ModelSlot
+from agent.local_http import LocalHttp
+from agent.metrics import Metrics
 from agent.model_watch import ModelWatcher
 from agent.mqtt import IncomingMessage, MqttLink
 from agent.outbox import Outbox
@@ -70,6 +72,9 @@ class Agent:
         self._pool: InferencePool | None = None
         self.outbox: Outbox | None = None
         self.watcher: ModelWatcher | None = None
+        self.metrics = Metrics()
+        self.metrics.attach(self)
+        self.http: LocalHttp | None = None
         self.delivery: Delivery | None = None
 
     # Model ----------------------------------------------------------------------------
@@ -279,6 +284,7 @@ class Agent:
                 {s.slot_id for s in self.sessions.sessions} if self.sessions else ()
             ),
             on_unresponsive=self._autostop,
+            on_result=self.metrics.observe_delivery,
         )
         sink = self._injected_sink or OutboxSink(outbox, delivery)
         events = EventFactory(cfg.site.id, cfg.site.timezone)
@@ -290,6 +296,7 @@ class Agent:
             sink=sink,
             events=events,
             store=store,
+            metrics=self.metrics,
         )
         try:
             watcher = self.watcher = ModelWatcher(
@@ -321,6 +328,9 @@ class Agent:
             link = self.link = MqttLink(
                 cfg.mqtt, cfg.site.id, processor.handle, self.online_payload
             )
+            if cfg.metrics.enabled:
+                self.http = LocalHttp(cfg.metrics, self.metrics, self.status)
+                await self.http.start()
             # Sessions resume before commands are accepted, so a command never meets a
             # half-restored agent.
             await sessions.resume_all()
@@ -342,6 +352,8 @@ class Agent:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await delivery.close()
+            if self.http is not None:
+                await self.http.stop()
             pool.close()
             store.close()
             self.state = AgentState.STOPPED

@@ -102,6 +102,7 @@ class CameraReader:
     cfg: CamerasConfig
     loop: asyncio.AbstractEventLoop
     on_state: StateCallback  # called on the loop: (camera_id, new state, reason)
+    observe: Callable[[str, float], None] | None = None  # stage timings (thread-safe)
     state: CameraState = CameraState.CONNECTING
     stats: CameraStats = field(default_factory=CameraStats)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -321,6 +322,8 @@ class CameraReader:
                 self._report(CameraState.LIVE)
             if self._want.is_set():
                 ok, image = cap.retrieve()
+                if self.observe is not None:
+                    self.observe("decode", time.monotonic() - before)
                 if not ok or image is None or image.size == 0 or image.ndim != 3:
                     self.stats.frames_invalid += 1
                 else:

@@ -190,6 +190,62 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the running agent's state from its local endpoint."""
+    import urllib.error
+    import urllib.request
+
+    cfg = _load(args.config)
+    port = args.port or cfg.metrics.port
+    url = f"http://{cfg.metrics.host}:{port}/status"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            status = json.load(response)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(
+            f"The agent does not answer at {url} ({exc}). Is it running "
+            "(systemctl status edge-agent) with [metrics] enabled?",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return EXIT_OK
+    agent, model = status["agent"], status["model"]
+    print(
+        f"agent   {agent['state']}  version {agent['version']}  site {agent['siteId']}  "
+        f"up {agent['uptimeSeconds']:.0f} s"
+    )
+    if model.get("loaded"):
+        print(
+            f"model   {model['pack']}  space {model['embeddingSpace']}  "
+            f"providers {model['providers']}"
+        )
+    else:
+        print(f"model   NOT LOADED: {model.get('reason')}")
+    mqtt = status["mqtt"]
+    print(
+        f"mqtt    {'connected' if mqtt['connected'] else 'DISCONNECTED'} (MQTT {mqtt['protocol']})"
+    )
+    outbox = status.get("outbox") or {}
+    counts = outbox.get("counts", {})
+    print(
+        f"outbox  pending {counts.get('pending', 0)}  dead {counts.get('dead', 0)}  "
+        f"delivered {counts.get('delivered', 0)}"
+    )
+    for session in status["sessions"]:
+        print(f"session {session['slotId']}  {session['mode']}  {session['students']} students")
+        for cam in session["cameras"]:
+            print(
+                f"  camera {cam['id']}  {cam.get('state', '?')}  "
+                f"age {cam.get('frameAgeSeconds')} s  analysed {cam.get('framesAnalysed', 0)}  "
+                f"reconnects {cam.get('reconnects', 0)}  {cam.get('lastError') or ''}".rstrip()
+            )
+    for warning in status["warnings"]:
+        print(f"WARNING {warning}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for the documentation test)."""
     parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__.splitlines()[0])
@@ -211,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the agent (MQTT commands, sessions)")
     _config_arg(run)
     run.set_defaults(func=cmd_run)
+
+    status = sub.add_parser("status", help="show the running agent's state")
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+    status.add_argument("--port", type=int, default=0, help="endpoint port (default: config)")
+    _config_arg(status)
+    status.set_defaults(func=cmd_status)
 
     outbox = sub.add_parser("outbox", help="show queued callback events, or retry dead letters")
     outbox.add_argument("action", nargs="?", choices=["show", "retry"], default="show")

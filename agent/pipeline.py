@@ -25,6 +25,7 @@ from agent.errors import AgentError
 from agent.events import EventFactory, EventSink
 from agent.inference import InferencePool, ModelSlot
 from agent.matching import Roster
+from agent.metrics import Metrics, StageObserver
 from agent.protocol import (
     CameraUptime,
     RecognitionEvent,
@@ -65,17 +66,29 @@ def analyse_frame(
     roster: Roster,
     cfg: RecognitionConfig,
     threshold: float,
+    observe: StageObserver | None = None,
 ) -> AnalysisResult:
     """Detect, track, embed what needs it, match, and vote (runs in an inference thread).
 
-    ``tracker`` belongs to one camera, whose analyses run one at a time.
+    ``tracker`` belongs to one camera, whose analyses run one at a time. ``observe`` gets
+    each stage's duration.
     """
+    started = time.perf_counter()
     faces = [f for f in engine.detect(image) if f.bbox[2] - f.bbox[0] >= cfg.min_face_px]
+    detected = time.perf_counter()
     tracks = tracker.update(faces)
     todo = [t for t in tracks if tracker.needs_embedding(t)]
+    if observe is not None:
+        observe("detect", detected - started)
     if todo:
         crops = engine.align(image, [t.face for t in todo])
-        matches = roster.match(engine.embed(crops))
+        embedded = time.perf_counter()
+        embeddings = engine.embed(crops)
+        matched = time.perf_counter()
+        matches = roster.match(embeddings)
+        if observe is not None:
+            observe("embed", matched - embedded)
+            observe("match", time.perf_counter() - matched)
         for track, match in zip(todo, matches, strict=True):
             accepted = match.accepted(threshold, cfg.match_margin)
             track.vote(match.student_id if accepted else None, match.score, cfg.confirm_k)
@@ -102,7 +115,9 @@ class RecognitionRunner:
         sink: EventSink,
         events: EventFactory,
         store: Store,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.cameras_cfg = cameras
         self.cfg = recognition
         self.models = models
@@ -123,6 +138,7 @@ class RecognitionRunner:
                 cfg=self.cameras_cfg,
                 loop=loop,
                 on_state=lambda cid, state, reason: changes.put_nowait((cid, state, reason)),
+                observe=self.metrics.observe_stage if self.metrics else None,
             )
             for cam in session.cameras
         ]
@@ -252,6 +268,7 @@ class RecognitionRunner:
                     session.roster,
                     cfg,
                     session.threshold,
+                    self.metrics.observe_stage if self.metrics else None,
                 )
             except Exception:
                 reader.stats.frames_invalid += 1
@@ -260,6 +277,9 @@ class RecognitionRunner:
                 )
                 continue
             reader.stats.frames_analysed += 1
+            if self.metrics is not None:
+                self.metrics.faces.labels("detected").inc(result.faces)
+                self.metrics.faces.labels("embedded").inc(result.embedded)
             for sighting in result.sightings:
                 await self._maybe_report(session, reader, frame, sighting, reported, last_report)
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
@@ -319,6 +339,8 @@ class RecognitionRunner:
                     "RECOGNIZED_NOT_SAVED slot=%s student=%s", session.slot_id, student_id
                 )
         last_report[student_id] = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.recognitions.labels(session.command.mode.value).inc()
         log.info(
             "STUDENT_RECOGNIZED slot=%s student=%s camera=%s confidence=%.3f",
             session.slot_id,

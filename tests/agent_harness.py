@@ -61,6 +61,7 @@ def agent_config(data_dir: Path, broker: Mosquitto, **sections: dict[str, Any]) 
     base: dict[str, Any] = {
         "mqtt": {"port": broker.port, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0},
         "storage": {"data_dir": data_dir},
+        "metrics": {"port": 0},
         "auth": {"api_keys": API_KEY},
         "models": {"dir": MODELS_DIR},
         "callback": {"allowed_urls": ["http://127.0.0.1:9/"]},

@@ -36,6 +36,7 @@ def _start_agent(tmp_path: Path, broker: Mosquitto) -> subprocess.Popen[str]:
         "AGENT_MQTT__PORT": str(broker.port),
         "AGENT_STORAGE__DATA_DIR": str(tmp_path / "data"),
         "AGENT_MODELS__DIR": str(MODELS_DIR),
+        "AGENT_METRICS__PORT": "0",
         # The test cameras do not exist: keep them "reconnecting" for the test's duration.
         "AGENT_CAMERAS__RECONNECT_ATTEMPTS": "100",
         "AGENT_AUTH__API_KEYS": API_KEY,

@@ -30,6 +30,7 @@ from agent.config.sections import (
     EnrollmentConfig,
     ExecutionProvider,
     LoggingConfig,
+    MetricsConfig,
     ModelsConfig,
     MqttConfig,
     RecognitionConfig,
@@ -50,6 +51,7 @@ __all__ = [
     "EnrollmentConfig",
     "ExecutionProvider",
     "LoggingConfig",
+    "MetricsConfig",
     "ModelsConfig",
     "MqttConfig",
     "RecognitionConfig",
@@ -128,6 +130,9 @@ class AgentConfig(BaseSettings):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Runtime limits.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="State on disk.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logs.")
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig, description="Local metrics and status endpoint."
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -460,3 +460,17 @@ class AuthConfig(Section):
         description="Comma-separated API keys accepted on commands (env AGENT_AUTH__API_KEYS).",
     )
     api_keys_file: Path | None = Field(None, description="File holding the API keys, one per line.")
+
+
+class MetricsConfig(Section):
+    """The local HTTP endpoint: Prometheus metrics, status JSON, health."""
+
+    enabled: bool = Field(True, description="Serve /metrics, /status and /healthz.")
+    host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        max_length=253,
+        description="Listen address (localhost only "
+        "by default; status shows session and camera ids).",
+    )
+    port: int = Field(9108, ge=0, le=65535, description="Listen port (0: any free port).")

@@ -1,0 +1,74 @@
+"""The local HTTP endpoint: ``/metrics`` (Prometheus), ``/status`` (the status command's
+data as JSON) and ``/healthz``. Served on the event loop with aiohttp, on localhost by
+default; it exposes no secrets, names or embeddings."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from agent.config.sections import MetricsConfig
+from agent.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class LocalHttp:
+    """Starts and stops the endpoint."""
+
+    def __init__(
+        self, cfg: MetricsConfig, metrics: Metrics, status: Callable[[], dict[str, Any]]
+    ) -> None:
+        self.cfg = cfg
+        self.metrics = metrics
+        self.status = status
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.status())
+
+    async def _health(self, request: web.Request) -> web.Response:
+        status = self.status()
+        healthy = status["agent"]["state"] == "RUNNING"
+        return web.json_response(
+            {"state": status["agent"]["state"], "warnings": status["warnings"]},
+            status=200 if healthy else 503,
+        )
+
+    async def start(self) -> None:
+        """Listen on the configured address (a failure is logged, never fatal)."""
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/status", self._status)
+        app.router.add_get("/healthz", self._health)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, self.cfg.host, self.cfg.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            log.error(
+                "METRICS_UNAVAILABLE host=%s port=%d error=%s", self.cfg.host, self.cfg.port, exc
+            )
+            await runner.cleanup()
+            return
+        self._runner = runner
+        server = site._server  # the bound socket tells the real port when port = 0
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self.cfg.port
+        log.info("METRICS_LISTENING url=http://%s:%s/metrics", self.cfg.host, self.port)
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

@@ -1,0 +1,182 @@
+"""Prometheus metrics: per-stage latency histograms fed as work happens, and a collector
+that reads the agent's state (cameras, outbox, MQTT, model) at scrape time.
+
+Each agent has its own registry (no global state), served by :mod:`agent.local_http` on
+the event loop, so the collector reads loop state from the loop thread. Histograms and
+counters are thread-safe and may be observed from camera and inference threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from agent.app import Agent
+
+STAGES = ("decode", "detect", "embed", "match")
+CAMERA_STATES = ("CONNECTING", "LIVE", "RECONNECTING", "DEAD", "STOPPED")
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    """Every metric family of one agent."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.stage_seconds = Histogram(
+            "edge_agent_stage_seconds",
+            "Time per pipeline stage and frame.",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.faces = Counter(
+            "edge_agent_faces_total",
+            "Faces detected, and how many were embedded.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.recognitions = Counter(
+            "edge_agent_recognitions_total",
+            "RECOGNITION events produced.",
+            ["mode"],
+            registry=self.registry,
+        )
+        self.deliveries = Counter(
+            "edge_agent_callback_attempts_total",
+            "Callback POSTs by result.",
+            ["result"],
+            registry=self.registry,
+        )
+        self.delivery_seconds = Histogram(
+            "edge_agent_callback_seconds",
+            "Time of one callback POST.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        """Record one stage's duration (thread-safe)."""
+        self.stage_seconds.labels(stage).observe(seconds)
+
+    def observe_delivery(self, result: str, seconds: float) -> None:
+        """Record one callback POST."""
+        self.deliveries.labels(result).inc()
+        self.delivery_seconds.observe(seconds)
+
+    def attach(self, agent: Agent) -> None:
+        """Expose the agent's state through a scrape-time collector."""
+        self.registry.register(_StateCollector(agent))
+
+
+class _StateCollector(Collector):
+    """Reads the agent's state when Prometheus scrapes (on the event loop)."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def describe(self) -> list[Any]:
+        return []  # families are dynamic; nothing to check at registration
+
+    def collect(self) -> Iterator[Any]:
+        agent = self.agent
+        yield from self._cameras(agent)
+        yield from self._outbox(agent)
+        mqtt = GaugeMetricFamily("edge_agent_mqtt_connected", "1 while connected to the broker.")
+        mqtt.add_metric([], 1.0 if agent.link is not None and agent.link.connected else 0.0)
+        yield mqtt
+        sessions = GaugeMetricFamily("edge_agent_sessions", "Running sessions.")
+        sessions.add_metric([], float(len(agent.sessions.sessions)) if agent.sessions else 0.0)
+        yield sessions
+        yield from self._model(agent)
+
+    def _cameras(self, agent: Agent) -> Iterator[Any]:
+        state = GaugeMetricFamily(
+            "edge_agent_camera_state",
+            "1 for the camera's current state.",
+            labels=["slot", "camera", "state"],
+        )
+        age = GaugeMetricFamily(
+            "edge_agent_camera_frame_age_seconds",
+            "Seconds since the camera's last frame.",
+            labels=["slot", "camera"],
+        )
+        counters = {
+            key: CounterMetricFamily(
+                f"edge_agent_camera_{name}", help_text, labels=["slot", "camera"]
+            )
+            for key, name, help_text in (
+                ("framesRead", "frames_read", "Frames read from the camera."),
+                ("framesAnalysed", "frames_analysed", "Frames analysed."),
+                ("framesDropped", "frames_dropped", "Frames read but not analysed."),
+                ("reconnects", "reconnects", "Successful reconnects."),
+            )
+        }
+        for session in agent.sessions.sessions if agent.sessions else []:
+            for cam in session.camera_health() if session.camera_health else []:
+                labels = [session.slot_id, cam["id"]]
+                for name in CAMERA_STATES:
+                    state.add_metric([*labels, name], 1.0 if cam["state"] == name else 0.0)
+                if cam["frameAgeSeconds"] is not None:
+                    age.add_metric(labels, float(cam["frameAgeSeconds"]))
+                for key, family in counters.items():
+                    family.add_metric(labels, float(cam[key]))
+        yield state
+        yield age
+        yield from counters.values()
+
+    def _outbox(self, agent: Agent) -> Iterator[Any]:
+        if agent.outbox is None:
+            return
+        stats = agent.outbox.stats()
+        depth = GaugeMetricFamily(
+            "edge_agent_outbox_events", "Outbox rows by state.", labels=["state"]
+        )
+        for state, count in stats["counts"].items():
+            depth.add_metric([state], float(count))
+        yield depth
+        oldest = GaugeMetricFamily(
+            "edge_agent_outbox_oldest_pending_seconds", "Age of the oldest undelivered event."
+        )
+        pending = stats["oldestPending"]
+        oldest.add_metric([], float(pending["ageSeconds"]) if pending else 0.0)
+        yield oldest
+        refused = CounterMetricFamily(
+            "edge_agent_outbox_refused", "Events refused because the outbox or disk was full."
+        )
+        refused.add_metric([], float(stats["refusedSinceStart"]))
+        yield refused
+
+    def _model(self, agent: Agent) -> Iterator[Any]:
+        loaded = GaugeMetricFamily("edge_agent_model_loaded", "1 while a model pack is in service.")
+        engine = agent.models.engine
+        loaded.add_metric([], 1.0 if engine else 0.0)
+        yield loaded
+        if engine is not None:
+            info = InfoMetricFamily("edge_agent_model", "The model pack in service.")
+            info.add_metric(
+                [],
+                {
+                    "pack": engine.pack.name,
+                    "embedding_space": engine.embedding_space,
+                    "detector_provider": engine.providers["detector"].active[0],
+                    "recognizer_provider": engine.providers["recognizer"].active[0],
+                },
+            )
+            yield info
+        watcher = agent.watcher
+        if watcher is not None:
+            reloads = CounterMetricFamily(
+                "edge_agent_model_reloads", "Model pack evaluations by result.", labels=["result"]
+            )
+            reloads.add_metric(["failed"], float(watcher.failures))
+            reloads.add_metric(["swapped"], float(agent.models.swaps))
+            yield reloads
+
+
+StageObserver = Callable[[str, float], None]

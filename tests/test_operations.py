@@ -1,0 +1,169 @@
+"""Operations: Prometheus metrics scraped over HTTP during a real session, the local status
+endpoint and `python -m agent status`, JSON logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import cv2
+import pytest
+
+from agent.engine import FaceEngine
+from tests.agent_harness import (
+    ROOT,
+    RecordingSink,
+    agent_config,
+    backend,
+    running_agent,
+    start_payload,
+)
+from tests.brokers import Mosquitto
+from tests.rtsp import INSTALL_HINT, RtspServer, gst_rtsp_available
+from tests.synthetic_video import Person, face_box_of, make_classroom_frames
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    server = Mosquitto(tmp_path / "broker", persistence=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def camera(tmp_path: Path, engine: FaceEngine, photos: dict[str, Path]) -> Iterator[RtspServer]:
+    if not gst_rtsp_available():
+        pytest.fail(INSTALL_HINT)
+    yao = photos["yaoming.jpg"]
+    plan = make_classroom_frames(
+        tmp_path / "room",
+        [Person("yao", yao, 0.0, 4.0, (300, 240), (10, 0), 120, face_box_of(yao, engine))],
+        seconds=4,
+        fps=10,
+    )
+    server = RtspServer(plan.frames_dir, fps=10)
+    server.start()
+    yield server
+    server.stop()
+
+
+def _samples(text: str, family: str) -> dict[str, float]:
+    """``{labels: value}`` of one metric family from the text exposition format."""
+    found = {}
+    for line in text.splitlines():
+        match = re.match(rf"^{family}(\{{[^}}]*\}})? (\S+)$", line)
+        if match:
+            found[match.group(1) or ""] = float(match.group(2))
+    return found
+
+
+async def test_metrics_status_and_health_during_a_session(
+    broker: Mosquitto,
+    camera: RtspServer,
+    tmp_path: Path,
+    engine: FaceEngine,
+    photos: dict[str, Path],
+) -> None:
+    (yao,) = engine.analyze(cv2.imread(str(photos["yaoming.jpg"])))
+    sink = RecordingSink()
+    cfg = agent_config(tmp_path, broker, cameras={"analysis_fps": 5.0})
+    async with running_agent(cfg, sink, cameras=True) as agent, backend(broker) as b:
+        assert agent.http is not None and agent.http.port
+        base = f"http://127.0.0.1:{agent.http.port}"
+        payload = start_payload(
+            "slot-m",
+            [float(x) for x in yao.embedding],
+            cameras=[{"id": "cam-9", "rtspUrl": camera.url}],
+        )
+        assert (await b.send("session/start", payload))["status"] == 200
+        async with asyncio.timeout(20):
+            while not any(e.type == "RECOGNITION" for e, _ in sink.events):
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(2.0)  # a confirmed face is followed, not embedded again
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/metrics") as response:
+                assert response.status == 200
+                text = await response.text()
+            async with http.get(f"{base}/healthz") as response:
+                health = (response.status, await response.json())
+        cli = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "agent", "status", "--port", str(agent.http.port)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+            check=False,
+        )
+    cam = '{camera="cam-9",slot="slot-m"}'
+    assert _samples(text, "edge_agent_camera_state")[cam[:-1] + ',state="LIVE"}'] == 1.0
+    assert 0 <= _samples(text, "edge_agent_camera_frame_age_seconds")[cam] < 3
+    read = _samples(text, "edge_agent_camera_frames_read_total")[cam]
+    analysed = _samples(text, "edge_agent_camera_frames_analysed_total")[cam]
+    assert read >= analysed >= 2  # k = 2 analyses confirmed the student
+    for stage in ("decode", "detect", "embed", "match"):
+        assert _samples(text, "edge_agent_stage_seconds_count")[f'{{stage="{stage}"}}'] > 0
+    assert _samples(text, "edge_agent_recognitions_total")['{mode="ATTENDANCE"}'] == 1.0
+    faces = _samples(text, "edge_agent_faces_total")
+    assert faces['{kind="detected"}'] > faces['{kind="embedded"}'] > 0  # tracked, not re-embedded
+    outbox = _samples(text, "edge_agent_outbox_events")
+    assert set(outbox) == {'{state="pending"}', '{state="delivered"}', '{state="dead"}'}
+    assert _samples(text, "edge_agent_mqtt_connected")[""] == 1.0
+    assert _samples(text, "edge_agent_sessions")[""] == 1.0
+    info = next(line for line in text.splitlines() if line.startswith("edge_agent_model_info"))
+    assert 'pack="buffalo_sc"' in info and 'recognizer_provider="CPUExecutionProvider"' in info
+    assert health[0] == 200 and health[1]["state"] == "RUNNING"
+    assert cli.returncode == 0, cli.stderr
+    assert "agent   RUNNING" in cli.stdout and "camera cam-9  LIVE" in cli.stdout
+    assert "model   buffalo_sc" in cli.stdout
+
+
+def test_status_cli_without_agent(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "status", "--port", str(port)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "does not answer" in result.stderr
+
+
+async def test_json_logs_carry_event_names(
+    broker: Mosquitto, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    from agent.config import LoggingConfig
+    from agent.logs import setup_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        setup_logging(LoggingConfig(level="INFO", format="json"))
+        async with running_agent(agent_config(tmp_path, broker)), backend(broker) as b:
+            await b.send("status", {"requestId": "log-1"})
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    lines = [
+        json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")
+    ]
+    messages = [entry["message"] for entry in lines]
+    assert any(m.startswith("COMMAND_OK command=status request_id=log-1") for m in messages)
+    assert any(m.startswith("AGENT_RUNNING") for m in messages)
+    assert all({"time", "level", "logger", "message"} <= set(entry) for entry in lines)
