@@ -27,8 +27,8 @@ lint: setup
 test: setup system-deps lint
 	$(PY) -m pytest
 
-demo: setup
-	$(PY) -m agent embed "$$($(PY) -c 'from agent.defaultpack import sample_photo; print(sample_photo("yaoming.jpg"))')"
+demo: setup system-deps
+	$(PY) -m agent demo
 
 bench: setup
 	$(PY) bench/engine_vs_naive.py

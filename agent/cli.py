@@ -246,6 +246,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the one-command demo."""
+    from agent.config import LoggingConfig
+    from agent.demo import main as demo_main
+
+    cfg = _load(args.config)
+    setup_logging(LoggingConfig(level="DEBUG" if args.verbose else "WARNING", format="text"))
+    return demo_main(cfg, session_seconds=args.seconds)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for the documentation test)."""
     parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__.splitlines()[0])
@@ -267,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the agent (MQTT commands, sessions)")
     _config_arg(run)
     run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", help="see the agent work end to end on bundled photos")
+    demo.add_argument("--seconds", type=float, default=90.0, help="longest session time")
+    demo.add_argument("--verbose", action="store_true", help="show the agent's log")
+    _config_arg(demo)
+    demo.set_defaults(func=cmd_demo)
 
     status = sub.add_parser("status", help="show the running agent's state")
     status.add_argument("--json", action="store_true", help="print the raw JSON")

@@ -1,0 +1,33 @@
+"""`make demo` runs `python -m agent demo`: it must finish by itself, name the students."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_demo_runs_to_completion() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "demo", "--seconds", "60"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    summary = out[out.index("Summary") :]
+    for name in ("Yao Ming", "The astronaut", "Group person 1", "Group person 2"):
+        line = next(line for line in summary.splitlines() if line.startswith(name))
+        assert "+07:00" in line and "Demo classroom" in line, line
+    assert "not seen" not in summary
+    assert "RECOGNITION stu-group-3" not in out  # the visitor is never reported
+    assert "session started with 4 students" in out
+    assert "agent stopped; nothing left running" in out
