@@ -234,7 +234,9 @@ class RecognitionRunner:
         last_report: dict[str, float],
     ) -> None:
         cfg = self.cfg
-        interval = 1.0 / self.cameras_cfg.analysis_fps
+        busy_interval = 1.0 / self.cameras_cfg.analysis_fps
+        idle_interval = 1.0 / min(self.cameras_cfg.idle_analysis_fps, self.cameras_cfg.analysis_fps)
+        interval = busy_interval
         tracker = FaceTracker(
             iou=cfg.track_iou,
             max_missed=cfg.track_max_missed,
@@ -282,6 +284,10 @@ class RecognitionRunner:
                 self.metrics.faces.labels("embedded").inc(result.embedded)
             for sighting in result.sightings:
                 await self._maybe_report(session, reader, frame, sighting, reported, last_report)
+            # Adapt the rate: full speed while faces are in view (or still tracked), the
+            # idle rate on an empty room. A slow analysis simply delays the next one (the
+            # frame is always the newest), so a loaded box sheds analyses, not freshness.
+            interval = busy_interval if result.faces or tracker.tracks else idle_interval
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
     async def _maybe_report(

@@ -194,6 +194,7 @@ class SessionManager:
     async def start(self, command: SessionStart) -> dict[str, Any]:
         """Start a session (seed start_session); returns its summary."""
         if command.slot_id in self._sessions:
+            log.warning("SESSION_EXISTS slot=%s", command.slot_id)
             raise AgentError(
                 ErrorCode.SESSION_ALREADY_EXISTS,
                 f"A session for slot {command.slot_id} is already running; stop it first.",

@@ -397,6 +397,12 @@ class CamerasConfig(Section):
     analysis_fps: float = Field(
         4.0, gt=0, le=30, description="Analyses per second per camera (at most)."
     )
+    idle_analysis_fps: float = Field(
+        1.0,
+        gt=0,
+        le=30,
+        description="Analyses per second while no face is in view (saves CPU in empty rooms).",
+    )
     ffmpeg_options: str = Field(
         "rtsp_transport;tcp|analyzeduration;100000|probesize;32768",
         max_length=1024,
