@@ -37,6 +37,7 @@ Image = npt.NDArray[np.uint8]
 FloatArray = npt.NDArray[np.float32]
 
 STRIDE = 32  # the coarsest SCRFD feature stride: detector inputs are multiples of it
+EMBED_BATCH = 4  # faces per recognizer call (see FaceEngine.embed)
 
 
 @dataclass(frozen=True)
@@ -173,10 +174,19 @@ class FaceEngine:
         return [face_align.norm_crop(image, landmark=f.kps, image_size=size) for f in faces]
 
     def embed(self, crops: Sequence[Image]) -> FloatArray:
-        """L2-normalised embeddings of aligned crops, in one recognizer call."""
+        """L2-normalised embeddings of aligned crops, batched.
+
+        Up to ``EMBED_BATCH`` faces go through the recognizer in one call; more are split
+        into calls of that size, because bigger batches cost more per face on small CPUs
+        (measured, 1 thread: 12-16 ms per face at batch 1-4, 23 ms at 16, 23 ms at 48).
+        """
         if not crops:
             return np.zeros((0, self.embedding_dim), np.float32)
-        raw: FloatArray = np.asarray(self._recognizer.get_feat(list(crops)), dtype=np.float32)
+        chunks = [
+            np.asarray(self._recognizer.get_feat(list(crops[i : i + EMBED_BATCH])), np.float32)
+            for i in range(0, len(crops), EMBED_BATCH)
+        ]
+        raw: FloatArray = np.concatenate(chunks)
         norms = np.linalg.norm(raw, axis=1, keepdims=True)
         normalised: FloatArray = raw / np.maximum(norms, 1e-12)
         return normalised
