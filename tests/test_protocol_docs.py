@@ -38,3 +38,39 @@ def test_readme_documents_every_cli_command() -> None:
     sub = next(a for a in parser._actions if a.dest == "command")
     for name in sub.choices:  # type: ignore[union-attr]
         assert f"python -m agent {name}" in readme, f"README does not document `{name}`"
+
+
+def _json_examples() -> list[object]:
+    """Every ```json block of docs/protocol.md, with the `...` shortenings removed."""
+    import re
+
+    text = PROTOCOL.read_text(encoding="utf-8")
+    blocks = re.findall(r"```json\n(.*?)```", text, flags=re.S)
+    examples = []
+    for block in blocks:
+        cleaned = re.sub(r",\s*\.\.\.(?=\s*[\]}])", "", block)  # ", ...]" inside arrays
+        cleaned = re.sub(r'\.\.\."', '"', cleaned)  # "abc..." in shortened strings
+        examples.append(json.loads(cleaned))
+    return examples
+
+
+def test_protocol_examples_are_valid() -> None:
+    from agent.protocol import RecognitionEvent, SessionStatusEvent
+    from agent.reply import Reply
+
+    examples = _json_examples()
+    assert len(examples) >= 20
+    checked = 0
+    for example in examples:
+        if not isinstance(example, dict):
+            continue
+        if example.get("type") == "RECOGNITION":
+            RecognitionEvent.model_validate(example)
+        elif example.get("type") == "SESSION_STATUS":
+            SessionStatusEvent.model_validate(example)
+        elif {"status", "code", "message"} <= set(example):
+            Reply.model_validate(example)
+        else:
+            continue
+        checked += 1
+    assert checked >= 10
