@@ -80,7 +80,10 @@ class CommandProcessor:
         self._send = send_reply
         self._in_flight: dict[str, asyncio.Future[Reply]] = {}
         if not self._keys:
-            log.warning("AUTH_NO_KEYS every command will be refused: set AGENT_AUTH__API_KEYS")
+            log.warning(
+                "AUTH_NO_KEYS every command will be refused: set AGENT_AUTH__API_KEYS or "
+                "[auth] api_keys_file"
+            )
 
     async def handle(self, message: IncomingMessage) -> None:
         """Process one message and send its reply."""

@@ -92,13 +92,17 @@ class FaceEngine:
         self.recognition = recognition
         try:
             det_session, det_report = create_session(
-                pack.detector_path, models.providers, models.intra_op_threads
+                pack.detector_path,
+                models.providers,
+                models.intra_op_threads,
+                tensorrt_cache=models.tensorrt_cache_dir,
             )
             rec_session, rec_report = create_session(
                 pack.recognizer_path,
                 models.providers,
                 models.intra_op_threads,
                 optimize_prelu=models.optimize_prelu,
+                tensorrt_cache=models.tensorrt_cache_dir,
             )
             self._detector = SCRFD(
                 str(pack.detector_path), session=det_session, static_shape_sessions=False

@@ -147,9 +147,11 @@ class ModelWatcher:
         previous = self.slot.engine
         self.slot.activate(engine)
         log.info(
-            "MODEL_SWAPPED pack=%s space=%s previous=%s previous_space=%s load_seconds=%.2f",
+            "MODEL_SWAPPED pack=%s space=%s provider=%s previous=%s previous_space=%s "
+            "load_seconds=%.2f",
             pack.name,
             engine.embedding_space,
+            engine.providers["recognizer"].active[0],
             previous.pack.name if previous else None,
             previous.embedding_space if previous else None,
             time.perf_counter() - started,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -84,12 +85,26 @@ def session_options(intra_op_threads: int) -> ort.SessionOptions:
     return opts
 
 
+def _provider_options(provider: str, tensorrt_cache: Path | None) -> dict[str, Any]:
+    """Options per provider: TensorRT keeps its built engines (minutes to build on a
+    Jetson) in a cache folder so restarts and reloads reuse them."""
+    if provider == "TensorrtExecutionProvider" and tensorrt_cache is not None:
+        tensorrt_cache.mkdir(parents=True, exist_ok=True)
+        return {
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(tensorrt_cache),
+            "trt_fp16_enable": True,
+        }
+    return {}
+
+
 def create_session(
     path: Path,
     providers: tuple[str, ...],
     intra_op_threads: int,
     *,
     optimize_prelu: bool = False,
+    tensorrt_cache: Path | None = None,
 ) -> tuple[ort.InferenceSession, ProviderReport]:
     """Build an inference session for ``path`` and report which providers it got.
 
@@ -115,8 +130,12 @@ def create_session(
         if count:
             source = model.SerializeToString()
             log.debug("PRELU_REWRITTEN model=%s nodes=%d", path.name, count)
+    with_options: list[str | tuple[str, dict[str, Any]]] = []
+    for provider in usable:
+        options = _provider_options(provider, tensorrt_cache)
+        with_options.append((provider, options) if options else provider)
     session = ort.InferenceSession(
-        source, sess_options=session_options(intra_op_threads), providers=usable
+        source, sess_options=session_options(intra_op_threads), providers=with_options
     )
     report = ProviderReport(requested=tuple(providers), active=tuple(session.get_providers()))
     if report.degraded:

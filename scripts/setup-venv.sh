@@ -26,7 +26,13 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 "${pip[@]}" install --upgrade pip
 case "$extra" in
   dev) "${pip[@]}" install -e "$here[dev]" ;;
-  gpu) "${pip[@]}" install -e "$here[gpu]" ;;
+  gpu)
+    "${pip[@]}" install -e "$here[gpu]"
+    # insightface pulls in the CPU wheel; keep only onnxruntime-gpu (same package folder).
+    version=$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("onnxruntime-gpu"))')
+    "${pip[@]}" uninstall -y onnxruntime
+    "${pip[@]}" install --force-reinstall --no-deps "onnxruntime-gpu==$version"
+    ;;
   none) "${pip[@]}" install "$here" ;;
 esac
 # insightface depends on the desktop OpenCV build, which needs libGL and clashes with the

@@ -180,10 +180,11 @@ def load_config(path: Path | None = None) -> AgentConfig:
 
 def read_secret(value: SecretStr | None, file: Path | None) -> str | None:
     """Return a secret from its direct value or, failing that, from its file."""
-    if value is not None:
+    if value is not None and value.get_secret_value():
         return value.get_secret_value()
     if file is not None:
-        return file.read_text(encoding="utf-8").strip()
+        # An empty file means "not set", never an empty password.
+        return file.read_text(encoding="utf-8").strip() or None
     return None
 
 

@@ -96,6 +96,10 @@ class ModelsConfig(Section):
         le=600,
         description="A pack is considered once its files have not changed for this long.",
     )
+    tensorrt_cache_dir: Path = Field(
+        Path("data/tensorrt-cache"),
+        description="Where TensorRT keeps built engines (used only with that provider).",
+    )
     optimize_prelu: bool = Field(
         True,
         description=(
