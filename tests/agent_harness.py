@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -136,3 +140,31 @@ def start_payload(slot: str, embedding: list[float], **extra: Any) -> dict[str, 
     }
     payload.update(extra)
     return payload
+
+
+def spawn_agent(
+    tmp_path: Path, broker: Mosquitto, callback_prefix: str, **env: str
+) -> subprocess.Popen[bytes]:
+    """`python -m agent run` as a real process (log in ``tmp_path/agent.log``), configured
+    by environment variables as systemd would; ``env`` adds or overrides settings."""
+    settings = {
+        **os.environ,
+        "AGENT_MQTT__PORT": str(broker.port),
+        "AGENT_STORAGE__DATA_DIR": str(tmp_path / "data"),
+        "AGENT_MODELS__DIR": str(MODELS_DIR),
+        "AGENT_METRICS__PORT": "0",
+        # The test cameras do not exist: keep them "reconnecting" for the test's duration.
+        "AGENT_CAMERAS__RECONNECT_ATTEMPTS": "100",
+        "AGENT_AUTH__API_KEYS": API_KEY,
+        "AGENT_CALLBACK__ALLOWED_URLS": json.dumps([callback_prefix]),
+        **env,
+    }
+    with (tmp_path / "agent.log").open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(ROOT / "config.toml")],
+            cwd=ROOT,
+            env=settings,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )

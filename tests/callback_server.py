@@ -35,6 +35,7 @@ class CallbackServer:
     received: list[Received] = field(default_factory=list)
     on_request: Any = None
     _runner: web.AppRunner | None = None
+    _handlers: set[asyncio.Task[Any]] = field(default_factory=set)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     def url(self, path: str = "/callback") -> str:
@@ -46,6 +47,15 @@ class CallbackServer:
         return self.mode.get(best, "ok")
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            return await self._answer(request)
+        finally:
+            self._handlers.discard(task)
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         body = json.loads(await request.read())
         entry = Received(request.path, dict(request.headers), body)
         self.received.append(entry)
@@ -75,6 +85,10 @@ class CallbackServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        # A request left hanging ("hang" mode) must not outlive the server.
+        for task in list(self._handlers):
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
 
     def delivered(self, path_prefix: str = "") -> list[Received]:
         """Requests answered 200 (optionally under a path)."""

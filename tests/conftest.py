@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,9 @@ from agent.config import AgentConfig, load_config
 from agent.defaultpack import sample_photo
 from agent.engine import FaceEngine
 from agent.modelpack import ModelPack, read_pack
+from tests.brokers import Mosquitto
+from tests.rtsp import INSTALL_HINT, RtspServer, gst_rtsp_available
+from tests.synthetic_video import Person, face_box_of, make_classroom_frames
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = ROOT / "models"
@@ -87,3 +91,42 @@ def shared_faces() -> Path:
     if not (SHARED_FACES / "manifest.csv").is_file():
         pytest.skip(f"extended photo set not present at {SHARED_FACES}")
     return SHARED_FACES
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A real Mosquitto broker (with persistence) on a free port, stopped afterwards."""
+    server = Mosquitto(tmp_path / "broker")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def no_leftover_tasks() -> AsyncIterator[None]:
+    """Fail an async test that leaves an asyncio task running."""
+    yield
+    current = asyncio.current_task()
+    leftover = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    if leftover:  # give cancelled tasks a moment to finish unwinding
+        await asyncio.wait(leftover, timeout=2)
+        leftover = [t for t in leftover if not t.done()]
+    assert not leftover, f"tasks left running: {[t.get_name() for t in leftover]}"
+
+
+@pytest.fixture
+def yao_camera(tmp_path: Path, engine: FaceEngine, photos: dict[str, Path]) -> Iterator[RtspServer]:
+    """A real RTSP camera looping 4 s of Yao Ming walking across a classroom."""
+    if not gst_rtsp_available():
+        pytest.fail(INSTALL_HINT)
+    yao = photos["yaoming.jpg"]
+    plan = make_classroom_frames(
+        tmp_path / "room",
+        [Person("yao", yao, 0.0, 4.0, (300, 240), (10, 0), 120, face_box_of(yao, engine))],
+        seconds=4,
+        fps=10,
+    )
+    server = RtspServer(plan.frames_dir, fps=10)
+    server.start()
+    yield server
+    server.stop()

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,43 +15,14 @@ import cv2
 import pytest
 
 from agent.engine import FaceEngine
-from tests.agent_harness import MODELS_DIR, ROOT, backend, start_payload
+from tests.agent_harness import backend, spawn_agent, start_payload
 from tests.brokers import API_KEY, Mosquitto
 
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    server = Mosquitto(tmp_path / "broker")
-    server.start()
-    yield server
-    server.stop()
+pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 
 
-def _start_agent(tmp_path: Path, broker: Mosquitto) -> subprocess.Popen[str]:
-    env = {
-        **os.environ,
-        "AGENT_MQTT__PORT": str(broker.port),
-        "AGENT_STORAGE__DATA_DIR": str(tmp_path / "data"),
-        "AGENT_MODELS__DIR": str(MODELS_DIR),
-        "AGENT_METRICS__PORT": "0",
-        # The test cameras do not exist: keep them "reconnecting" for the test's duration.
-        "AGENT_CAMERAS__RECONNECT_ATTEMPTS": "100",
-        "AGENT_AUTH__API_KEYS": API_KEY,
-        "AGENT_CALLBACK__ALLOWED_URLS": '["http://127.0.0.1:9/"]',
-        "AGENT_LOGGING__FORMAT": "json",
-    }
-    log = (tmp_path / "agent.log").open("a")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", "--config", str(ROOT / "config.toml")],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    log.close()
-    return proc
+def _start_agent(tmp_path: Path, broker: Mosquitto) -> subprocess.Popen[bytes]:
+    return spawn_agent(tmp_path, broker, "http://127.0.0.1:9/", AGENT_LOGGING__FORMAT="json")
 
 
 async def _wait_online(broker: Mosquitto, timeout: float = 30) -> dict[str, Any]:
@@ -74,7 +42,7 @@ async def _wait_online(broker: Mosquitto, timeout: float = 30) -> dict[str, Any]
             await asyncio.sleep(0.1)
 
 
-def _stop(proc: subprocess.Popen[str], timeout: float = 20) -> int:
+def _stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> int:
     proc.send_signal(signal.SIGTERM)
     try:
         return proc.wait(timeout=timeout)

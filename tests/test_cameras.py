@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,8 @@ FAST_CAMERAS = {
     "probe_max_s": 1.0,
     "analysis_fps": 5.0,
 }
+
+pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 
 
 @pytest.fixture(scope="module")
@@ -93,25 +95,6 @@ def cam_b(classroom: ClassroomPlan) -> Iterator[RtspServer]:
     server = _server(classroom)
     yield server
     server.stop()
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    server = Mosquitto(tmp_path / "broker", persistence=False)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(autouse=True)
-async def no_leftover_tasks() -> AsyncIterator[None]:
-    yield
-    current = asyncio.current_task()
-    leftover = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
-    if leftover:
-        await asyncio.wait(leftover, timeout=2)
-        leftover = [t for t in leftover if not t.done()]
-    assert not leftover, f"tasks left running: {[t.get_name() for t in leftover]}"
 
 
 def _payload(

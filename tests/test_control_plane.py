@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,13 +17,7 @@ from agent.engine import FaceEngine
 from tests.agent_harness import RecordingSink, agent_config, backend, running_agent, start_payload
 from tests.brokers import API_KEY, Mosquitto
 
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    server = Mosquitto(tmp_path / "broker")
-    server.start()
-    yield server
-    server.stop()
+pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 
 
 @pytest.fixture(scope="module")
@@ -33,17 +26,6 @@ def yao_embedding(engine: FaceEngine, photos: dict[str, Path]) -> list[float]:
 
     (face,) = engine.analyze(cv2.imread(str(photos["yaoming.jpg"])))
     return [float(x) for x in face.embedding]
-
-
-@pytest.fixture(autouse=True)
-async def no_leftover_tasks() -> Any:
-    yield
-    current = asyncio.current_task()
-    leftover = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
-    if leftover:  # give cancelled tasks a moment to finish unwinding
-        await asyncio.wait(leftover, timeout=2)
-        leftover = [t for t in leftover if not t.done()]
-    assert not leftover, f"tasks left running: {[t.get_name() for t in leftover]}"
 
 
 async def test_status_over_v5_response_topic(broker: Mosquitto, tmp_path: Path) -> None:

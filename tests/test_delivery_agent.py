@@ -10,7 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,25 +19,19 @@ import pytest
 
 from agent.engine import FaceEngine
 from tests.agent_harness import (
-    MODELS_DIR,
     ROOT,
     agent_config,
     backend,
     running_agent,
+    spawn_agent,
     start_payload,
 )
-from tests.brokers import API_KEY, Mosquitto
+from tests.brokers import Mosquitto
 from tests.callback_server import CallbackServer, Received
 
 FAST_CALLBACK = {"timeout_s": 0.5, "first_retry_s": 0.05, "retry_max_s": 0.3}
 
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    server = Mosquitto(tmp_path / "broker")
-    server.start()
-    yield server
-    server.stop()
+pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 
 
 @pytest.fixture
@@ -185,33 +179,16 @@ async def test_dead_letter_visible_and_requeued_by_cli(
 def _spawn_agent(
     tmp_path: Path, broker: Mosquitto, server: CallbackServer
 ) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "AGENT_MQTT__PORT": str(broker.port),
-        "AGENT_STORAGE__DATA_DIR": str(tmp_path / "data"),
-        "AGENT_MODELS__DIR": str(MODELS_DIR),
-        "AGENT_METRICS__PORT": "0",
-        # The test cameras do not exist: keep them "reconnecting" for the test's duration.
-        "AGENT_CAMERAS__RECONNECT_ATTEMPTS": "100",
-        "AGENT_AUTH__API_KEYS": API_KEY,
-        "AGENT_CALLBACK__ALLOWED_URLS": json.dumps([server.url("/")]),
-        "AGENT_CALLBACK__TIMEOUT_S": "5",
-        "AGENT_CALLBACK__FIRST_RETRY_S": "0.05",
-        "AGENT_CALLBACK__RETRY_MAX_S": "0.3",
-        "AGENT_CALLBACK__AUTOSTOP_FAILURES": "0",
-        "AGENT_CALLBACK__AUTOSTOP_SECONDS": "0",
-    }
-    log = (tmp_path / "agent.log").open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "run"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    return spawn_agent(
+        tmp_path,
+        broker,
+        server.url("/"),
+        AGENT_CALLBACK__TIMEOUT_S="5",
+        AGENT_CALLBACK__FIRST_RETRY_S="0.05",
+        AGENT_CALLBACK__RETRY_MAX_S="0.3",
+        AGENT_CALLBACK__AUTOSTOP_FAILURES="0",
+        AGENT_CALLBACK__AUTOSTOP_SECONDS="0",
     )
-    log.close()
-    return proc
 
 
 def _stored_ids(data_dir: Path) -> set[str]:

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,13 @@ from agent.app import Agent
 from agent.modelpack import MANIFEST_NAME, ModelPack, read_pack, write_manifest
 from tests.agent_harness import RecordingSink, agent_config, backend, running_agent
 from tests.brokers import Mosquitto
-from tests.rtsp import INSTALL_HINT, RtspServer, gst_rtsp_available
-from tests.synthetic_video import Person, face_box_of, make_classroom_frames
+from tests.rtsp import RtspServer
 from tests.test_model_pack_tools import perturbed_recognizer, wrong_size_recognizer
 
 SETTLE = {"settle_s": 0.5}
 FAST_CAMERAS = {"open_timeout_s": 1.0, "read_timeout_s": 1.0, "analysis_fps": 5.0}
+
+pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 
 
 def copy_pack(src: ModelPack, dest: Path, *, recognizer: Path | None = None) -> Path:
@@ -49,14 +49,6 @@ def slow_copy(src: Path, dest: Path, *, chunk: int = 1 << 20, pause: float = 0.1
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    server = Mosquitto(tmp_path / "broker", persistence=False)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def models_dir(tmp_path: Path, default_pack: ModelPack) -> Path:
     folder = tmp_path / "models"
     copy_pack(default_pack, folder / "pack-a")
@@ -70,23 +62,6 @@ def other_space(tmp_path_factory: pytest.TempPathFactory, default_pack: ModelPac
     return perturbed_recognizer(
         default_pack.recognizer_path, tmp_path_factory.mktemp("r") / "r.onnx"
     )
-
-
-@pytest.fixture
-def camera(tmp_path: Path, engine: Any, photos: dict[str, Path]) -> Iterator[RtspServer]:
-    if not gst_rtsp_available():
-        pytest.fail(INSTALL_HINT)
-    yao = photos["yaoming.jpg"]
-    plan = make_classroom_frames(
-        tmp_path / "room",
-        [Person("yao", yao, 0.0, 4.0, (300, 240), (10, 0), 120, face_box_of(yao, engine))],
-        seconds=4,
-        fps=10,
-    )
-    server = RtspServer(plan.frames_dir, fps=10)
-    server.start()
-    yield server
-    server.stop()
 
 
 async def _until(predicate: Any, timeout: float) -> None:
@@ -142,7 +117,7 @@ async def test_slow_copy_then_swap_with_running_session(
     models_dir: Path,
     default_pack: ModelPack,
     other_space: Path,
-    camera: RtspServer,
+    yao_camera: RtspServer,
     photos: dict[str, Path],
 ) -> None:
     staging = copy_pack(default_pack, tmp_path / "staging" / "pack-b", recognizer=other_space)
@@ -161,7 +136,7 @@ async def test_slow_copy_then_swap_with_running_session(
             "slotId": "slot-hot",
             "mode": "CONTINUOUS",
             "callbackUrl": "http://127.0.0.1:9/cb",
-            "cameras": [{"id": "cam", "rtspUrl": camera.url}],
+            "cameras": [{"id": "cam", "rtspUrl": yao_camera.url}],
             "students": [
                 {"id": "stu-yao", "embeddings": [old["embedding"]], "embeddingSpace": old_space}
             ],
@@ -239,7 +214,7 @@ async def test_broken_pack_is_rejected_and_old_keeps_serving(
     tmp_path: Path,
     models_dir: Path,
     default_pack: ModelPack,
-    camera: RtspServer,
+    yao_camera: RtspServer,
     photos: dict[str, Path],
     name: str,
     damage: Any,
@@ -272,7 +247,7 @@ async def test_broken_pack_is_rejected_and_old_keeps_serving(
         start = {
             "slotId": "slot-b",
             "callbackUrl": "http://127.0.0.1:9/cb",
-            "cameras": [{"id": "cam", "rtspUrl": camera.url}],
+            "cameras": [{"id": "cam", "rtspUrl": yao_camera.url}],
             "students": [{"id": "stu-yao", "embeddings": [old["embedding"]]}],
         }
         assert (await b.send("session/start", start))["status"] == 200

@@ -7,10 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
 from agent.config import AgentConfig
 from agent.engine import FaceEngine
@@ -24,6 +21,7 @@ from agent.modelpack import (
     write_manifest,
 )
 from agent.onnx_sessions import ProviderReport
+from tests.test_model_pack_tools import wrong_size_recognizer
 
 
 def _copy_pack(src: ModelPack, dest: Path, *, manifest: bool = True) -> Path:
@@ -92,29 +90,11 @@ def test_invalid_manifest_json(default_pack: ModelPack, tmp_path: Path) -> None:
         read_pack(folder)
 
 
-def _tiny_recognizer(path: Path, out_dim: int) -> None:
-    """A real ONNX graph with a recognizer's input but another output size."""
-    weight = helper.make_tensor(
-        "w", TensorProto.FLOAT, [3 * 112 * 112, out_dim], np.zeros(3 * 112 * 112 * out_dim).tolist()
-    )
-    graph = helper.make_graph(
-        [
-            helper.make_node("Flatten", ["input.1"], ["flat"], axis=1),
-            helper.make_node("MatMul", ["flat", "w"], ["emb"]),
-        ],
-        "tiny",
-        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["N", 3, 112, 112])],
-        [helper.make_tensor_value_info("emb", TensorProto.FLOAT, ["N", out_dim])],
-        [weight],
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
-
-
 def test_recognizer_with_wrong_output_size(default_pack: ModelPack, tmp_path: Path) -> None:
     folder = tmp_path / "p"
     folder.mkdir()
     shutil.copyfile(default_pack.detector_path, folder / "det.onnx")
-    _tiny_recognizer(folder / "rec.onnx", 8)
+    wrong_size_recognizer(folder / "rec.onnx", 8)
     manifest = {
         "name": "p",
         "detector": {"file": "det.onnx"},

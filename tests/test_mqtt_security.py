@@ -15,6 +15,8 @@ import pytest
 from tests.agent_harness import agent_config, running_agent
 from tests.brokers import API_KEY, Backend, Mosquitto
 
+pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
+
 
 def _run(*args: str, cwd: Path) -> None:
     subprocess.run(args, cwd=cwd, check=True, capture_output=True, timeout=60)

@@ -8,7 +8,6 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -25,33 +24,7 @@ from tests.agent_harness import (
     start_payload,
 )
 from tests.brokers import Mosquitto
-from tests.rtsp import INSTALL_HINT, RtspServer, gst_rtsp_available
-from tests.synthetic_video import Person, face_box_of, make_classroom_frames
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    server = Mosquitto(tmp_path / "broker", persistence=False)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def camera(tmp_path: Path, engine: FaceEngine, photos: dict[str, Path]) -> Iterator[RtspServer]:
-    if not gst_rtsp_available():
-        pytest.fail(INSTALL_HINT)
-    yao = photos["yaoming.jpg"]
-    plan = make_classroom_frames(
-        tmp_path / "room",
-        [Person("yao", yao, 0.0, 4.0, (300, 240), (10, 0), 120, face_box_of(yao, engine))],
-        seconds=4,
-        fps=10,
-    )
-    server = RtspServer(plan.frames_dir, fps=10)
-    server.start()
-    yield server
-    server.stop()
+from tests.rtsp import RtspServer
 
 
 def _samples(text: str, family: str) -> dict[str, float]:
@@ -66,7 +39,7 @@ def _samples(text: str, family: str) -> dict[str, float]:
 
 async def test_metrics_status_and_health_during_a_session(
     broker: Mosquitto,
-    camera: RtspServer,
+    yao_camera: RtspServer,
     tmp_path: Path,
     engine: FaceEngine,
     photos: dict[str, Path],
@@ -80,7 +53,7 @@ async def test_metrics_status_and_health_during_a_session(
         payload = start_payload(
             "slot-m",
             [float(x) for x in yao.embedding],
-            cameras=[{"id": "cam-9", "rtspUrl": camera.url}],
+            cameras=[{"id": "cam-9", "rtspUrl": yao_camera.url}],
         )
         assert (await b.send("session/start", payload))["status"] == 200
         async with asyncio.timeout(20):

@@ -23,6 +23,8 @@ FAST = {
     "allowed_urls": ["http://127.0.0.1/"],
 }
 
+pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
+
 
 @pytest.fixture
 async def server() -> AsyncIterator[CallbackServer]:
@@ -37,17 +39,6 @@ def store(tmp_path: Path) -> AsyncIterator[Store]:
     st = Store(tmp_path / "data")
     yield st
     st.close()
-
-
-@pytest.fixture(autouse=True)
-async def no_leftover_tasks() -> AsyncIterator[None]:
-    yield
-    current = asyncio.current_task()
-    leftover = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
-    if leftover:  # give cancelled tasks a moment to finish unwinding
-        await asyncio.wait(leftover, timeout=2)
-        leftover = [t for t in leftover if not t.done()]
-    assert not leftover, f"tasks left running: {[t.get_name() for t in leftover]}"
 
 
 def _events(slot: str, n: int) -> list:  # type: ignore[type-arg]
