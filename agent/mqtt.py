@@ -138,38 +138,43 @@ class MqttLink:
         )
 
     async def run(self) -> None:
-        """Connect, serve, and reconnect until cancelled. Never returns normally."""
+        """Connect, serve, and reconnect until cancelled. Never returns normally.
+
+        With ``protocol = "auto"``, a failed first connection alternates between MQTT 5 and
+        3.1.1 (some 3.1.1-only brokers refuse MQTT 5, others never answer it); the version
+        that connects is kept from then on.
+        """
         delay = self.cfg.reconnect_min_s
+        settled = self.cfg.protocol != "auto"
         while True:
             connects_before = self.connects
             try:
                 async with self._make_client() as client:
+                    settled = True
                     await self._serve(client)
-            except MqttConnectError as exc:
-                if (
-                    self.cfg.protocol == "auto"
-                    and self._protocol == aiomqtt.ProtocolVersion.V5
-                    and _rc_value(exc.rc) in _UNSUPPORTED_PROTOCOL
-                ):
-                    log.warning("MQTT_PROTOCOL_FALLBACK broker refused MQTT 5; using 3.1.1")
-                    self._protocol = aiomqtt.ProtocolVersion.V311
-                    continue
-                log.warning(
-                    "MQTT_CONNECT_FAILED host=%s port=%d error=%s",
-                    self.cfg.host,
-                    self.cfg.port,
-                    exc,
-                )
             except aiomqtt.MqttError as exc:
+                refused_v5 = isinstance(exc, MqttConnectError) and (
+                    _rc_value(exc.rc) in _UNSUPPORTED_PROTOCOL
+                )
                 if self.connected:
                     log.warning("MQTT_DISCONNECTED error=%s", exc)
                 else:
                     log.warning(
-                        "MQTT_CONNECT_FAILED host=%s port=%d error=%s",
+                        "MQTT_CONNECT_FAILED host=%s port=%d protocol=%s error=%s",
                         self.cfg.host,
                         self.cfg.port,
+                        self.protocol,
                         exc,
                     )
+                if not settled and self.connects == connects_before:
+                    self._protocol = (
+                        aiomqtt.ProtocolVersion.V311
+                        if self._protocol == aiomqtt.ProtocolVersion.V5
+                        else aiomqtt.ProtocolVersion.V5
+                    )
+                    log.warning("MQTT_PROTOCOL_FALLBACK next attempt with MQTT %s", self.protocol)
+                    if refused_v5:
+                        continue  # the broker answered: no reason to wait
             finally:
                 self._client = None
                 self._connected.clear()

@@ -76,6 +76,10 @@ class ActiveSession:
         }
 
 
+class SessionStopError(RuntimeError):
+    """A session's work failed while it was being stopped."""
+
+
 class SessionRunner(Protocol):
     """Does a session's work until cancelled, or returns a reason to stop it."""
 
@@ -256,7 +260,11 @@ class SessionManager:
             reason = runner.result() if runner in done else StatusReason.SESSION_ENDED
         except asyncio.CancelledError:
             runner.cancel()
-            await asyncio.gather(runner, return_exceptions=True)
+            (result,) = await asyncio.gather(runner, return_exceptions=True)
+            if isinstance(result, Exception):
+                # The work did not wind down cleanly (a camera that would not release...):
+                # the stop must say so rather than pretend.
+                raise SessionStopError(str(result) or type(result).__name__) from result
             raise
         except Exception:
             log.exception("SESSION_RUNNER_CRASHED slot=%s", session.slot_id)

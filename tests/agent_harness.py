@@ -18,7 +18,7 @@ import aiomqtt
 from agent.app import Agent, AgentState
 from agent.config import AgentConfig
 from agent.events import Event
-from agent.sessions import HoldRunner
+from agent.sessions import HoldRunner, SessionRunner
 from tests.brokers import API_KEY, Backend, Mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,6 +83,7 @@ async def running_agent(
     *,
     outbox: bool = False,
     cameras: bool = False,
+    runner: SessionRunner | None = None,
 ) -> AsyncIterator[Agent]:
     """Start an agent, wait until it is connected, and stop it cleanly afterwards.
 
@@ -93,7 +94,7 @@ async def running_agent(
     agent = Agent(
         cfg,
         sink=None if outbox else (sink or RecordingSink()),
-        runner=None if cameras else HoldRunner(),
+        runner=runner or (None if cameras else HoldRunner()),
     )
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop), name="agent-under-test")

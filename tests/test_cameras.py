@@ -4,6 +4,7 @@ classroom made from real photos, the real models, a real agent and broker."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 import pytest
 
 from agent.app import Agent
@@ -132,7 +134,7 @@ async def test_attendance_reports_enrolled_students_once(
     broker: Mosquitto, cam_a: RtspServer, tmp_path: Path, roster: list[dict[str, Any]]
 ) -> None:
     sink = RecordingSink()
-    cfg = agent_config(tmp_path, broker, cameras=FAST_CAMERAS)
+    cfg = agent_config(tmp_path, broker, cameras=FAST_CAMERAS, recognition={"face_jpeg": True})
     async with running_agent(cfg, sink, cameras=True) as agent, backend(broker) as b:
         reply = await b.send("session/start", _payload("slot-att", roster, cam_a))
         assert reply["status"] == 200, reply
@@ -148,6 +150,8 @@ async def test_attendance_reports_enrolled_students_once(
     assert event.confidence > 0.5
     assert event.recognized_at.utcoffset().total_seconds() == 7 * 3600
     assert event.embedding_space.startswith("arcface-")
+    crop = cv2.imdecode(np.frombuffer(base64.b64decode(event.face_jpeg or ""), np.uint8), 1)
+    assert crop is not None and crop.shape == (112, 112, 3)  # the aligned face
     assert health["state"] == "LIVE" and health["framesAnalysed"] > 20
     cams = status["data"]["sessions"][0]["cameras"]
     assert cams[0]["framesRead"] >= cams[0]["framesAnalysed"] > 0

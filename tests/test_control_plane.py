@@ -386,3 +386,55 @@ async def test_retained_status_online_then_offline(
     assert online["state"] == "online" and online["modelPack"] == "buffalo_sc"
     assert with_session["activeSessions"] == ["slot-s"]
     assert offline["state"] == "offline"
+
+
+class _RunnerThatFailsToStop:
+    """A session runner whose work raises while it is being cancelled (a seam fake)."""
+
+    async def run(self, session: Any) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise RuntimeError("camera would not release") from None
+
+
+async def test_failure_during_stop_is_500_and_session_is_gone(
+    broker: Mosquitto, tmp_path: Path, yao_embedding: list[float]
+) -> None:
+    sink = RecordingSink()
+    cfg = agent_config(tmp_path, broker)
+    async with (
+        running_agent(cfg, sink, runner=_RunnerThatFailsToStop()) as agent,
+        backend(broker) as b,
+    ):
+        assert (await b.send("session/start", start_payload("slot-f", yao_embedding)))[
+            "status"
+        ] == 200
+        reply = await b.send("session/stop", {"slotId": "slot-f"})
+        assert (reply["status"], reply["code"]) == (500, "STOP_SESSION_FAILED")
+        assert agent.sessions is not None and agent.sessions.get("slot-f") is None
+        again = await b.send("session/stop", {"slotId": "slot-f"})
+    assert again["code"] == "SESSION_NOT_FOUND"
+    assert sink.statuses("slot-f") == ["STARTED", "STOPPED"]
+
+
+async def test_command_published_while_broker_restarts_is_executed(tmp_path: Path) -> None:
+    server = Mosquitto(tmp_path / "persistent-broker")
+    server.start()
+    try:
+        cfg = agent_config(tmp_path, server, mqtt={"reconnect_min_s": 3.0, "reconnect_max_s": 3.0})
+        async with running_agent(cfg) as agent:
+            assert agent.link is not None
+            server.stop()  # SIGTERM: the broker saves the agent's session and subscription
+            async with asyncio.timeout(5):
+                while agent.link.connected:
+                    await asyncio.sleep(0.02)
+            server.start()
+            async with backend(server) as b:
+                pending = await b.publish_only("status", {"requestId": "during-outage"})
+                assert not agent.link.connected  # queued by the broker for the agent
+                reply = await b.reply_for_future(pending, timeout=20)
+            assert agent.link.connects == 2
+    finally:
+        server.stop()
+    assert (reply["requestId"], reply["status"]) == ("during-outage", 200)

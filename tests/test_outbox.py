@@ -253,3 +253,31 @@ async def test_pending_events_survive_reopen(tmp_path: Path, server: CallbackSer
         assert outbox2.stats()["counts"]["delivered"] == 3
     finally:
         second.close()
+
+
+async def test_face_crop_is_kept_only_until_delivered(store: Store, server: CallbackServer) -> None:
+    from agent.protocol import RecognitionEvent, SessionMode
+
+    outbox, delivery, sink = await _pipeline(store)
+    factory = EventFactory("site-1", "Asia/Ho_Chi_Minh")
+    event = RecognitionEvent(
+        event_id=factory.new_id(),
+        slot_id="slot-j",
+        site_id="site-1",
+        mode=SessionMode.ATTENDANCE,
+        student_id="s1",
+        confidence=0.8,
+        camera_id="c1",
+        recognized_at=factory.now(),
+        embedding_space="arcface-x",
+        face_jpeg="/9j/AAAA",
+    )
+    try:
+        await sink.emit(event, server.url())
+        await server.wait_delivered(1)
+        await _settled(outbox, 1)
+    finally:
+        await delivery.close()
+    assert server.delivered()[0].body["faceJpeg"] == "/9j/AAAA"
+    (row,) = store.db.execute("select body from events").fetchall()
+    assert "faceJpeg" not in row[0]
