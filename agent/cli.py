@@ -253,7 +253,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config)
     setup_logging(LoggingConfig(level="DEBUG" if args.verbose else "WARNING", format="text"))
-    return demo_main(cfg, session_seconds=args.seconds)
+    return demo_main(cfg, session_seconds=args.seconds, broker=args.broker)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -281,6 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="see the agent work end to end on bundled photos")
     demo.add_argument("--seconds", type=float, default=90.0, help="longest session time")
     demo.add_argument("--verbose", action="store_true", help="show the agent's log")
+    demo.add_argument(
+        "--broker",
+        choices=["auto", "mosquitto", "amqtt"],
+        default="auto",
+        help="auto: Mosquitto when installed, else amqtt in-process (MQTT 3.1.1)",
+    )
     _config_arg(demo)
     demo.set_defaults(func=cmd_demo)
 

@@ -184,11 +184,8 @@ async def http_services(
 
 
 @asynccontextmanager
-async def mosquitto(workdir: Path) -> AsyncIterator[int]:
-    """A Mosquitto broker on a free port (the Debian package; `make demo` installs it)."""
-    binary = shutil.which("mosquitto") or shutil.which("/usr/sbin/mosquitto")
-    if binary is None:
-        raise SystemExit("mosquitto is not installed: run `make demo` (it installs it)")
+async def mosquitto(workdir: Path, binary: str) -> AsyncIterator[int]:
+    """A Mosquitto broker process on a free port."""
     port = _free_port()
     conf = workdir / "mosquitto.conf"
     conf.write_text(
@@ -214,33 +211,81 @@ async def mosquitto(workdir: Path) -> AsyncIterator[int]:
         proc.wait(timeout=10)
 
 
-class Backend:
-    """The backend's MQTT side: request/reply with MQTT 5 response topics."""
+@asynccontextmanager
+async def amqtt_broker() -> AsyncIterator[int]:
+    """An in-process amqtt broker (MQTT 3.1.1 only), for machines without Mosquitto."""
+    try:
+        from amqtt.broker import Broker
+    except ImportError as exc:
+        raise SystemExit(
+            "No MQTT broker for the demo: install Mosquitto (apt-get install mosquitto) or "
+            "amqtt (pip install amqtt)"
+        ) from exc
 
-    def __init__(self, client: aiomqtt.Client) -> None:
+    port = _free_port()
+    broker = Broker(
+        {
+            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+            },
+        }
+    )
+    await broker.start()
+    try:
+        yield port
+    finally:
+        await broker.shutdown()
+
+
+@asynccontextmanager
+async def embedded_broker(workdir: Path, choice: str) -> AsyncIterator[tuple[int, str]]:
+    """Mosquitto when installed (MQTT 5), else amqtt in-process (MQTT 3.1.1)."""
+    binary = shutil.which("mosquitto") or shutil.which("/usr/sbin/mosquitto")
+    if choice == "mosquitto" and binary is None:
+        raise SystemExit("mosquitto is not installed: `make demo` installs it")
+    if binary is not None and choice != "amqtt":
+        async with mosquitto(workdir, binary) as port:
+            yield port, "5"
+    else:
+        async with amqtt_broker() as port:
+            yield port, "3.1.1"
+
+
+class Backend:
+    """The backend's MQTT side. With MQTT 5 replies come to a response topic; with 3.1.1
+    to the site's reply topic. Either way they are matched by requestId."""
+
+    def __init__(self, client: aiomqtt.Client, protocol: str) -> None:
         self.client = client
-        self.topic = f"demo-backend/{uuid.uuid4().hex}"
-        self._waiting: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
+        self.v5 = protocol == "5"
+        self.topic = f"demo-backend/{uuid.uuid4().hex}" if self.v5 else "attendance/demo-site/reply"
+        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
 
     async def listen(self) -> None:
         await self.client.subscribe(self.topic, qos=1)
         async for message in self.client.messages:
-            correlation = getattr(message.properties, "CorrelationData", None)
-            future = self._waiting.pop(correlation, None) if correlation else None
+            reply = json.loads(bytes(message.payload))
+            future = self._waiting.pop(str(reply.get("requestId")), None)
             if future is not None and not future.done():
-                future.set_result(json.loads(bytes(message.payload)))
+                future.set_result(reply)
 
     async def send(self, command: str, payload: dict[str, Any]) -> dict[str, Any]:
-        correlation = uuid.uuid4().bytes
+        request_id = uuid.uuid4().hex
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._waiting[correlation] = future
-        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        props.ResponseTopic = self.topic
-        props.CorrelationData = correlation
-        props.UserProperty = [("x-api-key", API_KEY)]
+        self._waiting[request_id] = future
+        body = {**payload, "requestId": request_id}
+        props = None
+        if self.v5:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.ResponseTopic = self.topic
+            props.CorrelationData = request_id.encode()
+            props.UserProperty = [("x-api-key", API_KEY)]
+        else:
+            body["apiKey"] = API_KEY  # MQTT 3.1.1 has no user properties
         await self.client.publish(
             f"attendance/demo-site/cmd/{command}",
-            json.dumps(payload).encode(),
+            json.dumps(body).encode(),
             qos=1,
             properties=props,
         )
@@ -248,7 +293,7 @@ class Backend:
             return await future
 
 
-async def run_demo(base: AgentConfig, session_seconds: float) -> int:
+async def run_demo(base: AgentConfig, session_seconds: float, broker: str = "auto") -> int:
     """The demo; returns the exit code (0 when every enrolled student was recognised)."""
     started = time.monotonic()
     say("loading the default model pack ...")
@@ -263,16 +308,23 @@ async def run_demo(base: AgentConfig, session_seconds: float) -> int:
     received: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     with tempfile.TemporaryDirectory(prefix="edge-agent-demo-") as tmp:
         workdir = Path(tmp)
-        async with mosquitto(workdir) as broker_port, http_services(frames, received) as http_port:
+        async with (
+            embedded_broker(workdir, broker) as (broker_port, protocol),
+            http_services(frames, received) as http_port,
+        ):
             data = base.model_dump()
             data["site"]["id"] = "demo-site"
             data["mqtt"]["port"] = broker_port
+            data["mqtt"]["protocol"] = protocol
             data["storage"]["data_dir"] = workdir / "data"
             data["auth"] = {"api_keys": API_KEY}
             data["callback"]["allowed_urls"] = [f"http://127.0.0.1:{http_port}/"]
             data["metrics"]["port"] = 0
             cfg = AgentConfig(**data)
-            say(f"broker on port {broker_port}, camera and callback receiver on port {http_port}")
+            say(
+                f"broker on port {broker_port} (MQTT {protocol}), camera and callback receiver "
+                f"on port {http_port}"
+            )
             agent = Agent(cfg)
             stop = asyncio.Event()
             agent_task = asyncio.create_task(agent.run(stop), name="demo-agent")
@@ -280,6 +332,7 @@ async def run_demo(base: AgentConfig, session_seconds: float) -> int:
                 return await _session(
                     agent,
                     broker_port,
+                    protocol,
                     http_port,
                     enrolled,
                     students,
@@ -296,6 +349,7 @@ async def run_demo(base: AgentConfig, session_seconds: float) -> int:
 async def _session(
     agent: Agent,
     broker_port: int,
+    protocol: str,
     http_port: int,
     enrolled: list[Student],
     students: list[Student],
@@ -303,10 +357,9 @@ async def _session(
     session_seconds: float,
     started: float,
 ) -> int:
-    async with aiomqtt.Client(
-        "127.0.0.1", broker_port, protocol=aiomqtt.ProtocolVersion.V5
-    ) as client:
-        backend = Backend(client)
+    version = aiomqtt.ProtocolVersion.V5 if protocol == "5" else aiomqtt.ProtocolVersion.V311
+    async with aiomqtt.Client("127.0.0.1", broker_port, protocol=version) as client:
+        backend = Backend(client, protocol)
         listener = asyncio.create_task(backend.listen(), name="demo-backend")
         try:
             while agent.link is None or not agent.link.connected:
@@ -402,10 +455,10 @@ async def _watch(
     return seen
 
 
-def main(cfg: AgentConfig, session_seconds: float = 90.0) -> int:
+def main(cfg: AgentConfig, session_seconds: float = 90.0, broker: str = "auto") -> int:
     """Run the demo (blocking)."""
     try:
-        return asyncio.run(run_demo(cfg, session_seconds))
+        return asyncio.run(run_demo(cfg, session_seconds, broker))
     except KeyboardInterrupt:
         return 130
     finally:

@@ -12,9 +12,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
-def test_demo_runs_to_completion() -> None:
+@pytest.mark.parametrize("broker", ["mosquitto", "amqtt"])
+def test_demo_runs_to_completion(broker: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "agent", "demo", "--seconds", "60"],
+        [sys.executable, "-m", "agent", "demo", "--seconds", "60", "--broker", broker],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -31,3 +32,4 @@ def test_demo_runs_to_completion() -> None:
     assert "RECOGNITION stu-group-3" not in out  # the visitor is never reported
     assert "session started with 4 students" in out
     assert "agent stopped; nothing left running" in out
+    assert ("MQTT 5" if broker == "mosquitto" else "MQTT 3.1.1") in out
