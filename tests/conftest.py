@@ -15,6 +15,7 @@ from agent.defaultpack import sample_photo
 from agent.engine import FaceEngine
 from agent.modelpack import ModelPack, read_pack
 from tests.brokers import Mosquitto
+from tests.callback_server import CallbackServer
 from tests.rtsp import INSTALL_HINT, RtspServer, gst_rtsp_available
 from tests.synthetic_video import Person, face_box_of, make_classroom_frames
 
@@ -130,3 +131,12 @@ def yao_camera(tmp_path: Path, engine: FaceEngine, photos: dict[str, Path]) -> I
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[CallbackServer]:
+    """A real HTTP backend receiving callbacks (see tests/callback_server.py)."""
+    srv = CallbackServer()
+    await srv.start()
+    yield srv
+    await srv.stop()

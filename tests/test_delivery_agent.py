@@ -10,7 +10,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +31,6 @@ from tests.callback_server import CallbackServer, Received
 FAST_CALLBACK = {"timeout_s": 0.5, "first_retry_s": 0.05, "retry_max_s": 0.3}
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[CallbackServer]:
-    srv = CallbackServer()
-    await srv.start()
-    yield srv
-    await srv.stop()
 
 
 @pytest.fixture(scope="module")

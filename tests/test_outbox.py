@@ -27,14 +27,6 @@ pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[CallbackServer]:
-    srv = CallbackServer()
-    await srv.start()
-    yield srv
-    await srv.stop()
-
-
-@pytest.fixture
 def store(tmp_path: Path) -> AsyncIterator[Store]:
     st = Store(tmp_path / "data")
     yield st
