@@ -144,9 +144,15 @@ class SessionManager:
             if entry is None:
                 unknown.append(spec.id)
             else:
-                resolved.append(
-                    SessionCamera(entry.id, spec.name or entry.name or entry.id, entry.url)
-                )
+                try:
+                    url = entry.stream_url()
+                except OSError as exc:
+                    raise AgentError(
+                        ErrorCode.INTERNAL_ERROR,
+                        f"Camera {entry.id}: credentials_file cannot be read ({exc}).",
+                        status=500,
+                    ) from exc
+                resolved.append(SessionCamera(entry.id, spec.name or entry.name or entry.id, url))
         if unknown:
             raise AgentError(
                 ErrorCode.CAMERA_NOT_FOUND,

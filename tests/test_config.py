@@ -145,3 +145,26 @@ def test_check_config_cli_masks_secrets() -> None:
     assert result.returncode == 0, result.stderr
     assert "hunter2" not in result.stdout
     assert '"api_keys": "***"' in result.stdout
+
+
+def test_camera_credentials_stay_out_of_the_toml(tmp_path: Path) -> None:
+    bad = _write(
+        tmp_path,
+        '[cameras]\nregistry = [{ id = "c1", url = "rtsp://admin:pw@192.0.2.1/s" }]\n',
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    ((key, problem),) = info.value.errors
+    assert key == "cameras.registry.0.url"
+    assert "credentials_file" in problem
+    assert "pw" not in problem
+    secret = tmp_path / "cam-secret"
+    secret.write_text("admin:p@ss word\n")
+    good = _write(
+        tmp_path,
+        f'[cameras]\nregistry = [{{ id = "c1", url = "rtsp://192.0.2.1:554/s", '
+        f'credentials_file = "{secret}" }}]\n',
+    )
+    entry = load_config(good).cameras.find("c1")
+    assert entry is not None
+    assert entry.stream_url() == "rtsp://admin:p%40ss%20word@192.0.2.1:554/s"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -372,8 +372,37 @@ class CameraEntry(Section):
     url: str = Field(
         min_length=1,
         max_length=2048,
-        description="Stream URL without credentials (rtsp://, http://, file://).",
+        description="Stream URL without credentials (rtsp://, http://, file://, or a device "
+        "index such as 0).",
     )
+    credentials_file: Path | None = Field(
+        None,
+        description="File holding 'user:password' for the stream (kept out of config.toml; "
+        "systemd LoadCredential= fits).",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _no_credentials(cls, url: str) -> str:
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:
+            raise ValueError(f"{url!r} is not a URL") from exc
+        if parts.username or parts.password:
+            raise ValueError("put the camera's user:password in credentials_file, not in the URL")
+        return url
+
+    def stream_url(self) -> str:
+        """The URL to open, with the credentials from ``credentials_file`` when set."""
+        if self.credentials_file is None:
+            return self.url
+        secret = self.credentials_file.read_text(encoding="utf-8").strip()
+        if not secret:
+            return self.url
+        parts = urlsplit(self.url)
+        user, _, password = secret.partition(":")
+        auth = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
+        return urlunsplit(parts._replace(netloc=f"{auth}@{parts.netloc}"))
 
 
 class CamerasConfig(Section):
