@@ -355,6 +355,8 @@ class SessionManager:
             return
         for row in self._store.sessions():
             slot = row["slot_id"]
+            if slot in self._sessions:
+                continue  # running already (resume_all also runs after a model swap)
             try:
                 command = SessionStart.model_validate(row["command"])
             except ValueError:

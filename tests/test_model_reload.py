@@ -176,6 +176,8 @@ async def test_slow_copy_then_swap_with_running_session(
     assert status["data"]["model"]["pack"] == "pack-b"
     assert status["data"]["model"]["embeddingSpace"] == new["embeddingSpace"] != old_space
     assert old_space in status["data"]["model"]["keptSpaces"]
+    # The swap neither restarted nor stopped the running session.
+    assert sink.statuses("slot-hot") == ["STARTED"]
     latest = [e for e, _ in sink.events if e.type == "RECOGNITION"][-1]
     assert latest.embedding_space == old_space  # the running session kept its recognizer
     assert (mismatch["status"], mismatch["code"]) == (409, "EMBEDDING_MODEL_MISMATCH")
