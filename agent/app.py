@@ -93,6 +93,15 @@ class Agent:
                 log.info("MODEL_SPACES_RELEASED spaces=%s", ",".join(dropped))
         self._mark_status_dirty()
 
+    def _session_stopped(self, slot_id: str) -> None:
+        """Forget the slot's delivery counters; unload recognizers no session needs now."""
+        if self.delivery is not None:
+            self.delivery.forget(slot_id)
+        if self.sessions is not None:
+            dropped = self.models.retain({s.embedding_space for s in self.sessions.sessions})
+            if dropped:
+                log.info("MODEL_SPACES_RELEASED spaces=%s", ",".join(dropped))
+
     # Status ---------------------------------------------------------------------------
 
     def online_payload(self) -> dict[str, Any]:
@@ -314,7 +323,7 @@ class Agent:
                 recognition=cfg.recognition,
                 runner=runner,
                 on_change=self._mark_status_dirty,
-                on_stopped=delivery.forget,
+                on_stopped=self._session_stopped,
             )
             processor = CommandProcessor(
                 command_prefix=f"{cfg.mqtt.topic_prefix}/{cfg.site.id}/cmd",

@@ -171,13 +171,20 @@ async def test_slow_copy_then_swap_with_running_session(
         status = await b.send("status", {})
         new = await _enroll(b, photos["yaoming.jpg"])
         mismatch = await b.send("session/start", start | {"slotId": "slot-new"})
+        assert (await b.send("session/stop", {"slotId": "slot-hot"}))["status"] == 200
+        # The old recognizer is unloaded with the last session that needed it.
+        assert agent.models.describe()["keptSpaces"] == []
     assert swap_seconds < 5
     assert gaps.longest < 1.5, f"analyses stalled for {gaps.longest:.2f} s during the swap"
     assert status["data"]["model"]["pack"] == "pack-b"
     assert status["data"]["model"]["embeddingSpace"] == new["embeddingSpace"] != old_space
     assert old_space in status["data"]["model"]["keptSpaces"]
-    # The swap neither restarted nor stopped the running session.
-    assert sink.statuses("slot-hot") == ["STARTED"]
+    # The swap neither restarted nor stopped the running session (the test stopped it).
+    assert sink.statuses("slot-hot") == ["STARTED", "STOPPED"]
+    assert [getattr(e, "reason", None) for e, _ in sink.events if e.type != "RECOGNITION"] == [
+        None,
+        "REQUESTED",
+    ]
     latest = [e for e, _ in sink.events if e.type == "RECOGNITION"][-1]
     assert latest.embedding_space == old_space  # the running session kept its recognizer
     assert (mismatch["status"], mismatch["code"]) == (409, "EMBEDDING_MODEL_MISMATCH")
