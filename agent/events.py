@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
+from agent.errors import AgentError
 from agent.protocol import (
     CameraUptime,
     RecognitionEvent,
@@ -31,6 +32,29 @@ class EventSink(Protocol):
 
     async def emit(self, event: Event, callback_url: str) -> None:
         """Accept one event; returns once it is safely recorded."""
+
+
+async def emit_or_log(sink: EventSink, event: Event, callback_url: str) -> bool:
+    """Hand an event to the sink; if it cannot be stored (outbox or disk full), log the
+    loss with the event's identity and return False instead of raising."""
+    try:
+        await sink.emit(event, callback_url)
+    except AgentError as exc:
+        what = (
+            f"student={event.student_id}"
+            if isinstance(event, RecognitionEvent)
+            else f"status={event.status}"
+        )
+        log.error(
+            "EVENT_LOST slot=%s type=%s %s code=%s event=%s",
+            event.slot_id,
+            event.type,
+            what,
+            exc.code,
+            event.event_id,
+        )
+        return False
+    return True
 
 
 class LogSink:

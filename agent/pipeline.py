@@ -21,8 +21,7 @@ import cv2
 from agent.camera import CameraReader, CameraState, Frame
 from agent.config import CamerasConfig, RecognitionConfig
 from agent.engine import FaceEngine, FloatArray, Image
-from agent.errors import AgentError
-from agent.events import EventFactory, EventSink
+from agent.events import EventFactory, EventSink, emit_or_log
 from agent.inference import InferencePool, ModelSlot
 from agent.matching import Roster
 from agent.metrics import Metrics, StageObserver
@@ -219,12 +218,7 @@ class RecognitionRunner:
             camera_name=reader.name,
             message=message or None,
         )
-        try:
-            await self.sink.emit(event, session.command.callback_url)
-        except AgentError as exc:
-            log.error(
-                "SESSION_EVENT_LOST slot=%s status=%s code=%s", session.slot_id, status, exc.code
-            )
+        await emit_or_log(self.sink, event, session.command.callback_url)
 
     async def _analyse(
         self,
@@ -326,15 +320,7 @@ class RecognitionRunner:
             embedding_space=session.embedding_space,
             face_jpeg=face_jpeg,
         )
-        try:
-            await self.sink.emit(event, session.command.callback_url)
-        except AgentError as exc:
-            log.error(
-                "RECOGNITION_EVENT_LOST slot=%s student=%s code=%s",
-                session.slot_id,
-                student_id,
-                exc.code,
-            )
+        if not await emit_or_log(self.sink, event, session.command.callback_url):
             return
         if session.command.mode is SessionMode.ATTENDANCE:
             reported.add(student_id)

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from agent.config import CallbackConfig, CamerasConfig, RecognitionConfig
 from agent.errors import AgentError, ErrorCode
-from agent.events import EventFactory, EventSink
+from agent.events import EventFactory, EventSink, emit_or_log
 from agent.inference import ModelSlot
 from agent.matching import Roster
 from agent.protocol import CameraUptime, SessionStart, SessionStatus, StatusReason
@@ -233,7 +233,7 @@ class SessionManager:
                 ErrorCode.INTERNAL_ERROR, f"Session could not be saved: {exc}", status=500
             ) from exc
         try:
-            await self._emit(session, SessionStatus.STARTED)
+            await self._emit(session, SessionStatus.STARTED, strict=True)
         except AgentError:
             # The STARTED event could not be stored (outbox full): do not run a session
             # whose events would be lost.
@@ -325,22 +325,27 @@ class SessionManager:
             log.exception("STOP_SESSION_FAILED slot=%s (row not deleted)", session.slot_id)
         if failed:
             session.stop_reason = StatusReason.STOP_FAILED
-        try:
-            await self._emit(session, SessionStatus.STOPPED, reason)
-        except AgentError as exc:
-            log.error(
-                "SESSION_EVENT_LOST slot=%s status=STOPPED code=%s", session.slot_id, exc.code
-            )
+        await self._emit(session, SessionStatus.STOPPED, reason)
         self._on_stopped(session.slot_id)
         self._on_change()
         log.info("SESSION_STOPPED slot=%s reason=%s", session.slot_id, reason)
 
     async def _emit(
-        self, session: ActiveSession, status: SessionStatus, reason: StatusReason | None = None
+        self,
+        session: ActiveSession,
+        status: SessionStatus,
+        reason: StatusReason | None = None,
+        *,
+        strict: bool = False,
     ) -> None:
+        """Report a status change; ``strict`` raises when the event cannot be stored
+        (a session must not start if its events would be lost), else the loss is logged."""
         cameras = session.uptimes() if status is SessionStatus.STOPPED and session.uptimes else None
         event = self._events.status(session.slot_id, status, reason, cameras=cameras)
-        await self._sink.emit(event, session.command.callback_url)
+        if strict:
+            await self._sink.emit(event, session.command.callback_url)
+        else:
+            await emit_or_log(self._sink, event, session.command.callback_url)
 
     async def resume_all(self) -> None:
         """Resume persisted sessions whose end time has not passed (after a restart).
@@ -378,10 +383,7 @@ class SessionManager:
                 await self._drop(command, StatusReason.AGENT_RESTARTED, exc.message)
                 continue
             self._sessions[slot] = session
-            try:
-                await self._emit(session, SessionStatus.RESUMED, StatusReason.AGENT_RESTARTED)
-            except AgentError as exc:
-                log.error("SESSION_EVENT_LOST slot=%s status=RESUMED code=%s", slot, exc.code)
+            await self._emit(session, SessionStatus.RESUMED, StatusReason.AGENT_RESTARTED)
             self._launch(session)
             log.info("SESSION_RESUMED slot=%s", slot)
 
@@ -395,12 +397,7 @@ class SessionManager:
             )
             return
         event = self._events.status(command.slot_id, SessionStatus.STOPPED, reason, message=message)
-        try:
-            await self._sink.emit(event, command.callback_url)
-        except AgentError as exc:
-            log.error(
-                "SESSION_EVENT_LOST slot=%s status=STOPPED code=%s", command.slot_id, exc.code
-            )
+        await emit_or_log(self._sink, event, command.callback_url)
 
     async def shutdown(self) -> None:
         """Stop every session's work in reverse start order; rows stay for resume."""

@@ -273,3 +273,20 @@ async def test_face_crop_is_kept_only_until_delivered(store: Store, server: Call
     assert server.delivered()[0].body["faceJpeg"] == "/9j/AAAA"
     (row,) = store.db.execute("select body from events").fetchall()
     assert "faceJpeg" not in row[0]
+
+
+async def test_lost_event_is_logged_not_raised(
+    store: Store, server: CallbackServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    from agent.events import emit_or_log
+
+    await server.stop()
+    _, delivery, sink = await _pipeline(store, max_pending=10)
+    try:
+        events = _events("slot-l", 11)
+        assert all([await emit_or_log(sink, e, server.url()) for e in events[:10]])
+        assert not await emit_or_log(sink, events[10], server.url())
+    finally:
+        await delivery.close()
+    expected = "EVENT_LOST slot=slot-l type=SESSION_STATUS status=STARTED code=OUTBOX_FULL"
+    assert f"{expected} event={events[10].event_id}" in caplog.text
