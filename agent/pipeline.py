@@ -20,7 +20,7 @@ import cv2
 
 from agent.camera import CameraReader, CameraState, Frame
 from agent.config import CamerasConfig, RecognitionConfig
-from agent.engine import FaceEngine, FloatArray, Image
+from agent.engine import DetectedFace, FaceEngine, Image
 from agent.events import EventFactory, EventSink, emit_or_log
 from agent.inference import InferencePool, ModelSlot
 from agent.matching import Roster
@@ -45,8 +45,7 @@ class Sighting:
 
     student_id: str
     score: float
-    bbox: FloatArray
-    crop: Image | None = None
+    face: DetectedFace
 
 
 @dataclass
@@ -94,11 +93,17 @@ def analyse_frame(
     result = AnalysisResult(faces=len(faces), embedded=len(todo))
     for track in tracks:
         if track.confirmed is not None:
-            crop = engine.align(image, [track.face])[0] if cfg.face_jpeg else None
             result.sightings.append(
-                Sighting(track.confirmed, track.best_scores[track.confirmed], track.face.bbox, crop)
+                Sighting(track.confirmed, track.best_scores[track.confirmed], track.face)
             )
     return result
+
+
+def face_jpeg(engine: FaceEngine, image: Image, face: DetectedFace) -> str | None:
+    """The aligned 112x112 face as a base64 JPEG (runs in an inference thread, and only for
+    an event that is about to be sent)."""
+    ok, buf = cv2.imencode(".jpg", engine.align(image, [face])[0], [cv2.IMWRITE_JPEG_QUALITY, 80])
+    return base64.b64encode(buf.tobytes()).decode() if ok else None
 
 
 class RecognitionRunner:
@@ -277,7 +282,9 @@ class RecognitionRunner:
                 self.metrics.faces.labels("detected").inc(result.faces)
                 self.metrics.faces.labels("embedded").inc(result.embedded)
             for sighting in result.sightings:
-                await self._maybe_report(session, reader, frame, sighting, reported, last_report)
+                await self._maybe_report(
+                    session, reader, engine, frame, sighting, reported, last_report
+                )
             # Adapt the rate: full speed while faces are in view (or still tracked), the
             # idle rate on an empty room. A slow analysis simply delays the next one (the
             # frame is always the newest), so a loaded box sheds analyses, not freshness.
@@ -288,6 +295,7 @@ class RecognitionRunner:
         self,
         session: ActiveSession,
         reader: CameraReader,
+        engine: FaceEngine,
         frame: Frame,
         sighting: Sighting,
         reported: set[str],
@@ -302,10 +310,11 @@ class RecognitionRunner:
             if last is not None and time.monotonic() - last < self.cfg.continuous_interval_s:
                 return
         student = next(s for s in session.command.students if s.id == student_id)
-        face_jpeg = None
-        if sighting.crop is not None:
-            ok, buf = cv2.imencode(".jpg", sighting.crop, [cv2.IMWRITE_JPEG_QUALITY, 80])
-            face_jpeg = base64.b64encode(buf.tobytes()).decode() if ok else None
+        crop = (
+            await self.pool.run(face_jpeg, engine, frame.image, sighting.face)
+            if self.cfg.face_jpeg
+            else None
+        )
         event = RecognitionEvent(
             event_id=self.events.new_id(),
             slot_id=session.slot_id,
@@ -318,7 +327,7 @@ class RecognitionRunner:
             camera_name=reader.name,
             recognized_at=self.events.at(frame.wall),
             embedding_space=session.embedding_space,
-            face_jpeg=face_jpeg,
+            face_jpeg=crop,
         )
         if not await emit_or_log(self.sink, event, session.command.callback_url):
             return
