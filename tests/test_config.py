@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
 
 from agent.config import AgentConfig, ConfigError, load_config, masked_dump
+from tests.cli import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -118,15 +118,7 @@ def test_secret_from_environment_is_masked(monkeypatch: pytest.MonkeyPatch) -> N
 def _check_config(
     *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", "check-config", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    return run_cli("check-config", *args, env=env, timeout=60)
 
 
 def test_check_config_cli_prints_key_paths(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ import pytest
 
 from agent.engine import FaceEngine
 from tests.agent_harness import (
-    ROOT,
     agent_config,
     backend,
     running_agent,
@@ -27,6 +25,7 @@ from tests.agent_harness import (
 )
 from tests.brokers import Mosquitto
 from tests.callback_server import CallbackServer, Received
+from tests.cli import run_cli
 
 FAST_CALLBACK = {"timeout_s": 0.5, "first_retry_s": 0.05, "retry_max_s": 0.3}
 
@@ -134,15 +133,7 @@ async def test_two_sessions_one_dead_callback(
 
 def _outbox_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "AGENT_STORAGE__DATA_DIR": str(data_dir)}
-    return subprocess.run(
-        [sys.executable, "-m", "agent", "outbox", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    return run_cli("outbox", *args, env=env, timeout=60)
 
 
 async def test_dead_letter_visible_and_requeued_by_cli(

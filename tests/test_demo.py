@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.cli import run_cli
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("broker", ["mosquitto", "amqtt"])
 def test_demo_runs_to_completion(broker: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "agent", "demo", "--seconds", "60", "--broker", broker],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=240,
-        check=False,
-    )
+    result = run_cli("demo", "--seconds", "60", "--broker", broker, timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     summary = out[out.index("Summary") :]

@@ -6,7 +6,6 @@ import io
 import json
 import struct
 import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -19,8 +18,7 @@ from agent.config import AgentConfig
 from agent.embedding import generate_embedding
 from agent.engine import FaceEngine
 from agent.errors import AgentError, ErrorCode
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.cli import run_cli
 
 
 def _embed(engine: FaceEngine, config: AgentConfig, **kwargs: object) -> AgentError:
@@ -254,14 +252,7 @@ def test_unexpected_failure_is_500(
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", "embed", "--json", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-        check=False,
-    )
+    return run_cli("embed", "--json", *args)
 
 
 def test_cli_embed_outputs(
@@ -295,15 +286,7 @@ def test_cli_without_model_is_503(photos: dict[str, Path], tmp_path: Path) -> No
     import os
 
     env = {**os.environ, "AGENT_MODELS__DIR": str(tmp_path)}
-    result = subprocess.run(
-        [sys.executable, "-m", "agent", "embed", "--json", str(photos["yaoming.jpg"])],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-        check=False,
-        env=env,
-    )
+    result = run_cli("embed", "--json", str(photos["yaoming.jpg"]), env=env)
     reply = json.loads(result.stdout)
     assert (result.returncode, reply["status"], reply["code"]) == (1, 503, "MODEL_NOT_LOADED")
     assert "no model pack folder" in reply["message"]

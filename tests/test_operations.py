@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -16,7 +14,6 @@ import pytest
 
 from agent.engine import FaceEngine
 from tests.agent_harness import (
-    ROOT,
     RecordingSink,
     agent_config,
     backend,
@@ -24,6 +21,7 @@ from tests.agent_harness import (
     start_payload,
 )
 from tests.brokers import Mosquitto
+from tests.cli import run_cli
 from tests.rtsp import RtspServer
 
 
@@ -66,15 +64,7 @@ async def test_metrics_status_and_health_during_a_session(
                 text = await response.text()
             async with http.get(f"{base}/healthz") as response:
                 health = (response.status, await response.json())
-        cli = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "agent", "status", "--port", str(agent.http.port)],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=60,
-            check=False,
-        )
+        cli = await asyncio.to_thread(run_cli, "status", "--port", str(agent.http.port), timeout=60)
     cam = '{camera="cam-9",slot="slot-m"}'
     assert _samples(text, "edge_agent_camera_state")[cam[:-1] + ',state="LIVE"}'] == 1.0
     assert 0 <= _samples(text, "edge_agent_camera_frame_age_seconds")[cam] < 3
@@ -104,14 +94,7 @@ def test_status_cli_without_agent(tmp_path: Path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    result = subprocess.run(
-        [sys.executable, "-m", "agent", "status", "--port", str(port)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli("status", "--port", str(port), timeout=60)
     assert result.returncode == 1
     assert "does not answer" in result.stderr
 
