@@ -123,10 +123,6 @@ class Delivery:
         """Drop the slot's auto-stop counters (its session ended)."""
         self._health.pop(slot_id, None)
 
-    def health(self, slot_id: str) -> SlotHealth | None:
-        """Current auto-stop counters of a slot."""
-        return self._health.get(slot_id)
-
     def _ensure_worker(self, slot_id: str) -> None:
         task = self._workers.get(slot_id)
         if task is None or task.done():

@@ -1,8 +1,8 @@
 """Events the agent produces for the backend, and the sink they are handed to.
 
 Sessions and cameras build :class:`SessionStatusEvent` and :class:`RecognitionEvent`
-objects and hand them to an :class:`EventSink`. The durable outbox is the production
-sink; :class:`LogSink` only logs (for runs without a backend).
+objects and hand them to an :class:`EventSink`; the durable outbox
+(:class:`agent.delivery.OutboxSink`) is the one the agent uses.
 """
 
 from __future__ import annotations
@@ -55,32 +55,6 @@ async def emit_or_log(sink: EventSink, event: Event, callback_url: str) -> bool:
         )
         return False
     return True
-
-
-class LogSink:
-    """A sink that logs each event (type, slot, student id) and keeps nothing."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    async def emit(self, event: Event, callback_url: str) -> None:
-        """Log the event."""
-        self.count += 1
-        if isinstance(event, RecognitionEvent):
-            log.info(
-                "EVENT_RECOGNITION slot=%s student=%s camera=%s confidence=%.3f",
-                event.slot_id,
-                event.student_id,
-                event.camera_id,
-                event.confidence,
-            )
-        else:
-            log.info(
-                "EVENT_SESSION_STATUS slot=%s status=%s reason=%s",
-                event.slot_id,
-                event.status,
-                event.reason,
-            )
 
 
 class EventFactory:

@@ -87,15 +87,6 @@ class SessionRunner(Protocol):
         """Run the session; return a stop reason (e.g. all cameras failed) or be cancelled."""
 
 
-class HoldRunner:
-    """Holds the session's state without reading cameras (no camera pipeline configured)."""
-
-    async def run(self, session: ActiveSession) -> StatusReason | None:
-        """Wait until the session is stopped."""
-        await asyncio.Event().wait()
-        return None
-
-
 class SessionManager:
     """Owns every session: start, stop, resume, end-time stop, shutdown."""
 

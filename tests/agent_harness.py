@@ -18,12 +18,22 @@ import aiomqtt
 from agent.app import Agent, AgentState
 from agent.config import AgentConfig
 from agent.events import Event
-from agent.sessions import HoldRunner, SessionRunner
+from agent.protocol import StatusReason
+from agent.sessions import ActiveSession, SessionRunner
 from tests.brokers import API_KEY, Backend, Mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = ROOT / "models"
 CALLBACK = "http://127.0.0.1:9/callback"
+
+
+class HoldRunner:
+    """Test runner at the session seam: holds the session's state without cameras."""
+
+    async def run(self, session: ActiveSession) -> StatusReason | None:
+        """Wait until the session is stopped."""
+        await asyncio.Event().wait()
+        return None
 
 
 class RecordingSink:
