@@ -15,6 +15,8 @@ import time
 from enum import StrEnum
 from typing import Any
 
+from paho.mqtt.client import topic_matches_sub
+
 from agent import __version__
 from agent.commands import CommandProcessor, decode_photo_field
 from agent.config import AgentConfig, api_keys, read_secret
@@ -31,14 +33,17 @@ from agent.mqtt import IncomingMessage, MqttLink
 from agent.outbox import Outbox
 from agent.pipeline import RecognitionRunner
 from agent.protocol import Command, EmbeddingGenerate, SessionStart, SessionStop, StatusReason
+from agent.redaction import log_safe
 from agent.reply import Reply
 from agent.sessions import SessionManager, SessionRunner
 from agent.store import Store
+from agent.supervisor import RestartPolicy, Supervisor
 
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL_S = 3600.0
 OUTBOX_BACKLOG_WARN_S = 3600.0
+STORAGE_WARN_S = 600.0  # a state-file failure stays in warnings this long
 
 
 class AgentState(StrEnum):
@@ -76,6 +81,7 @@ class Agent:
         self.metrics.attach(self)
         self.http: LocalHttp | None = None
         self.delivery: Delivery | None = None
+        self.supervisor: Supervisor | None = None
 
     # Model ----------------------------------------------------------------------------
 
@@ -125,8 +131,24 @@ class Agent:
             if engine is None
             else [f"ONNX_PROVIDER_DEGRADED: {w}" for w in engine.provider_warnings()]
         )
+        if self.supervisor is not None:
+            found.extend(self.supervisor.warnings())
         if self.models.reload_error:
             found.append(f"MODEL_RELOAD_FAILED: {self.models.reload_error}")
+        if self.delivery is not None and self.delivery.dead_letters.count:
+            news = self.delivery.dead_letters
+            found.append(
+                f"CALLBACK_DEAD_LETTERS: {news.count} event(s) refused by the backend since "
+                f"start (last: slot {news.last_slot}, {news.last_error}); see "
+                "`python -m agent outbox`, re-send with `python -m agent outbox retry`"
+            )
+        store = self.outbox.store if self.outbox is not None else None
+        if store is not None:
+            if store.busy_for is not None:
+                found.append(f"STORAGE_BUSY: the state file is locked for {store.busy_for:.0f} s")
+            if store.last_error and time.time() - store.last_error[0] < STORAGE_WARN_S:
+                when, error = store.last_error
+                found.append(f"{error.code}: {time.time() - when:.0f} s ago: {error.message}")
         if self.outbox is not None:
             if self.outbox.full_reason:
                 found.append(f"OUTBOX_FULL: {self.outbox.full_reason}")
@@ -158,6 +180,7 @@ class Agent:
                 "connects": link.connects if link else 0,
             },
             "outbox": self.outbox.stats() if self.outbox else None,
+            "tasks": self.supervisor.describe() if self.supervisor else [],
             "warnings": self.warnings(),
         }
 
@@ -224,11 +247,28 @@ class Agent:
             for name, handler in table.items()
         }
 
+    def _may_reply_to(self, topic: str, reply: Reply) -> bool:
+        """Whether a reply may go to the request's MQTT v5 response topic. An
+        unauthenticated sender must not make the agent publish wherever it likes (a
+        reflection amplifier on the site's broker): its 401 goes to the site's reply topic
+        unless the topic matches ``[mqtt] unauthenticated_reply_topics``."""
+        if not topic or len(topic) > 1024 or any(c in topic for c in "+#\x00"):
+            log.warning("REPLY_TOPIC_INVALID topic=%s", log_safe(topic))
+            return False
+        if reply.code is not ErrorCode.UNAUTHORIZED:
+            return True
+        allowed = any(
+            topic_matches_sub(f, topic) for f in self.cfg.mqtt.unauthenticated_reply_topics
+        )
+        if not allowed:
+            log.warning("REPLY_TOPIC_REFUSED topic=%s reason=unauthenticated", log_safe(topic))
+        return allowed
+
     async def _send_reply(self, message: IncomingMessage, reply: Reply) -> None:
         link = self.link
         if link is None:
             return
-        if message.response_topic:
+        if message.response_topic and self._may_reply_to(message.response_topic, reply):
             await link.publish(
                 message.response_topic,
                 reply.to_json_dict(),
@@ -241,29 +281,33 @@ class Agent:
 
     async def _housekeeping(self, store: Store, outbox: Outbox) -> None:
         while True:
-            pruned = store.prune_replies(self.cfg.mqtt.reply_cache_s)
-            delivered = outbox.prune_delivered(self.cfg.callback.delivered_retention_s)
+            pruned = await store.run(store.prune_replies, self.cfg.mqtt.reply_cache_s)
+            delivered = await store.run(
+                outbox.prune_delivered, self.cfg.callback.delivered_retention_s
+            )
             if pruned or delivered:
                 log.info("HOUSEKEEPING replies_pruned=%d delivered_pruned=%d", pruned, delivered)
             await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
 
-    async def _autostop(self, slot_id: str) -> None:
-        """The delivery rule found the backend unresponsive for this session."""
+    async def _autostop(self, slot_id: str, reason: StatusReason) -> None:
+        """The delivery rule found the backend unresponsive (or refusing) for this session."""
         if self.sessions is None:
             return
         try:
-            await self.sessions.stop(slot_id, StatusReason.BACKEND_UNRESPONSIVE)
+            await self.sessions.stop(slot_id, reason)
         except AgentError as exc:
             log.info("AUTOSTOP_SKIPPED slot=%s code=%s", slot_id, exc.code)
 
-    async def _wait_for_stop(self, stop: asyncio.Event, link_task: asyncio.Task[None]) -> None:
-        """Return when a stop is requested (or, which should never happen, the link dies)."""
-        stop_wait = asyncio.create_task(stop.wait(), name="stop-wait")
-        done, _ = await asyncio.wait({stop_wait, link_task}, return_when=asyncio.FIRST_COMPLETED)
-        if stop_wait not in done:
-            stop_wait.cancel()
-            await asyncio.gather(stop_wait, return_exceptions=True)
-            log.error("AGENT_LINK_DIED error=%r", link_task.exception())
+    async def _wait_for_stop(self, stop: asyncio.Event, fatal: asyncio.Event) -> None:
+        """Return when a stop is requested or a supervised task is beyond repair."""
+        waits = [
+            asyncio.create_task(stop.wait(), name="stop-wait"),
+            asyncio.create_task(fatal.wait(), name="fatal-wait"),
+        ]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for wait in waits:
+            wait.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
 
     async def _shutdown_gracefully(self, link: MqttLink, sessions: SessionManager) -> None:
         """Refuse new commands, finish running ones, stop sessions' work, say offline."""
@@ -281,9 +325,18 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down cleanly."""
         cfg = self.cfg
-        store = Store(cfg.storage.data_dir)
+        store = Store(cfg.storage.data_dir, busy_wait_s=cfg.storage.busy_wait_s)
         pool = self._pool = InferencePool(cfg.runtime.inference_workers)
-        tasks: list[asyncio.Task[None]] = []
+        runtime = cfg.runtime
+        supervisor = self.supervisor = Supervisor(
+            RestartPolicy(
+                limit=runtime.task_restart_limit,
+                window_s=runtime.task_restart_window_s,
+                backoff_min_s=runtime.task_backoff_min_s,
+                backoff_max_s=max(runtime.task_backoff_min_s, runtime.task_backoff_max_s),
+            ),
+            on_failure=self.metrics.observe_task_failure,
+        )
         outbox = self.outbox = Outbox(store, max_pending=cfg.callback.max_pending_events)
         delivery = self.delivery = Delivery(
             outbox,
@@ -294,6 +347,7 @@ class Agent:
             ),
             on_unresponsive=self._autostop,
             on_result=self.metrics.observe_delivery,
+            on_crash=supervisor.record_failure,
         )
         sink = self._injected_sink or OutboxSink(outbox, delivery)
         events = EventFactory(cfg.site.id, cfg.site.timezone)
@@ -312,7 +366,7 @@ class Agent:
                 cfg.models, cfg.recognition, self.models, pool, on_swap=self._on_swap
             )
             await watcher.reload()
-            await delivery.start()
+            await delivery.start(scanner=False)
             sessions = self.sessions = SessionManager(
                 store=store,
                 models=self.models,
@@ -322,6 +376,7 @@ class Agent:
                 callback=cfg.callback,
                 recognition=cfg.recognition,
                 runner=runner,
+                limits=cfg.runtime,
                 on_change=self._mark_status_dirty,
                 on_stopped=self._session_stopped,
             )
@@ -344,22 +399,19 @@ class Agent:
             # half-restored agent.
             await sessions.resume_all()
             self.state = AgentState.RUNNING
-            tasks.append(asyncio.create_task(link.run(), name="mqtt-link"))
-            tasks.append(asyncio.create_task(self._status_publisher(link), name="status-publisher"))
-            tasks.append(
-                asyncio.create_task(self._housekeeping(store, outbox), name="housekeeping")
-            )
+            supervisor.spawn("delivery-scanner", delivery.scan_forever)
+            supervisor.spawn("mqtt-link", link.run)
+            supervisor.spawn("status-publisher", lambda: self._status_publisher(link))
+            supervisor.spawn("housekeeping", lambda: self._housekeeping(store, outbox))
             if cfg.models.watch:
-                tasks.append(asyncio.create_task(watcher.run(), name="model-watcher"))
+                supervisor.spawn("model-watcher", watcher.run)
             log.info("AGENT_RUNNING version=%s site=%s", __version__, cfg.site.id)
-            await self._wait_for_stop(stop, tasks[0])
+            await self._wait_for_stop(stop, supervisor.fatal)
             await self._shutdown_gracefully(link, sessions)
         finally:
             if self.sessions is not None:
                 await self.sessions.shutdown()  # no-op after a clean shutdown
-            for task in reversed(tasks):
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await supervisor.stop()
             await delivery.close()
             if self.http is not None:
                 await self.http.stop()
@@ -367,3 +419,7 @@ class Agent:
             store.close()
             self.state = AgentState.STOPPED
             log.info("AGENT_STOPPED")
+        if supervisor.fatal_error is not None:
+            # Exit non-zero (the CLI turns this into exit 1): systemd's
+            # Restart=on-failure then starts the agent afresh.
+            raise supervisor.fatal_error

@@ -5,7 +5,10 @@ The thread ``grab()``s every frame (H.264 must decode every frame anyway) but co
 nothing is queued, so results are always about *now*. Failures follow the seed: a failed
 read (or no frame for ``max_frame_age_s``) releases the capture and retries the open
 ``reconnect_attempts`` times, ``reconnect_interval_s`` apart; when all fail the camera is
-dead for the session, and is then re-probed with capped backoff until it comes back.
+dead for the session, and is then re-probed with capped backoff until it comes back. An
+exception from OpenCV is a failed open or read like any other; any other exception on the
+thread is logged (CAMERA_THREAD_CRASHED, with the traceback) and ends the reader as DEAD
+with the reason, never silently. Logs never show the URL's credentials.
 
 Code on this thread never touches loop state: it hands frames and state changes to the
 loop with ``call_soon_threadsafe``.
@@ -19,17 +22,21 @@ import logging
 import os
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote
 
 import cv2
 import numpy as np
 
 from agent.config import CamerasConfig
 from agent.engine import Image
+
+# redact_url is re-exported: tests/test_camera_units.py imports it from here.
+from agent.redaction import log_safe, redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -67,17 +74,14 @@ class CameraStats:
     last_frame_at: float | None = None
 
 
-def redact_url(url: str) -> str:
-    """The URL without any user:password part (safe to log)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid url>"
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+def _url_secrets(url: str) -> list[str]:
+    """The credentials inside a camera URL, raw and percent-decoded, so they can be masked
+    in error text that might quote them (an exception message, a traceback)."""
+    scheme_end = url.find("://")
+    rest = url[scheme_end + 3 :] if scheme_end >= 0 else url
+    userinfo = rest.rpartition("@")[0] if "@" in rest else ""
+    secrets = {userinfo, *userinfo.split(":", 1)[1:]}
+    return [s for raw in secrets for s in {raw, unquote(raw)} if s]
 
 
 def _source(url: str) -> tuple[Any, int]:
@@ -110,6 +114,12 @@ class CameraReader:
     _waiter: asyncio.Future[Frame] | None = None
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def _log_id(self) -> str:
+        """The camera id as logged: ids come from commands, so a newline in one must not
+        start a forged log line."""
+        return log_safe(self.camera_id, 128)
 
     # Loop side -----------------------------------------------------------------------
 
@@ -153,10 +163,13 @@ class CameraReader:
         self._stop.set()
         thread = self._thread
         if thread is not None and thread.is_alive():
-            limit = self.cfg.open_timeout_s + self.cfg.read_timeout_s + 2
-            await asyncio.to_thread(thread.join, limit)
+            # Polled, not joined in an executor: stopping two dozen cameras must not fill
+            # the default thread pool (DNS lookups and other to_thread work wait there).
+            deadline = time.monotonic() + self.cfg.open_timeout_s + self.cfg.read_timeout_s + 2
+            while thread.is_alive() and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
             if thread.is_alive():
-                log.error("CAMERA_THREAD_STUCK camera=%s (still blocked in OpenCV)", self.camera_id)
+                log.error("CAMERA_THREAD_STUCK camera=%s (still blocked in OpenCV)", self._log_id)
         self._set_state_local(CameraState.STOPPED)
 
     def mark_stalled(self) -> None:
@@ -164,9 +177,7 @@ class CameraReader:
         a read. Reported at once; the thread reconnects when the read gives up."""
         if self.state is CameraState.LIVE:
             self.stats.last_error = f"no frame for {self.cfg.max_frame_age_s:g} s (stream hung)"
-            log.warning(
-                "CAMERA_READ_FAIL camera=%s reason=%s", self.camera_id, self.stats.last_error
-            )
+            log.warning("CAMERA_READ_FAIL camera=%s reason=%s", self._log_id, self.stats.last_error)
             self._set_state_local(CameraState.RECONNECTING)
             self.on_state(self.camera_id, CameraState.RECONNECTING, self.stats.last_error)
 
@@ -217,34 +228,68 @@ class CameraReader:
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(_resolve, waiter, frame)
 
+    def _failure(self, what: str, exc: BaseException) -> str:
+        """A one-line reason for an exception, safe to log and report (credentials masked:
+        FFmpeg and OpenCV messages may quote the URL)."""
+        return redact_text(f"{what}: {type(exc).__name__}: {exc}", _url_secrets(self.url), 300)
+
     def _open(self) -> Any | None:
-        source, backend = _source(self.url)
-        params = [
-            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
-            int(self.cfg.open_timeout_s * 1000),
-            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
-            int(self.cfg.read_timeout_s * 1000),
-        ]
-        if backend == cv2.CAP_FFMPEG:
-            # One decoder thread: FFmpeg's frame threading holds each frame back by
-            # (threads - 1) frames, 100 ms at 10 fps on 2 cores (measured), for no gain.
-            params += [cv2.CAP_PROP_N_THREADS, 1]
+        cap: Any = None
         started = time.monotonic()
         try:
+            source, backend = _source(self.url)
+            params = [
+                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+                int(self.cfg.open_timeout_s * 1000),
+                cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                int(self.cfg.read_timeout_s * 1000),
+            ]
+            if backend == cv2.CAP_FFMPEG:
+                # One decoder thread: FFmpeg's frame threading holds each frame back by
+                # (threads - 1) frames, 100 ms at 10 fps on 2 cores (measured), for no gain.
+                params += [cv2.CAP_PROP_N_THREADS, 1]
             cap = cv2.VideoCapture(source, backend, params)
-        except cv2.error as exc:
-            self.stats.last_error = f"open failed: {exc}"[:300]
+            opened = bool(cap.isOpened())
+        except Exception as exc:  # cv2.error or whatever a backend raises: a failed open
+            _release(cap)
+            self.stats.last_error = self._failure("open failed", exc)
             return None
-        if not cap.isOpened():
-            cap.release()
-            took = time.monotonic() - started
-            self.stats.last_error = (
-                "open timed out" if took >= self.cfg.open_timeout_s * 0.9 else "open refused"
-            )
-            return None
-        return cap
+        if opened:
+            return cap
+        _release(cap)
+        took = time.monotonic() - started
+        self.stats.last_error = (
+            "open timed out" if took >= self.cfg.open_timeout_s * 0.9 else "open refused"
+        )
+        return None
 
     def _run(self) -> None:
+        """Thread body. Nothing may end it silently: the camera would stay CONNECTING and
+        the session would never hear of it. A crash is logged (traceback, credentials
+        masked) and reported as DEAD, so the pipeline's all-cameras-dead rule applies."""
+        try:
+            self._read_loop()
+        except Exception as exc:
+            secrets = _url_secrets(self.url)
+            reason = self._failure("reader crashed", exc)
+            trace = "\n".join(
+                redact_text(line, secrets, 1000)
+                for line in "".join(traceback.format_exception(exc)).splitlines()
+            )
+            log.error(
+                "CAMERA_THREAD_CRASHED camera=%s url=%s error=%s\n%s",
+                self._log_id,
+                redact_url(self.url),
+                reason,
+                trace,
+            )
+            self.stats.last_error = reason
+            if not self._stop.is_set():
+                self._report(CameraState.DEAD, reason)
+                return
+        self._report(CameraState.STOPPED)
+
+    def _read_loop(self) -> None:
         attempts = 0
         probe = self.cfg.probe_min_s
         safe_url = redact_url(self.url)
@@ -253,7 +298,7 @@ class CameraReader:
             if cap is None:
                 attempts += 1
                 if self.state is CameraState.DEAD:
-                    log.info("CAMERA_PROBE_FAILED camera=%s next_in=%.0fs", self.camera_id, probe)
+                    log.info("CAMERA_PROBE_FAILED camera=%s next_in=%.0fs", self._log_id, probe)
                     self._stop.wait(probe)
                     probe = min(self.cfg.probe_max_s, probe * 2)
                     continue
@@ -265,7 +310,7 @@ class CameraReader:
                 log.warning(
                     "%s camera=%s url=%s attempt=%d/%d error=%s",
                     event,
-                    self.camera_id,
+                    self._log_id,
                     safe_url,
                     attempts,
                     self.cfg.reconnect_attempts,
@@ -274,7 +319,7 @@ class CameraReader:
                 if attempts >= self.cfg.reconnect_attempts:
                     log.error(
                         "CAMERA_DEAD camera=%s url=%s after %d attempts",
-                        self.camera_id,
+                        self._log_id,
                         safe_url,
                         attempts,
                     )
@@ -286,29 +331,34 @@ class CameraReader:
             if attempts or self.state is CameraState.DEAD:
                 self.stats.reconnects += 1
                 log.info(
-                    "CAMERA_RECONNECT_OK camera=%s after %d attempt(s)", self.camera_id, attempts
+                    "CAMERA_RECONNECT_OK camera=%s after %d attempt(s)", self._log_id, attempts
                 )
             attempts = 0
             probe = self.cfg.probe_min_s
             self._report(CameraState.LIVE)
-            reason = self._read_until_failure(cap)
-            cap.release()
+            try:
+                reason = self._read_until_failure(cap)
+            finally:  # also on a crash: the capture holds a socket and decoder threads
+                _release(cap)
             if self._stop.is_set():
                 break
             self.stats.last_error = reason
-            log.warning("CAMERA_READ_FAIL camera=%s reason=%s", self.camera_id, reason)
-            log.info("CAMERA_RECONNECT camera=%s", self.camera_id)
+            log.warning("CAMERA_READ_FAIL camera=%s reason=%s", self._log_id, reason)
+            log.info("CAMERA_RECONNECT camera=%s", self._log_id)
             self._report(CameraState.RECONNECTING, reason)
-        self._report(CameraState.STOPPED)
 
     def _read_until_failure(self, cap: Any) -> str:
-        """Read until a failure (returned as the reason) or a stop request."""
+        """Read until a failure (returned as the reason) or a stop request. An exception
+        from OpenCV is a failure like any other: the capture is reopened."""
         pace = _file_pace(cap) if self.url.startswith("file://") else 0.0
         last = time.monotonic()
         slow = 0.9 * self.cfg.read_timeout_s
         while not self._stop.is_set():
             before = time.monotonic()
-            ok = cap.grab()
+            try:
+                ok = cap.grab()
+            except Exception as exc:
+                return self._failure("read failed", exc)
             now = time.monotonic()
             if not ok:
                 return "read failed (stream ended or connection lost)"
@@ -325,7 +375,10 @@ class CameraReader:
             if self.state is not CameraState.LIVE:  # frames flow again after a stall
                 self._report(CameraState.LIVE)
             if self._want.is_set():
-                ok, image = cap.retrieve()
+                try:
+                    ok, image = cap.retrieve()
+                except Exception as exc:
+                    return self._failure("decode failed", exc)
                 if self.observe is not None:
                     self.observe("decode", time.monotonic() - before)
                 if not ok or image is None or image.size == 0 or image.ndim != 3:
@@ -337,9 +390,19 @@ class CameraReader:
         return "stopped"
 
 
+def _release(cap: Any) -> None:
+    """Release a capture; a failing release leaves nothing to do but move on."""
+    if cap is not None:
+        with contextlib.suppress(Exception):
+            cap.release()
+
+
 def _file_pace(cap: Any) -> float:
     """Seconds per frame for a video file (read it at its own rate, not as fast as possible)."""
-    fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+    try:
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+    except Exception:  # cv2.error: no rate known, use the default below
+        fps = 0.0
     return 1.0 / fps if 1.0 <= fps <= 120.0 else 0.1
 
 

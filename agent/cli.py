@@ -185,6 +185,9 @@ def cmd_outbox(args: argparse.Namespace) -> int:
             print(f"Re-queued {outbox.retry_dead()} dead letter(s).")
         else:
             print(json.dumps(outbox.stats(), indent=2, default=str))
+    except StoreError as exc:
+        print(f"[{exc.code}] {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         store.close()
     return EXIT_OK

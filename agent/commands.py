@@ -1,9 +1,17 @@
 """Command processing: every message on a command topic gets exactly one reply.
 
-Order of checks: size, JSON, API key (401, nothing executed), replay of a known
-``requestId`` (the same reply again, nothing executed twice), command name (404),
+Order of checks: API key **before the payload is parsed** (401, nothing parsed or
+executed: an unauthenticated sender costs a byte scan, never a JSON parse), size, JSON (parsed
+off the event loop when large; too deep a nesting is a 422, not a crash), replay of a
+known ``requestId`` (the same reply again, nothing executed twice), command name (404),
 payload validation (422 with every field error), then the command's handler. Handlers
 raise :class:`AgentError`; anything else becomes a logged 500.
+
+The key is taken from the MQTT v5 user property ``x-api-key`` or, for 3.1.1 backends, from
+the payload's top-level ``apiKey``: candidates are found by a byte scan of the raw payload
+(inside a JSON string a quote is always escaped, so ``"apiKey": "..."`` only matches at a
+real key), and only a payload with an accepted candidate is parsed; the parsed top-level
+``apiKey`` is then checked again. Untrusted strings are escaped before they are logged.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import base64
 import hmac
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -21,6 +30,7 @@ from pydantic import ValidationError
 from agent.errors import AgentError, ErrorCode
 from agent.mqtt import IncomingMessage
 from agent.protocol import COMMANDS, Command
+from agent.redaction import log_safe, redact_url
 from agent.reply import Reply
 from agent.store import Store, StoreError
 
@@ -30,6 +40,9 @@ CommandHandler = Callable[[Command], Awaitable[Reply]]
 ReplySender = Callable[[IncomingMessage, Reply], Awaitable[None]]
 
 _REDACTED_KEYS = {"apikey", "password", "token", "name"}
+# A top-level or nested "apiKey": "<value>" in raw JSON bytes (value without escapes).
+_API_KEY_FIELD = re.compile(rb'"apiKey"\s*:\s*"([^"\\]{1,256})"')
+PARSE_OFF_LOOP_BYTES = 256 * 1024  # larger payloads are parsed in a worker thread
 
 
 def redact(value: Any, key: str = "") -> Any:
@@ -41,6 +54,8 @@ def redact(value: Any, key: str = "") -> Any:
         return f"<{len(value)} base64 chars>"
     if lowered == "embeddings" and isinstance(value, list):
         return f"<{len(value)} embeddings>"
+    if lowered.endswith("url") and isinstance(value, str):
+        return redact_url(value)  # camera credentials, callback tokens
     if isinstance(value, dict):
         return {k: redact(v, str(k)) for k, v in value.items()}
     if isinstance(value, list):
@@ -90,16 +105,28 @@ class CommandProcessor:
         reply = await self.process(message)
         await self._send(message, reply)
 
-    def _authorised(self, key: str | None) -> bool:
+    def _authorised(self, key: str | bytes | None) -> bool:
         if not key:
             return False
-        candidate = key.encode()
+        candidate = key.encode() if isinstance(key, str) else key
         # Compare against every key so timing does not reveal which one nearly matched.
         return any([hmac.compare_digest(candidate, k) for k in self._keys])
+
+    def authenticated(self, message: IncomingMessage) -> bool:
+        """Whether the message carries an accepted key, judged before any parsing (the
+        user property, else an ``apiKey`` field found by a byte scan)."""
+        prop = message.user_properties.get("x-api-key")
+        if prop is not None:
+            return self._authorised(prop)
+        return any(self._authorised(m.group(1)) for m in _API_KEY_FIELD.finditer(message.payload))
 
     async def process(self, message: IncomingMessage) -> Reply:
         """The reply for one message (without sending it)."""
         name = message.topic[len(self._prefix) :] if message.topic.startswith(self._prefix) else ""
+        # The key first: every reply but a 401 then goes to an authenticated sender (only
+        # those may choose where replies are published, see agent.app).
+        if not self.authenticated(message):
+            return self._unauthorised(name)
         if len(message.payload) > self._max_bytes:
             return self._refuse(
                 name,
@@ -110,7 +137,19 @@ class CommandProcessor:
                 {"errors": [{"path": "(payload)", "problem": "too large"}]},
             )
         try:
-            payload = json.loads(message.payload)
+            if len(message.payload) > PARSE_OFF_LOOP_BYTES:
+                payload = await asyncio.to_thread(json.loads, message.payload)
+            else:
+                payload = json.loads(message.payload)
+        except RecursionError:
+            return self._refuse(
+                name,
+                None,
+                422,
+                ErrorCode.VALIDATION_ERROR,
+                "Payload is nested too deeply.",
+                {"errors": [{"path": "(payload)", "problem": "nested too deeply"}]},
+            )
         except (UnicodeDecodeError, ValueError) as exc:
             return self._refuse(
                 name,
@@ -118,7 +157,7 @@ class CommandProcessor:
                 422,
                 ErrorCode.VALIDATION_ERROR,
                 "Payload is not valid JSON.",
-                {"errors": [{"path": "(payload)", "problem": str(exc)[:200]}]},
+                {"errors": [{"path": "(payload)", "problem": log_safe(exc, 200)}]},
             )
         if not isinstance(payload, dict):
             return self._refuse(
@@ -133,24 +172,29 @@ class CommandProcessor:
         request_id = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= 128 else None
         key = message.user_properties.get("x-api-key") or payload.get("apiKey")
         if not self._authorised(key if isinstance(key, str) else None):
+            # The byte scan found an accepted key, but not as the top-level apiKey.
+            return self._unauthorised(name)
+        if request_id is not None and not request_id.isprintable():
+            # It is logged, cached and echoed: a newline in it would forge log lines.
             return self._refuse(
                 name,
-                request_id,
-                401,
-                ErrorCode.UNAUTHORIZED,
-                "Missing or invalid API key (MQTT user property x-api-key or field apiKey).",
+                None,
+                422,
+                ErrorCode.VALIDATION_ERROR,
+                "requestId must be printable text (no control characters or line breaks).",
+                {"errors": [{"path": "requestId", "problem": "control characters"}]},
             )
         log.info(
             "COMMAND_RECEIVED command=%s request_id=%s body=%s",
-            name or message.topic,
-            request_id,
-            json.dumps(redact(payload))[:1000],
+            log_safe(name or message.topic),
+            log_safe(request_id),
+            log_safe(json.dumps(redact(payload)), 1000),
         )
         if request_id is None:
             return await self._execute(name, payload, None)
-        cached = self._cached(request_id)
+        cached = await self._cached(request_id)
         if cached is not None:
-            log.info("COMMAND_REPLAYED command=%s request_id=%s", name, request_id)
+            log.info("COMMAND_REPLAYED command=%s request_id=%s", name, log_safe(request_id))
             return cached
         running = self._in_flight.get(request_id)
         if running is not None:
@@ -160,6 +204,11 @@ class CommandProcessor:
         self._in_flight[request_id] = future
         try:
             reply = await self._execute(name, payload, request_id)
+            if reply.status < 500:
+                # 5xx (not loaded, shutting down, outbox full...) are transient: a retry
+                # with the same requestId must run the command again. Remembered before
+                # leaving the in-flight table, so a duplicate never falls between the two.
+                await self._remember(request_id, name, reply)
             future.set_result(reply)
         except BaseException as exc:
             future.set_exception(exc)
@@ -167,10 +216,6 @@ class CommandProcessor:
             raise
         finally:
             del self._in_flight[request_id]
-        if reply.status < 500:
-            # 5xx (not loaded, shutting down, outbox full...) are transient: a retry with
-            # the same requestId must run the command again.
-            self._remember(request_id, name, reply)
         return reply
 
     async def _execute(self, name: str, payload: dict[str, Any], request_id: str | None) -> Reply:
@@ -219,6 +264,15 @@ class CommandProcessor:
             log.info("COMMAND_OK command=%s request_id=%s", name, request_id)
         return reply.model_copy(update={"request_id": request_id})
 
+    def _unauthorised(self, name: str, request_id: str | None = None) -> Reply:
+        return self._refuse(
+            name,
+            request_id,
+            401,
+            ErrorCode.UNAUTHORIZED,
+            "Missing or invalid API key (MQTT user property x-api-key or field apiKey).",
+        )
+
     def _refuse(
         self,
         name: str,
@@ -230,25 +284,25 @@ class CommandProcessor:
     ) -> Reply:
         log.warning(
             "COMMAND_REJECTED command=%s request_id=%s status=%d code=%s message=%s",
-            name or "?",
-            request_id,
+            log_safe(name or "?"),
+            log_safe(request_id),
             status,
             code,
-            message,
+            log_safe(message, 300),
         )
         return Reply(request_id=request_id, status=status, code=code, message=message, data=data)
 
-    def _cached(self, request_id: str) -> Reply | None:
+    async def _cached(self, request_id: str) -> Reply | None:
         try:
-            found = self._store.find_reply(request_id, self._reply_cache_s)
+            found = await self._store.run(self._store.find_reply, request_id, self._reply_cache_s)
         except StoreError:
             log.exception("REPLY_CACHE_UNAVAILABLE request_id=%s", request_id)
             return None
         return Reply.model_validate(found) if found is not None else None
 
-    def _remember(self, request_id: str, name: str, reply: Reply) -> None:
+    async def _remember(self, request_id: str, name: str, reply: Reply) -> None:
         try:
-            self._store.save_reply(request_id, name, reply.to_json_dict())
+            await self._store.run(self._store.save_reply, request_id, name, reply.to_json_dict())
         except StoreError:
             log.exception("REPLY_CACHE_WRITE_FAILED request_id=%s", request_id)
 

@@ -3,8 +3,12 @@ session, with the seed's retry round and then capped exponential backoff, foreve
 
 One worker task per slot with pending events, so a slow or dead callback URL only delays
 its own session. 2xx = delivered; 408, 429, 5xx, timeouts and connection errors = retry
-(``Retry-After`` honoured); any other 4xx = dead letter. Failures also feed the per-session
-auto-stop rule (N consecutive failed attempts, or T seconds without a success).
+(``Retry-After`` honoured); any other 4xx, any 3xx (redirects are never followed: they
+would carry the API key and the face crop to another host, or turn the POST into a GET)
+and a URL the allowlist no longer admits = dead letter, logged, counted and shown in status
+at once. Failed attempts and dead letters both feed the per-session auto-stop rule (N
+consecutive failures, or T seconds without a success): a backend that refuses every event
+stops its sessions like one that does not answer.
 """
 
 from __future__ import annotations
@@ -22,9 +26,12 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from agent.allowlist import CallbackUrlError, check_callback_url
 from agent.config import CallbackConfig
 from agent.events import Event
 from agent.outbox import Outbox, OutboxEvent
+from agent.protocol import StatusReason
+from agent.redaction import log_safe, redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +58,18 @@ class SlotHealth:
     consecutive_failures: int = 0
     failing_since: float | None = None
     triggered: bool = False
+    rejected: bool = False  # the last failure was a dead letter (the backend refused)
+
+
+@dataclass
+class DeadLetterNews:
+    """Dead letters since start, for status and metrics."""
+
+    count: int = 0
+    last_slot: str | None = None
+    last_status: int | None = None
+    last_error: str | None = None
+    last_at: float | None = None
 
 
 def parse_retry_after(value: str | None, cap: float) -> float | None:
@@ -77,8 +96,9 @@ class Delivery:
         *,
         api_key: str | None,
         active_slots: Callable[[], Collection[str]] = lambda: (),
-        on_unresponsive: Callable[[str], Coroutine[Any, Any, None]] | None = None,
+        on_unresponsive: Callable[[str, StatusReason], Coroutine[Any, Any, None]] | None = None,
         on_result: Callable[[str, float], None] | None = None,
+        on_crash: Callable[[str, BaseException], None] | None = None,
     ) -> None:
         self.outbox = outbox
         self.cfg = cfg
@@ -86,20 +106,25 @@ class Delivery:
         self._active_slots = active_slots
         self._on_unresponsive = on_unresponsive
         self._on_result = on_result
+        self._on_crash = on_crash
         self._http: aiohttp.ClientSession | None = None
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._wake: dict[str, asyncio.Event] = {}
         self._health: dict[str, SlotHealth] = {}
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._scanner: asyncio.Task[None] | None = None
+        self.dead_letters = DeadLetterNews()
 
-    async def start(self) -> None:
-        """Open the HTTP client and start delivering what is pending."""
+    async def start(self, *, scanner: bool = True) -> None:
+        """Open the HTTP client and start delivering what is pending. With
+        ``scanner=False`` the caller runs :meth:`scan_forever` itself (the agent's
+        supervisor does, to restart it should it fail)."""
         self._http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s),
             headers={"User-Agent": "edge-attendance-agent"},
         )
-        self._scanner = asyncio.create_task(self._scan_loop(), name="delivery-scanner")
+        if scanner:
+            self._scanner = asyncio.create_task(self.scan_forever(), name="delivery-scanner")
 
     async def close(self) -> None:
         """Stop all workers (events in flight stay pending) and close the client."""
@@ -131,11 +156,12 @@ class Delivery:
                 self._worker(slot_id), name=f"delivery-{slot_id}"
             )
 
-    async def _scan_loop(self) -> None:
-        # Picks up events pending from before a restart and dead letters re-queued by
-        # `python -m agent outbox retry` from another process.
+    async def scan_forever(self) -> None:
+        """Start workers for every slot with pending events (those from before a restart,
+        dead letters re-queued by `python -m agent outbox retry`, workers that crashed)
+        and apply the auto-stop time rule; every few seconds until cancelled."""
         while True:
-            for slot_id in self.outbox.pending_slots():
+            for slot_id in await self.outbox.pending_slots():
                 self._ensure_worker(slot_id)
             for slot_id, health in list(self._health.items()):
                 self._maybe_stop(slot_id, health)  # the time rule fires between failures too
@@ -146,7 +172,7 @@ class Delivery:
         try:
             while True:
                 wake.clear()
-                event = self.outbox.next_for_slot(slot_id)
+                event = await self.outbox.next_for_slot(slot_id)
                 if event is None:
                     return
                 delay = event.next_attempt_at - time.time()
@@ -160,8 +186,10 @@ class Delivery:
                 await self._deliver(event)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
             log.exception("DELIVERY_WORKER_CRASHED slot=%s (restarted by the scanner)", slot_id)
+            if self._on_crash is not None:
+                self._on_crash("delivery-worker", exc)
         finally:
             if self._workers.get(slot_id) is asyncio.current_task():
                 del self._workers[slot_id]
@@ -179,10 +207,10 @@ class Delivery:
                     "delivered" if outcome.delivered else "failed", time.perf_counter() - started
                 )
             if outcome.delivered:
-                self.outbox.mark_delivered(event, outcome.status or 200, attempts)
+                await self.outbox.mark_delivered(event, outcome.status or 200, attempts)
                 self._record_success(event.slot_id)
                 if attempts > 1:
-                    self._backend_is_back(event)
+                    await self._backend_is_back(event)
                 log.info(
                     "CALLBACK_DELIVERED slot=%s seq=%d event=%s type=%s attempts=%d",
                     event.slot_id,
@@ -193,25 +221,16 @@ class Delivery:
                 )
                 return
             if outcome.permanent:
-                self.outbox.mark_dead(event, attempts, outcome.error, outcome.status)
-                self._record_success(event.slot_id)  # the backend answered: it is alive
-                log.error(
-                    "CALLBACK_DEAD_LETTER slot=%s seq=%d event=%s status=%s error=%s",
-                    event.slot_id,
-                    event.seq,
-                    event.event_id,
-                    outcome.status,
-                    outcome.error,
-                )
+                await self._dead_letter(event, attempts, outcome)
                 return
             log.warning(
                 "CALLBACK_FAILED slot=%s seq=%d event=%s attempt=%d status=%s error=%s",
-                event.slot_id,
+                log_safe(event.slot_id),
                 event.seq,
                 event.event_id,
                 attempts,
                 outcome.status,
-                outcome.error,
+                log_safe(outcome.error, 300),
             )
             self._record_failure(event.slot_id)
             if round_attempt < self.cfg.attempts_per_round:
@@ -220,7 +239,7 @@ class Delivery:
         rounds = max(1, attempts // self.cfg.attempts_per_round)
         backoff = min(self.cfg.retry_max_s, self.cfg.first_retry_s * 4 * 2 ** (rounds - 1))
         backoff = max(backoff * random.uniform(0.75, 1.25), outcome.retry_after or 0.0)
-        self.outbox.mark_retry(
+        await self.outbox.mark_retry(
             event, attempts, time.time() + backoff, outcome.error, outcome.status
         )
         log.warning(
@@ -232,9 +251,37 @@ class Delivery:
             attempts,
         )
 
+    async def _dead_letter(self, event: OutboxEvent, attempts: int, outcome: Outcome) -> None:
+        """Keep a permanently refused event as a dead letter and say so everywhere at once:
+        log, metric, status; it counts as a failure for the auto-stop rule."""
+        await self.outbox.mark_dead(event, attempts, outcome.error, outcome.status)
+        news = self.dead_letters
+        news.count += 1
+        news.last_slot, news.last_status = event.slot_id, outcome.status
+        news.last_error, news.last_at = outcome.error, time.time()
+        if self._on_result is not None:
+            self._on_result("dead", 0.0)
+        log.error(
+            "CALLBACK_DEAD_LETTER slot=%s seq=%d event=%s type=%s status=%s error=%s "
+            "(kept; re-send with `python -m agent outbox retry`)",
+            event.slot_id,
+            event.seq,
+            event.event_id,
+            event.type,
+            outcome.status,
+            log_safe(outcome.error, 300),
+        )
+        self._record_failure(event.slot_id, rejected=True)
+
     async def _post(self, event: OutboxEvent) -> Outcome:
         if self._http is None:
             return Outcome(False, False, None, "delivery is closed")
+        try:
+            # Checked again at delivery: a URL removed from the allowlist since the event
+            # was stored (config changed, agent restarted) receives nothing more.
+            check_callback_url(event.callback_url, self.cfg.allowed_urls)
+        except CallbackUrlError as exc:
+            return Outcome(False, True, None, f"callback URL {exc}: not sent")
         headers = {
             "Content-Type": "application/json",
             "Idempotency-Key": event.event_id,
@@ -244,11 +291,23 @@ class Delivery:
             headers["X-API-Key"] = self._api_key
         try:
             async with self._http.post(
-                event.callback_url, data=json.dumps(event.body), headers=headers
+                event.callback_url,
+                data=json.dumps(event.body),
+                headers=headers,
+                allow_redirects=False,
             ) as response:
                 status = response.status
                 if 200 <= status < 300:
                     return Outcome(True, False, status, "")
+                if 300 <= status < 400:
+                    target = redact_url(response.headers.get("Location", "(no Location)"))
+                    return Outcome(
+                        False,
+                        True,
+                        status,
+                        f"HTTP {status} redirect to {target} refused: callbacks never follow "
+                        "redirects; configure the final URL",
+                    )
                 excerpt = (await response.content.read(BODY_EXCERPT)).decode("utf-8", "replace")
                 error = f"HTTP {status}: {excerpt}".strip()
                 retry_after = parse_retry_after(
@@ -257,18 +316,26 @@ class Delivery:
                 retryable = status in RETRYABLE_STATUS or status >= 500
                 return Outcome(False, not retryable, status, error, retry_after)
         except aiohttp.InvalidURL as exc:
-            return Outcome(False, True, None, f"invalid callback URL: {exc}")
+            return Outcome(
+                False, True, None, redact_text(f"invalid callback URL: {exc}", limit=300)
+            )
         except TimeoutError:
             return Outcome(False, False, None, f"timed out after {self.cfg.timeout_s:g} s")
         except aiohttp.ClientError as exc:
-            return Outcome(False, False, None, f"{type(exc).__name__}: {exc}"[:300])
+            return Outcome(
+                False, False, None, redact_text(f"{type(exc).__name__}: {exc}", limit=300)
+            )
+        except (ValueError, UnicodeError) as exc:  # yarl/aiohttp on a URL they cannot use
+            return Outcome(
+                False, True, None, redact_text(f"invalid callback URL: {exc}", limit=300)
+            )
 
-    def _backend_is_back(self, event: OutboxEvent) -> None:
+    async def _backend_is_back(self, event: OutboxEvent) -> None:
         """A retried event got through: the backend is back, so other sessions' events for
         the same host stop waiting out their backoff (up to retry_max_s otherwise)."""
         parts = urlsplit(event.callback_url)
         origin = f"{parts.scheme}://{parts.netloc}/"
-        for slot_id in self.outbox.expedite(origin):
+        for slot_id in await self.outbox.expedite(origin):
             if slot_id != event.slot_id:
                 self.notify(slot_id)
 
@@ -278,10 +345,11 @@ class Delivery:
             health.consecutive_failures = 0
             health.failing_since = None
 
-    def _record_failure(self, slot_id: str) -> None:
+    def _record_failure(self, slot_id: str, *, rejected: bool = False) -> None:
         if slot_id not in self._active_slots():
             return
         health = self._health.setdefault(slot_id, SlotHealth())
+        health.rejected = rejected
         health.consecutive_failures += 1
         if health.failing_since is None:
             health.failing_since = time.time()
@@ -294,13 +362,21 @@ class Delivery:
         by_time = 0 < self.cfg.autostop_seconds <= time.time() - health.failing_since
         if by_count or by_time:
             health.triggered = True
+            reason = (
+                StatusReason.BACKEND_REJECTED
+                if health.rejected
+                else StatusReason.BACKEND_UNRESPONSIVE
+            )
             log.error(
-                "BACKEND_UNRESPONSIVE slot=%s failures=%d failing_for=%.0fs: stopping the session",
+                "%s slot=%s failures=%d failing_for=%.0fs: stopping the session",
+                reason,
                 slot_id,
                 health.consecutive_failures,
                 time.time() - health.failing_since,
             )
-            task = asyncio.create_task(self._on_unresponsive(slot_id), name=f"autostop-{slot_id}")
+            task = asyncio.create_task(
+                self._on_unresponsive(slot_id, reason), name=f"autostop-{slot_id}"
+            )
             self._side_tasks.add(task)
             task.add_done_callback(self._side_tasks.discard)
 
@@ -314,5 +390,5 @@ class OutboxSink:
 
     async def emit(self, event: Event, callback_url: str) -> None:
         """Store the event durably (raises OutboxFullError when it cannot) and schedule it."""
-        self.outbox.add(event, callback_url)
+        await self.outbox.add(event, callback_url)
         self.delivery.notify(event.slot_id)

@@ -25,7 +25,7 @@ from insightface.utils import face_align
 from agent.config import ModelsConfig, RecognitionConfig
 from agent.errors import ModelPackError
 from agent.modelpack import ModelPack
-from agent.onnx_sessions import ProviderReport, create_session
+from agent.onnx_sessions import ProviderReport, create_session, describe_error
 
 log = logging.getLogger(__name__)
 
@@ -90,28 +90,43 @@ class FaceEngine:
         started = time.perf_counter()
         self.pack = pack
         self.recognition = recognition
+        # create_session translates ONNX Runtime's own errors; the InsightFace wrappers
+        # and the warm-up run may still raise anything (asserts, IndexError, ORT run
+        # errors), so each step is translated here with the file it concerns.
+        det_session, det_report = create_session(
+            pack.detector_path,
+            models.providers,
+            models.intra_op_threads,
+            tensorrt_cache=models.tensorrt_cache_dir,
+            pack=pack.name,
+        )
+        rec_session, rec_report = create_session(
+            pack.recognizer_path,
+            models.providers,
+            models.intra_op_threads,
+            optimize_prelu=models.optimize_prelu,
+            tensorrt_cache=models.tensorrt_cache_dir,
+            pack=pack.name,
+        )
         try:
-            det_session, det_report = create_session(
-                pack.detector_path,
-                models.providers,
-                models.intra_op_threads,
-                tensorrt_cache=models.tensorrt_cache_dir,
-            )
-            rec_session, rec_report = create_session(
-                pack.recognizer_path,
-                models.providers,
-                models.intra_op_threads,
-                optimize_prelu=models.optimize_prelu,
-                tensorrt_cache=models.tensorrt_cache_dir,
-            )
             self._detector = SCRFD(
                 str(pack.detector_path), session=det_session, static_shape_sessions=False
             )
             self._detector.nms_thresh = recognition.nms_threshold
+        except Exception as exc:
+            raise ModelPackError(
+                pack.name,
+                f"detector {pack.detector_path.name} is not a usable SCRFD model: "
+                f"{describe_error(exc)}",
+            ) from exc
+        try:
             self._recognizer = ArcFaceONNX(str(pack.recognizer_path), session=rec_session)
-        except (RuntimeError, ValueError, OSError, AssertionError) as exc:
-            # onnxruntime raises its own RuntimeError subclasses; the wrappers assert.
-            raise ModelPackError(pack.name, f"ONNX Runtime could not load it: {exc}") from exc
+        except Exception as exc:
+            raise ModelPackError(
+                pack.name,
+                f"recognizer {pack.recognizer_path.name} is not a usable ArcFace model: "
+                f"{describe_error(exc)}",
+            ) from exc
         if not self._detector.use_kps:
             raise ModelPackError(pack.name, "the detector has no keypoint outputs")
         self.providers: dict[str, ProviderReport] = {
@@ -141,9 +156,25 @@ class FaceEngine:
 
     def _warm_up(self) -> None:
         # The first run of a session costs 100-400 ms (kernel selection); pay it at load.
+        # It is also the first time each graph really runs, so a graph that loads but
+        # cannot execute (bad shapes, a kernel failing) is caught here, not in a session.
         blank = np.zeros((STRIDE * 3, STRIDE * 4, 3), np.uint8)
-        self.detect(blank)
-        out = self.embed([np.zeros((112, 112, 3), np.uint8)])
+        try:
+            self.detect(blank)
+        except Exception as exc:
+            raise ModelPackError(
+                self.pack.name,
+                f"detector {self.pack.detector_path.name} fails its first run: "
+                f"{describe_error(exc)}",
+            ) from exc
+        try:
+            out = self.embed([np.zeros((112, 112, 3), np.uint8)])
+        except Exception as exc:
+            raise ModelPackError(
+                self.pack.name,
+                f"recognizer {self.pack.recognizer_path.name} fails its first run: "
+                f"{describe_error(exc)}",
+            ) from exc
         if out.shape != (1, self.embedding_dim) or not np.all(np.isfinite(out)):
             raise ModelPackError(
                 self.pack.name,

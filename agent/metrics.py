@@ -49,8 +49,14 @@ class Metrics:
         )
         self.deliveries = Counter(
             "edge_agent_callback_attempts_total",
-            "Callback POSTs by result.",
+            "Callback POSTs by result (delivered, failed), and dead letters (dead).",
             ["result"],
+            registry=self.registry,
+        )
+        self.task_failures = Counter(
+            "edge_agent_task_failures_total",
+            "Failures of supervised long-lived tasks (each is logged and restarted).",
+            ["task"],
             registry=self.registry,
         )
         self.delivery_seconds = Histogram(
@@ -60,6 +66,10 @@ class Metrics:
             registry=self.registry,
         )
 
+    def observe_task_failure(self, task: str) -> None:
+        """Count one failure of a supervised task."""
+        self.task_failures.labels(task).inc()
+
     def observe_stage(self, stage: str, seconds: float) -> None:
         """Record one stage's duration (thread-safe)."""
         self.stage_seconds.labels(stage).observe(seconds)
@@ -67,7 +77,8 @@ class Metrics:
     def observe_delivery(self, result: str, seconds: float) -> None:
         """Record one callback POST."""
         self.deliveries.labels(result).inc()
-        self.delivery_seconds.observe(seconds)
+        if result != "dead":  # a dead letter is counted here, its POST was timed already
+            self.delivery_seconds.observe(seconds)
 
     def attach(self, agent: Agent) -> None:
         """Expose the agent's state through a scrape-time collector."""

@@ -7,6 +7,11 @@ changing for ``settle_s``; a manifest with sha256 hashes (written last by the te
 guarantees that a half-copied pack is never loaded. A pack that fails any check never
 replaces the one in service: the failure is logged and reported as
 ``MODEL_RELOAD_FAILED``, and the pack is tried again when its files change.
+
+While no pack is in service (at start-up) and no pack is configured, a pack that fails
+does not leave the agent without a model: the newest other pack that loads is put in
+service instead, and the failure stays reported. A configured pack is never replaced by
+another. No failure of one reload, expected or not, stops the watcher.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from agent.engine import FaceEngine, Image
 from agent.errors import ModelPackError
 from agent.inference import InferencePool, ModelSlot
 from agent.modelpack import ModelPack, list_pack_dirs, read_pack
+from agent.onnx_sessions import describe_error
 from agent.tracker import iou_matrix
 
 log = logging.getLogger(__name__)
@@ -40,20 +46,48 @@ CANARY_BOX = np.array([[71.5, 73.3, 177.0, 212.0]], np.float32)
 CANARY_MIN_IOU = 0.5
 
 
+def pack_dirs_newest_first(models_dir: Path) -> list[Path]:
+    """Pack folders by modification time, newest first (ties in name order).
+
+    A folder removed between listing and ``stat`` is skipped: a technician may be
+    deleting an old pack while the watcher looks.
+    """
+    dated: list[tuple[float, Path]] = []
+    for folder in list_pack_dirs(models_dir):
+        try:
+            dated.append((folder.stat().st_mtime, folder))
+        except FileNotFoundError:
+            continue
+    # sort() is stable with reverse=True, so equal times keep the name order.
+    return [folder for _, folder in sorted(dated, key=lambda item: item[0], reverse=True)]
+
+
 def newest_pack_dir(models_dir: Path, configured: str) -> Path | None:
     """The folder the activation rule points at (configured, else the newest)."""
     if configured:
         return models_dir / configured
-    folders = list_pack_dirs(models_dir)
-    return max(folders, key=lambda p: p.stat().st_mtime) if folders else None
+    folders = pack_dirs_newest_first(models_dir)
+    return folders[0] if folders else None
 
 
 def canary(engine: FaceEngine) -> None:
     """Check a freshly loaded engine on the golden photo; raises ModelPackError if not sound.
 
     The detector must find the one expected face; the recognizer must return a finite,
-    non-zero embedding of the pack's dimension.
+    non-zero embedding of the pack's dimension. An error raised while running the graphs
+    (ONNX Runtime, OpenCV, the InsightFace wrappers) is a failed canary too.
     """
+    try:
+        _canary_checks(engine)
+    except ModelPackError:
+        raise
+    except Exception as exc:
+        raise ModelPackError(
+            engine.pack.name, f"canary: running the pack failed: {describe_error(exc)}"
+        ) from exc
+
+
+def _canary_checks(engine: FaceEngine) -> None:
     name = engine.pack.name
     try:
         raw_image = cv2.imread(str(sample_photo(CANARY_PHOTO)), cv2.IMREAD_COLOR)
@@ -119,37 +153,119 @@ class ModelWatcher:
         canary(engine)
         return engine
 
+    def _serving(self, pack: ModelPack) -> bool:
+        current = self.slot.engine
+        return current is not None and (
+            current.pack.path == pack.path
+            and current.pack.detector_sha256 == pack.detector_sha256
+            and current.pack.recognizer_sha256 == pack.recognizer_sha256
+        )
+
+    async def _load(self, folder: Path) -> FaceEngine | None:
+        """Verify, load and canary-test the pack in ``folder``; None when it is the pack
+        already in service. Every failure is raised as ModelPackError."""
+        try:
+            pack = await self.pool.run(read_pack, folder)
+            if self._serving(pack):
+                return None
+            return await self.pool.run(self._build, pack)
+        except ModelPackError:
+            raise
+        except Exception as exc:
+            # The layers below translate what they know; anything else is a bug or a
+            # library surprise, and must still not take the watcher (or the agent's
+            # start-up) down with it.
+            log.exception("MODEL_LOAD_UNEXPECTED_ERROR pack=%s", folder.name)
+            raise ModelPackError(
+                folder.name, f"unexpected error while loading: {describe_error(exc)}"
+            ) from exc
+
     async def reload(self) -> bool:
         """Evaluate the pack the activation rule points at; swap it in if it is new and
-        sound. Returns whether a swap happened."""
+        sound. Returns whether a swap happened.
+
+        Never raises for a bad pack: the failure is recorded (``MODEL_RELOAD_FAILED``)
+        and the pack in service keeps serving. With none in service and no configured
+        pack, the newest other pack that loads is put in service instead.
+        """
         self.attempts += 1
         self.last_attempt = time.time()
-        folder = newest_pack_dir(self.cfg.dir, self.cfg.pack)
+        try:
+            folder = newest_pack_dir(self.cfg.dir, self.cfg.pack)
+        except OSError as exc:  # models folder unreadable: nothing to evaluate
+            self._failed(self.cfg.dir.name, f"cannot list {self.cfg.dir}: {describe_error(exc)}")
+            return False
         if folder is None:
             if self.slot.engine is None:
                 self.slot.clear(f"no model pack in {self.cfg.dir}")
                 log.error("MODEL_NOT_LOADED reason=no model pack in %s", self.cfg.dir)
             return False
+        started = time.perf_counter()
+        still_failing: str | None = None
         try:
-            pack = await self.pool.run(read_pack, folder)
-            current = self.slot.engine
-            if current is not None and (
-                current.pack.path == pack.path
-                and current.pack.detector_sha256 == pack.detector_sha256
-                and current.pack.recognizer_sha256 == pack.recognizer_sha256
-            ):
-                return False
-            started = time.perf_counter()
-            engine = await self.pool.run(self._build, pack)
+            engine = await self._load(folder)
         except ModelPackError as exc:
             self._failed(folder.name, exc.reason)
+            if self.slot.engine is not None or self.cfg.pack:
+                return False
+            still_failing = self.slot.reload_error
+            engine = None
+        if still_failing is not None:
+            engine = await self._fallback(folder, started)
+            if engine is None:
+                return False
+        elif engine is None:
+            # The rule points at the pack in service (e.g. a broken newer pack was
+            # removed): an earlier failure no longer describes the active pack.
+            self.slot.reload_error = None
             return False
+        await self._swap(engine, started, still_failing=still_failing)
+        return True
+
+    async def _fallback(self, failed: Path, started: float) -> FaceEngine | None:
+        """With no model in service, the newest pack other than ``failed`` that loads."""
+        tried: list[str] = []
+        try:
+            candidates = [p for p in pack_dirs_newest_first(self.cfg.dir) if p != failed]
+        except OSError as exc:
+            log.error("MODEL_FALLBACK_FAILED cannot list %s: %s", self.cfg.dir, exc)
+            candidates = []
+        for folder in candidates:
+            try:
+                engine = await self._load(folder)
+            except ModelPackError as exc:
+                tried.append(folder.name)
+                log.error("MODEL_FALLBACK_FAILED pack=%s reason=%s", folder.name, exc.reason)
+                continue
+            if engine is not None:
+                log.warning(
+                    "MODEL_FALLBACK pack=%s instead_of=%s seconds=%.2f",
+                    folder.name,
+                    failed.name,
+                    time.perf_counter() - started,
+                )
+                return engine
+        others = (
+            f"no other pack loads (tried: {', '.join(tried)})"
+            if tried
+            else "no other pack to fall back on"
+        )
+        self.slot.clear(f"{self.slot.reason}; {others}")
+        return None
+
+    async def _swap(
+        self, engine: FaceEngine, started: float, *, still_failing: str | None = None
+    ) -> None:
+        """Put ``engine`` in service; ``still_failing`` keeps a fallback's cause reported."""
         previous = self.slot.engine
         self.slot.activate(engine)
+        # activate() clears the reload error; after a fallback the pack the rule points
+        # at is still broken, and status must keep saying so.
+        self.slot.reload_error = still_failing
         log.info(
             "MODEL_SWAPPED pack=%s space=%s provider=%s previous=%s previous_space=%s "
             "load_seconds=%.2f",
-            pack.name,
+            engine.pack.name,
             engine.embedding_space,
             engine.providers["recognizer"].active[0],
             previous.pack.name if previous else None,
@@ -158,7 +274,6 @@ class ModelWatcher:
         )
         if self.on_swap is not None:
             await self.on_swap(engine)
-        return True
 
     def _failed(self, pack: str, reason: str) -> None:
         self.failures += 1
@@ -173,7 +288,11 @@ class ModelWatcher:
         )
 
     async def run(self) -> None:
-        """Watch the models folder until cancelled (the observer thread is always joined)."""
+        """Watch the models folder until cancelled (the observer thread is always joined).
+
+        One failed reload never ends the watch: it is logged with its traceback and the
+        next change is evaluated as usual. Cancellation is never caught.
+        """
         self.cfg.dir.mkdir(parents=True, exist_ok=True)
         observer = Observer()
         observer.schedule(
@@ -184,8 +303,12 @@ class ModelWatcher:
         try:
             while True:
                 await self._changed.wait()
-                await self._settle()
-                await self.reload()
+                try:
+                    await self._settle()
+                    await self.reload()
+                except Exception:
+                    # CancelledError is a BaseException, so shutdown still gets through.
+                    log.exception("MODEL_WATCH_ERROR reload failed; still watching")
         finally:
             observer.stop()
             await asyncio.to_thread(observer.join, 5.0)

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Literal
 
 import onnx
-from google.protobuf.message import DecodeError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.errors import ModelPackError
+from agent.onnx_sessions import describe_error
 
 MANIFEST_NAME = "manifest.json"
 SCRFD_KPS_OUTPUTS = (9, 15)  # 3 or 5 strides x (scores, boxes, keypoints)
@@ -114,8 +114,11 @@ def inspect_onnx(path: Path) -> OnnxSignature:
     """
     try:
         model = onnx.load_model(str(path), load_external_data=False)
-    except (DecodeError, OSError, ValueError, RuntimeError) as exc:
-        return OnnxSignature(None, [], [], f"{path.name} is not a readable ONNX file ({exc})")
+    except Exception as exc:
+        # DecodeError, OSError, the onnx library's own errors: no common base class.
+        return OnnxSignature(
+            None, [], [], f"{path.name} is not a readable ONNX file ({describe_error(exc)})"
+        )
     initializers = {init.name for init in model.graph.initializer}
     inputs = [_dims(i) for i in model.graph.input if i.name not in initializers]
     outputs = [_dims(o) for o in model.graph.output]
@@ -141,7 +144,13 @@ def _read_manifest(folder: Path) -> PackManifest | None:
     if not path.exists():
         return None
     try:
-        return PackManifest.model_validate_json(path.read_bytes())
+        content = path.read_bytes()
+    except OSError as exc:
+        raise ModelPackError(
+            folder.name, f"{MANIFEST_NAME} cannot be read: {describe_error(exc)}"
+        ) from exc
+    try:
+        return PackManifest.model_validate_json(content)
     except (ValidationError, ValueError) as exc:
         raise ModelPackError(folder.name, f"{MANIFEST_NAME} is invalid: {exc}") from exc
 
@@ -170,7 +179,12 @@ def _check_file(folder: Path, entry: ManifestFile, role: Role) -> tuple[Path, st
     path = folder / entry.file
     if not path.is_file():
         raise ModelPackError(folder.name, f"{role} file {entry.file!r} is missing")
-    digest = sha256_file(path)
+    try:
+        digest = sha256_file(path)
+    except OSError as exc:  # removed or unreadable while being hashed
+        raise ModelPackError(
+            folder.name, f"{role} file {entry.file!r} cannot be read: {describe_error(exc)}"
+        ) from exc
     if entry.sha256 is not None and digest != entry.sha256:
         raise ModelPackError(
             folder.name,
@@ -190,9 +204,23 @@ def read_pack(folder: Path) -> ModelPack:
 
     Checks: the manifest (or the files, when it is absent) names one detector and one
     recognizer; each file's sha256 matches the manifest when listed; each graph has the
-    shapes its role needs. Raises :class:`ModelPackError` with the reason otherwise.
-    Loading the graphs into ONNX Runtime is the engine's job.
+    shapes its role needs. Raises :class:`ModelPackError` with the reason otherwise (also
+    for any unexpected error while reading the folder, chained to it). Loading the graphs
+    into ONNX Runtime is the engine's job.
     """
+    try:
+        return _verify_pack(folder)
+    except ModelPackError:
+        raise
+    except Exception as exc:
+        # A folder being copied or removed, odd permissions, a file system error: the
+        # caller handles one exception type for every way a pack can be unusable.
+        raise ModelPackError(
+            folder.name, f"the pack folder cannot be read: {describe_error(exc)}"
+        ) from exc
+
+
+def _verify_pack(folder: Path) -> ModelPack:
     if not folder.is_dir():
         raise ModelPackError(folder.name, f"folder {folder} does not exist")
     manifest = _read_manifest(folder)

@@ -26,6 +26,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.config import MqttConfig, read_secret
+from agent.errors import AgentError, ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -112,17 +113,33 @@ class MqttLink:
             properties.SessionExpiryInterval = cfg.session_expiry_s
         tls_context = None
         if cfg.tls:
-            tls_context = ssl.create_default_context(
-                cafile=str(cfg.ca_file) if cfg.ca_file else None
-            )
-            if cfg.cert_file and cfg.key_file:
-                tls_context.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
+            try:
+                tls_context = ssl.create_default_context(
+                    cafile=str(cfg.ca_file) if cfg.ca_file else None
+                )
+                if cfg.cert_file and cfg.key_file:
+                    tls_context.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
+            except (OSError, ssl.SSLError) as exc:
+                raise AgentError(
+                    ErrorCode.CONFIG_INVALID,
+                    f"mqtt TLS files (ca_file={cfg.ca_file}, cert_file={cfg.cert_file}, "
+                    f"key_file={cfg.key_file}) cannot be used: {exc}",
+                    status=500,
+                ) from exc
+        try:
+            password = read_secret(cfg.password, cfg.password_file)
+        except OSError as exc:
+            raise AgentError(
+                ErrorCode.CONFIG_INVALID,
+                f"mqtt.password_file {cfg.password_file} cannot be read: {exc.strerror or exc}",
+                status=500,
+            ) from exc
         return aiomqtt.Client(
             cfg.host,
             cfg.port,
             identifier=self.client_id,
             username=cfg.username,
-            password=read_secret(cfg.password, cfg.password_file),
+            password=password,
             protocol=self._protocol,
             clean_session=None if v5 else False,
             # Never start clean: commands queued while the agent was away (even across a
@@ -133,6 +150,10 @@ class MqttLink:
             timeout=10,
             will=aiomqtt.Will(self.status_topic, self._offline_payload(), qos=1, retain=True),
             tls_context=tls_context,
+            # Bounded: a flood of commands is discarded (and logged) past this many waiting,
+            # instead of growing the agent's memory without limit.
+            max_queued_incoming_messages=cfg.max_queued_commands,
+            logger=logging.getLogger("agent.mqtt.client"),
             # Replies are small: without TCP_NODELAY, Nagle + delayed ACK add ~40 ms each.
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )

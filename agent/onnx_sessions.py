@@ -1,9 +1,17 @@
 """ONNX Runtime sessions: provider choice, the checks on what was really granted, and the
-load-time graph rewrite that makes the ArcFace recognizer fast on small CPUs."""
+load-time graph rewrite that makes the ArcFace recognizer fast on small CPUs.
+
+This is where model files enter ONNX Runtime and the ``onnx`` library. Neither raises
+anything the agent knows (ONNX Runtime's ``Fail``, ``InvalidGraph``, ``InvalidProtobuf``,
+``NoSuchFile``... all derive straight from ``Exception``), so every failure here is
+translated into :class:`~agent.errors.ModelPackError` naming the file and what the library
+said.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +21,33 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
+from agent.errors import ModelPackError
+
 log = logging.getLogger(__name__)
+
+ERROR_TEXT_LIMIT = 300  # characters of a library's message kept in a reason
+
+# ONNX Runtime wraps the useful sentence in a status prefix, the file path (the reason
+# names the file already) and the C++ source location; a technician needs none of them.
+_ORT_STATUS = re.compile(r"^\[ONNXRuntimeError\] : \d+ : (\w+) : ")
+_ORT_LOAD_FROM = re.compile(r"Load model from .*? failed: ?")
+_CPP_LOCATION = re.compile(r"\S+\.(?:cc|cpp|h):\d+\s+(?:[\w:~<>]+\([^)]*\)\s*)?")
+
+
+def describe_error(exc: BaseException, limit: int = ERROR_TEXT_LIMIT) -> str:
+    """One line saying what a library reported, short enough for a status reply.
+
+    ONNX Runtime messages keep their status name (``FAIL: Missing opset in the model``);
+    other exceptions are prefixed by their type (``DecodeError: Error parsing message``).
+    """
+    text = " ".join(str(exc).split())
+    status = _ORT_STATUS.match(text)
+    if status is not None:
+        text = _CPP_LOCATION.sub("", _ORT_LOAD_FROM.sub("", text[status.end() :]))
+        text = f"{status.group(1)}: {text}"
+    else:
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
 @dataclass(frozen=True)
@@ -105,12 +139,16 @@ def create_session(
     *,
     optimize_prelu: bool = False,
     tensorrt_cache: Path | None = None,
+    pack: str | None = None,
 ) -> tuple[ort.InferenceSession, ProviderReport]:
     """Build an inference session for ``path`` and report which providers it got.
 
     Providers not compiled into this ONNX Runtime build are dropped before the session is
-    built (with a warning) and the CPU provider is always the last resort.
+    built (with a warning) and the CPU provider is always the last resort. Any failure to
+    read, rewrite or load the file raises :class:`ModelPackError` for ``pack`` (default:
+    the name of the folder holding the file), chained to the library's exception.
     """
+    pack_name = pack or path.parent.name
     available = set(ort.get_available_providers())
     usable = [p for p in providers if p in available]
     if "CPUExecutionProvider" not in usable:
@@ -125,19 +163,43 @@ def create_session(
         )
     source: str | bytes = str(path)
     if optimize_prelu:
-        model = onnx.load_model(str(path))
-        count = rewrite_prelu_as_max(model)
-        if count:
-            source = model.SerializeToString()
-            log.debug("PRELU_REWRITTEN model=%s nodes=%d", path.name, count)
+        try:
+            model = onnx.load_model(str(path))
+            count = rewrite_prelu_as_max(model)
+            if count:
+                source = model.SerializeToString()
+                log.debug("PRELU_REWRITTEN model=%s nodes=%d", path.name, count)
+        except Exception as exc:
+            # DecodeError, missing external data, odd graphs: the onnx library has no
+            # common base class for them.
+            raise ModelPackError(
+                pack_name,
+                f"the onnx library could not read {path.name} for the PRelu rewrite: "
+                f"{describe_error(exc)}",
+            ) from exc
     with_options: list[str | tuple[str, dict[str, Any]]] = []
     for provider in usable:
-        options = _provider_options(provider, tensorrt_cache)
+        try:
+            options = _provider_options(provider, tensorrt_cache)
+        except OSError as exc:
+            raise ModelPackError(
+                pack_name,
+                f"the TensorRT engine cache folder {tensorrt_cache} is not usable: "
+                f"{describe_error(exc)}",
+            ) from exc
         with_options.append((provider, options) if options else provider)
-    session = ort.InferenceSession(
-        source, sess_options=session_options(intra_op_threads), providers=with_options
-    )
-    report = ProviderReport(requested=tuple(providers), active=tuple(session.get_providers()))
+    try:
+        session = ort.InferenceSession(
+            source, sess_options=session_options(intra_op_threads), providers=with_options
+        )
+        active = tuple(session.get_providers())
+    except Exception as exc:
+        # ONNX Runtime's exceptions (Fail, InvalidGraph, InvalidProtobuf, NoSuchFile, ...)
+        # all derive straight from Exception.
+        raise ModelPackError(
+            pack_name, f"ONNX Runtime could not load {path.name}: {describe_error(exc)}"
+        ) from exc
+    report = ProviderReport(requested=tuple(providers), active=active)
     if report.degraded:
         log.warning("ONNX_PROVIDER_DEGRADED model=%s %s", path.name, report.warning())
     return session, report

@@ -151,7 +151,7 @@ class RecognitionRunner:
         reported = (
             set()
             if session.command.mode is SessionMode.CONTINUOUS
-            else (self.store.recognized(session.slot_id))
+            else await self.store.run(self.store.recognized, session.slot_id)
         )
         last_report: dict[str, float] = {}
         tasks: list[asyncio.Task[None]] = []
@@ -302,13 +302,38 @@ class RecognitionRunner:
         last_report: dict[str, float],
     ) -> None:
         student_id = sighting.student_id
-        if session.command.mode is SessionMode.ATTENDANCE:
+        attendance = session.command.mode is SessionMode.ATTENDANCE
+        if attendance:
             if student_id in reported:
                 return
+            # Claim the student before the first await: another camera of the session
+            # seeing them meanwhile must not report them a second time.
+            reported.add(student_id)
         else:
             last = last_report.get(student_id)
             if last is not None and time.monotonic() - last < self.cfg.continuous_interval_s:
                 return
+            last_report[student_id] = time.monotonic()
+        sent = False
+        try:
+            sent = await self._report(session, reader, engine, frame, sighting)
+        finally:
+            if not sent:  # not stored: let a later sighting try again
+                if attendance:
+                    reported.discard(student_id)
+                else:
+                    last_report.pop(student_id, None)
+
+    async def _report(
+        self,
+        session: ActiveSession,
+        reader: CameraReader,
+        engine: FaceEngine,
+        frame: Frame,
+        sighting: Sighting,
+    ) -> bool:
+        """Build, store and log one RECOGNITION event; False if it could not be stored."""
+        student_id = sighting.student_id
         student = next(s for s in session.command.students if s.id == student_id)
         crop = (
             await self.pool.run(face_jpeg, engine, frame.image, sighting.face)
@@ -330,16 +355,19 @@ class RecognitionRunner:
             face_jpeg=crop,
         )
         if not await emit_or_log(self.sink, event, session.command.callback_url):
-            return
+            return False
         if session.command.mode is SessionMode.ATTENDANCE:
-            reported.add(student_id)
             try:
-                self.store.mark_recognized(session.slot_id, student_id)
-            except StoreError:
-                log.exception(
-                    "RECOGNIZED_NOT_SAVED slot=%s student=%s", session.slot_id, student_id
+                await self.store.run(self.store.mark_recognized, session.slot_id, student_id)
+            except StoreError as exc:
+                # The event is stored; only a restart could report the student again.
+                log.error(
+                    "RECOGNIZED_NOT_SAVED slot=%s student=%s code=%s message=%s",
+                    session.slot_id,
+                    student_id,
+                    exc.code,
+                    exc.message,
                 )
-        last_report[student_id] = time.monotonic()
         if self.metrics is not None:
             self.metrics.recognitions.labels(session.command.mode.value).inc()
         log.info(
@@ -349,3 +377,4 @@ class RecognitionRunner:
             reader.camera_id,
             sighting.score,
         )
+        return True

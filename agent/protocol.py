@@ -8,6 +8,7 @@ are camelCase on the wire, as the backend has always sent them.
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -16,15 +17,69 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
     field_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from agent.reply import Reply
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
+# Ids are logged, persisted and echoed: no control characters (a newline would forge log
+# lines).
+Id = Annotated[
+    str,
+    StringConstraints(
+        min_length=1, max_length=128, strip_whitespace=True, pattern=r"^[^\x00-\x1f\x7f]*$"
+    ),
+]
+"""A string id: 1-128 characters, surrounding whitespace stripped."""
+
+
+def _id_from_int(value: Any) -> Any:
+    """Seed compatibility: a JSON integer id becomes its decimal string (42 -> "42").
+
+    Booleans (an ``int`` subclass in Python) and floats are refused, not converted."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise PydanticCustomError("id_type", "Input should be a string or an integer")
+    return str(int(value)) if isinstance(value, int) else value
+
+
+def _int_or(text: Any) -> BeforeValidator:
+    """The validator turning integer ids into strings; the schema says string or integer."""
+    return BeforeValidator(_id_from_int, json_schema_input_type=text | int)
+
+
+WireId = Annotated[Id, _int_or(Id)]
+"""An id the backend may send as a string or, as the older seed did, as a JSON integer;
+always a string once validated (so stored, logged and echoed as a string)."""
+
+_SubmissionText = Annotated[str, StringConstraints(max_length=128)]
+SubmissionId = Annotated[_SubmissionText, _int_or(_SubmissionText)]
+"""``submissionId``: up to 128 characters, or an integer (converted to its string)."""
+
+_ISO_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]")
+
+
+def _iso_date_time_only(value: Any) -> Any:
+    """Refuse what pydantic would otherwise read as a Unix timestamp (numbers, numeric
+    strings): ``endTime`` must be an ISO 8601 date-time string."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _ISO_DATE_TIME.match(value):
+        raise PydanticCustomError(
+            "iso_datetime_required",
+            "Input should be an ISO 8601 date-time string with a UTC offset, e.g. "
+            "2026-12-03T10:00:00+07:00 or 2026-12-03T03:00:00Z; numbers and Unix "
+            "timestamps are not accepted",
+        )
+    return value
+
+
+IsoDateTime = Annotated[AwareDatetime, BeforeValidator(_iso_date_time_only)]
+"""An ISO 8601 date-time string with an explicit offset (``+07:00``, ``Z``)."""
 
 
 class WireModel(BaseModel):
@@ -60,7 +115,10 @@ class SessionMode(StrEnum):
 class CameraSpec(WireModel):
     """A camera of a session: by id from the site's config, or with its own URL."""
 
-    id: Id = Field(description="Camera id; looked up in the site config when rtspUrl is absent.")
+    id: WireId = Field(
+        description="Camera id (string, or integer converted to a string); looked up in the "
+        "site config when rtspUrl is absent."
+    )
     name: str | None = Field(None, max_length=128, description="Display name.")
     rtsp_url: str | None = Field(
         None,
@@ -75,7 +133,10 @@ class CameraSpec(WireModel):
 class StudentSpec(WireModel):
     """One student of the roster with one or more enrollment embeddings."""
 
-    id: Id = Field(description="Student id, reported in recognition events.")
+    id: WireId = Field(
+        description="Student id (string, or integer converted to a string), reported in "
+        "recognition events."
+    )
     code: str | None = Field(None, max_length=64, description="Student code (e.g. school id).")
     name: str | None = Field(None, max_length=256, description="Display name (never logged).")
     embeddings: list[list[float]] = Field(
@@ -94,7 +155,10 @@ class StudentSpec(WireModel):
 class SessionStart(Command):
     """``session/start``: begin recognising a class slot's students on its cameras."""
 
-    slot_id: Id = Field(alias="slotId", description="Class slot; one session per slot.")
+    slot_id: WireId = Field(
+        alias="slotId",
+        description="Class slot (string, or integer converted to a string); one session per slot.",
+    )
     mode: SessionMode = Field(SessionMode.ATTENDANCE, description="Reporting mode.")
     callback_url: str = Field(
         alias="callbackUrl",
@@ -108,10 +172,12 @@ class SessionStart(Command):
     threshold: float | None = Field(
         None, ge=0.0, le=1.0, description="Cosine threshold for this session (default: config)."
     )
-    end_time: AwareDatetime | None = Field(
+    end_time: IsoDateTime | None = Field(
         None,
         alias="endTime",
-        description="ISO 8601 with offset; the session stops itself then (SESSION_ENDED).",
+        description="ISO 8601 date-time string with an explicit offset (e.g. "
+        "2026-12-03T10:00:00+07:00 or ...Z; not a number); the session stops itself then "
+        "(SESSION_ENDED).",
     )
 
     @field_validator("students")
@@ -134,14 +200,19 @@ class SessionStart(Command):
 class SessionStop(Command):
     """``session/stop``: end a slot's session."""
 
-    slot_id: Id = Field(alias="slotId", description="Class slot of the session to stop.")
+    slot_id: WireId = Field(
+        alias="slotId",
+        description="Class slot of the session to stop (string, or integer converted to a string).",
+    )
 
 
 class EmbeddingGenerate(Command):
     """``embedding/generate``: enrollment embedding from a photo."""
 
-    submission_id: str | None = Field(
-        None, alias="submissionId", max_length=128, description="Echoed in the result."
+    submission_id: SubmissionId | None = Field(
+        None,
+        alias="submissionId",
+        description="Echoed in the result (string, or integer converted to a string).",
     )
     photo: str | None = Field(
         None, description="The image file's bytes, base64-encoded (JPEG, PNG, WebP, BMP)."
@@ -170,6 +241,7 @@ class StatusReason(StrEnum):
     CAMERA_FAILURE = "CAMERA_FAILURE"
     CAMERA_RECOVERED = "CAMERA_RECOVERED"
     BACKEND_UNRESPONSIVE = "BACKEND_UNRESPONSIVE"
+    BACKEND_REJECTED = "BACKEND_REJECTED"  # every delivery was refused (4xx, 3xx)
     AGENT_RESTARTED = "AGENT_RESTARTED"
     STOP_FAILED = "STOP_FAILED"
 

@@ -15,8 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
-from agent.config import CallbackConfig, CamerasConfig, RecognitionConfig
+from agent.allowlist import CallbackUrlError, check_callback_url, is_allowed
+from agent.config import CallbackConfig, CamerasConfig, RecognitionConfig, RuntimeConfig
 from agent.errors import AgentError, ErrorCode
 from agent.events import EventFactory, EventSink, emit_or_log
 from agent.inference import ModelSlot
@@ -76,6 +78,20 @@ class ActiveSession:
         }
 
 
+def _camera_identity(url: str) -> str:
+    """What makes two camera URLs the same stream: everything but credentials, with the
+    scheme and host lower-cased."""
+    try:
+        parts = urlsplit(url.strip())
+        host = (parts.hostname or "").lower()
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return url.strip()
+    if not parts.scheme:
+        return url.strip()
+    return f"{parts.scheme.lower()}://{host}{port}{parts.path or '/'}?{parts.query}"
+
+
 class SessionStopError(RuntimeError):
     """A session's work failed while it was being stopped."""
 
@@ -101,6 +117,7 @@ class SessionManager:
         callback: CallbackConfig,
         recognition: RecognitionConfig,
         runner: SessionRunner,
+        limits: RuntimeConfig | None = None,
         on_change: Callable[[], None] = lambda: None,
         on_stopped: Callable[[str], None] = lambda slot_id: None,
     ) -> None:
@@ -114,7 +131,10 @@ class SessionManager:
         self._runner = runner
         self._on_change = on_change
         self._on_stopped = on_stopped
+        self._limits = limits or RuntimeConfig()
         self._sessions: dict[str, ActiveSession] = {}
+        self._stopping: dict[str, ActiveSession] = {}
+        self._resume_lock = asyncio.Lock()
 
     @property
     def sessions(self) -> list[ActiveSession]:
@@ -156,11 +176,14 @@ class SessionManager:
 
     def _build(self, command: SessionStart, started_at: datetime | None = None) -> ActiveSession:
         """Validate a start command against config and model, and build the session."""
-        if not self._callback.allows(command.callback_url):
+        try:
+            check_callback_url(command.callback_url, self._callback.allowed_urls)
+        except CallbackUrlError as exc:
             raise AgentError(
                 ErrorCode.CALLBACK_URL_NOT_ALLOWED,
-                "callbackUrl is not in this site's allowlist ([callback] allowed_urls).",
-            )
+                f"callbackUrl {exc}; use a URL under one of [callback] allowed_urls.",
+                details={"errors": [{"path": "callbackUrl", "problem": str(exc)}]},
+            ) from exc
         cameras = self._resolve_cameras(command)
         engine = self._models.require()
         space = engine.embedding_space
@@ -208,28 +231,36 @@ class SessionManager:
                 status=422,
                 details={"errors": [{"path": "endTime", "problem": "in the past"}]},
             )
+        if command.slot_id in self._stopping:
+            raise AgentError(
+                ErrorCode.SESSION_ALREADY_EXISTS,
+                f"The session for slot {command.slot_id} is still stopping; retry in a moment.",
+                status=409,
+            )
         session = self._build(command)
-        # No await between the existence check and this insertion: two concurrent starts
-        # of one slot cannot both pass.
+        self._check_limits(session)
+        # No await between the existence and limit checks and this insertion: two
+        # concurrent starts cannot both pass.
         self._sessions[command.slot_id] = session
         try:
-            self._store.save_session(
+            await self._store.run(
+                self._store.save_session,
                 command.slot_id,
                 command.model_dump(mode="json", by_alias=True, exclude={"api_key"}),
                 command.end_time.timestamp() if command.end_time else None,
             )
-        except StoreError as exc:
-            del self._sessions[command.slot_id]
-            raise AgentError(
-                ErrorCode.INTERNAL_ERROR, f"Session could not be saved: {exc}", status=500
-            ) from exc
-        try:
             await self._emit(session, SessionStatus.STARTED, strict=True)
-        except AgentError:
-            # The STARTED event could not be stored (outbox full): do not run a session
-            # whose events would be lost.
+        except AgentError as exc:
+            # Not saved, or its STARTED event could not be stored (outbox full, state file
+            # locked or damaged): do not run a session whose events would be lost.
             del self._sessions[command.slot_id]
-            self._store.delete_session(command.slot_id)
+            await self._forget_row(command.slot_id)
+            log.error(
+                "SESSION_START_FAILED slot=%s code=%s message=%s",
+                command.slot_id,
+                exc.code,
+                exc.message,
+            )
             raise
         self._launch(session)
         log.info(
@@ -299,24 +330,26 @@ class SessionManager:
         if self._sessions.get(session.slot_id) is not session:
             return
         del self._sessions[session.slot_id]  # a concurrent stop now gets 404
+        # Until its row is gone, the slot is "stopping": a resume (after a model swap)
+        # or a new start must not bring it back while its work winds down.
+        self._stopping[session.slot_id] = session
         session.stop_reason = reason
         failed = False
-        task = session.task
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            results = await asyncio.gather(task, return_exceptions=True)
-            if any(isinstance(r, Exception) for r in results):
-                failed = True
-                log.error("STOP_SESSION_FAILED slot=%s error=%r", session.slot_id, results[0])
         try:
-            self._store.delete_session(session.slot_id)
-            self._store.clear_recognized(session.slot_id)
-        except StoreError:
-            failed = True
-            log.exception("STOP_SESSION_FAILED slot=%s (row not deleted)", session.slot_id)
-        if failed:
-            session.stop_reason = StatusReason.STOP_FAILED
-        await self._emit(session, SessionStatus.STOPPED, reason)
+            task = session.task
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+                results = await asyncio.gather(task, return_exceptions=True)
+                if any(isinstance(r, Exception) for r in results):
+                    failed = True
+                    log.error("STOP_SESSION_FAILED slot=%s error=%r", session.slot_id, results[0])
+            if not await self._forget_row(session.slot_id):
+                failed = True
+            if failed:
+                session.stop_reason = StatusReason.STOP_FAILED
+            await self._emit(session, SessionStatus.STOPPED, reason)
+        finally:
+            del self._stopping[session.slot_id]
         self._on_stopped(session.slot_id)
         self._on_change()
         log.info("SESSION_STOPPED slot=%s reason=%s", session.slot_id, reason)
@@ -344,20 +377,24 @@ class SessionManager:
         Without a model, sessions are not resumed and their rows are kept: they resume
         when the agent next starts with a model.
         """
+        async with self._resume_lock:  # a model swap during the start-up resume waits
+            await self._resume_rows()
+
+    async def _resume_rows(self) -> None:
+        rows = await self._store.run(self._store.sessions)
         if self._models.engine is None:
-            rows = self._store.sessions()
             if rows:
                 log.error("SESSION_RESUME_DEFERRED sessions=%d reason=no model loaded", len(rows))
             return
-        for row in self._store.sessions():
+        for row in rows:
             slot = row["slot_id"]
-            if slot in self._sessions:
-                continue  # running already (resume_all also runs after a model swap)
+            if slot in self._sessions or slot in self._stopping:
+                continue  # running, or stopping (resume_all also runs after a model swap)
             try:
                 command = SessionStart.model_validate(row["command"])
             except ValueError:
                 log.exception("SESSION_RESUME_FAILED slot=%s (unreadable row dropped)", slot)
-                self._store.delete_session(slot)
+                await self._forget_row(slot)
                 continue
             if command.end_time is not None and command.end_time.timestamp() <= time.time():
                 await self._drop(
@@ -378,11 +415,60 @@ class SessionManager:
             self._launch(session)
             log.info("SESSION_RESUMED slot=%s", slot)
 
+    async def _forget_row(self, slot_id: str) -> bool:
+        """Delete a session's row and its reported students; False (logged) if the state
+        file refused."""
+        try:
+            await self._store.run(self._store.delete_session, slot_id)
+        except StoreError as exc:
+            log.error(
+                "SESSION_ROW_NOT_DELETED slot=%s code=%s message=%s", slot_id, exc.code, exc.message
+            )
+            return False
+        return True
+
+    def _check_limits(self, session: ActiveSession) -> None:
+        """Refuse a session past the configured sessions or cameras, or one that would
+        open a camera another session already reads (unless sharing is allowed)."""
+        limits = self._limits
+        if len(self._sessions) + len(self._stopping) >= limits.max_sessions:
+            raise AgentError(
+                ErrorCode.LIMIT_EXCEEDED,
+                f"This agent already runs {limits.max_sessions} sessions "
+                "([runtime] max_sessions); stop one first.",
+                status=409,
+                details={"limit": "max_sessions", "value": limits.max_sessions},
+            )
+        running = [
+            c for s in (*self._sessions.values(), *self._stopping.values()) for c in s.cameras
+        ]
+        if len(running) + len(session.cameras) > limits.max_cameras:
+            raise AgentError(
+                ErrorCode.LIMIT_EXCEEDED,
+                f"This session's {len(session.cameras)} camera(s) would exceed the agent's "
+                f"{limits.max_cameras} open cameras ([runtime] max_cameras); "
+                f"{len(running)} are open.",
+                status=409,
+                details={"limit": "max_cameras", "value": limits.max_cameras},
+            )
+        if self._cameras.allow_shared:
+            return
+        in_use = {_camera_identity(c.url): c.id for c in running}
+        clashes = sorted(c.id for c in session.cameras if _camera_identity(c.url) in in_use)
+        if clashes:
+            raise AgentError(
+                ErrorCode.CAMERA_IN_USE,
+                f"Camera(s) {', '.join(clashes)} are already read by another session; stop "
+                "it first, or set [cameras] allow_shared = true.",
+                status=409,
+                details={"cameraIds": clashes},
+            )
+
     async def _drop(self, command: SessionStart, reason: StatusReason, message: str) -> None:
         """Forget a persisted session that cannot resume, and report it STOPPED."""
-        self._store.delete_session(command.slot_id)
+        await self._forget_row(command.slot_id)
         log.info("SESSION_NOT_RESUMED slot=%s reason=%s", command.slot_id, reason)
-        if not self._callback.allows(command.callback_url):
+        if not is_allowed(command.callback_url, self._callback.allowed_urls):
             log.warning(
                 "SESSION_EVENT_NOT_SENT slot=%s reason=callback no longer allowed", command.slot_id
             )

@@ -332,9 +332,9 @@ class CountingOutbox(Outbox):
         self.target = 0
         self.all_delivered = asyncio.Event()
 
-    def mark_delivered(self, event: OutboxEvent, status_code: int, attempts: int) -> None:
+    async def mark_delivered(self, event: OutboxEvent, status_code: int, attempts: int) -> None:
         """Record the delivery (as the agent does), then note when."""
-        super().mark_delivered(event, status_code, attempts)
+        await super().mark_delivered(event, status_code, attempts)
         self.delivered_at.setdefault(event.event_id, time.monotonic())
         if self.target and len(self.delivered_at) >= self.target:
             self.all_delivered.set()
@@ -360,8 +360,8 @@ def build_events(n: int, slots: int, prefix: str) -> list[Event]:
 def state_counts(store: Store) -> dict[str, int]:
     """Rows per outbox state."""
     counts = {s.value: 0 for s in EventState}
-    for state, count in store.db.execute("select state, count(*) from events group by state"):
-        counts[str(state)] = int(count)
+    for row in store.read("select state, count(*) as n from events group by state"):
+        counts[str(row["state"])] = int(row["n"])
     return counts
 
 
@@ -456,6 +456,7 @@ async def emit_all(
 def bench_enqueue(root: Path, n: int, slots: int, synchronous: str) -> Result:
     """Scenario 1: ``Outbox.add`` back to back, no delivery."""
     store = Store(root / f"enqueue-{slots}-{synchronous.lower()}")
+    loop = asyncio.new_event_loop()
     try:
         if synchronous != "FULL":
             store.db.execute(f"PRAGMA synchronous={synchronous}")
@@ -466,11 +467,12 @@ def bench_enqueue(root: Path, n: int, slots: int, synchronous: str) -> Result:
         start = time.perf_counter()
         for event in events:
             before = time.perf_counter()
-            outbox.add(event, url)
+            loop.run_until_complete(outbox.add(event, url))
             latencies.append((time.perf_counter() - before) * 1e3)
         seconds = time.perf_counter() - start
         stored = state_counts(store)["pending"]
     finally:
+        loop.close()
         store.close()
     label = f"`Outbox.add`, {slots} slot{'s' if slots > 1 else ''}"
     if synchronous != "FULL":
@@ -644,6 +646,7 @@ async def bench_outage(root: Path, backend: Backend, n: int, slots: int) -> list
 def bench_size_probe(root: Path, rows: int, state: EventState, adds: int = 200) -> Result:
     """Scenario 5: add / count_undelivered / pending_slots with ``rows`` rows in ``state``."""
     store = Store(root / f"probe-{state.value}")
+    loop = asyncio.new_event_loop()
     try:
         outbox = Outbox(store, max_pending=rows + adds + 100)
         template = build_events(1, 1, "tpl")[0].model_dump(
@@ -651,7 +654,7 @@ def bench_size_probe(root: Path, rows: int, state: EventState, adds: int = 200) 
         )
         now = time.time()
         delivered_at = now if state is EventState.DELIVERED else None
-        with store.db.conn:
+        with store.write():
             store.db.conn.executemany(
                 "insert into events (event_id, slot_id, seq, type, body, callback_url, "
                 "created_at, attempts, next_attempt_at, state, delivered_at) "
@@ -674,12 +677,12 @@ def bench_size_probe(root: Path, rows: int, state: EventState, adds: int = 200) 
             )
         url = "http://127.0.0.1:9/callback"
         for event in build_events(20, 10, "warm"):  # the first commit checkpoints the WAL
-            outbox.add(event, url)
+            loop.run_until_complete(outbox.add(event, url))
         timings: dict[str, list[float]] = {"count_undelivered": [], "pending_slots": []}
         for _ in range(5):
             for name, call in (
                 ("count_undelivered", outbox.count_undelivered),
-                ("pending_slots", outbox.pending_slots),
+                ("pending_slots", lambda: loop.run_until_complete(outbox.pending_slots())),
             ):
                 before = time.perf_counter()
                 call()
@@ -688,16 +691,17 @@ def bench_size_probe(root: Path, rows: int, state: EventState, adds: int = 200) 
         start = time.perf_counter()
         for event in build_events(adds, 10, "probe"):
             before = time.perf_counter()
-            outbox.add(event, url)
+            loop.run_until_complete(outbox.add(event, url))
             latencies.append((time.perf_counter() - before) * 1e3)
         seconds = time.perf_counter() - start
         uncounted = UncountedOutbox(store, max_pending=outbox.max_pending)
         without_count: list[float] = []
         for event in build_events(adds, 10, "nocount"):
             before = time.perf_counter()
-            uncounted.add(event, url)
+            loop.run_until_complete(uncounted.add(event, url))
             without_count.append((time.perf_counter() - before) * 1e3)
     finally:
+        loop.close()
         store.close()
     what = "pending" if state is EventState.PENDING else "delivered (kept for retention)"
     return Result(

@@ -9,7 +9,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,18 @@ class RecordingSink:
                 await self.changed.wait()
 
 
+async def wait_until(
+    predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition"
+) -> None:
+    """Poll ``predicate`` (every 20 ms) until it is true; fail after ``timeout`` seconds."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"{what} not reached within {timeout:g} s") from None
+
+
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():
@@ -73,14 +85,23 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 def agent_config(data_dir: Path, broker: Mosquitto, **sections: dict[str, Any]) -> AgentConfig:
     """Config for an in-test agent: the test broker, a temp data dir, the real models."""
     base: dict[str, Any] = {
-        "mqtt": {"port": broker.port, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0},
+        "mqtt": {
+            "port": broker.port,
+            "reconnect_min_s": 0.2,
+            "reconnect_max_s": 1.0,
+            # The test backend's response topics; the default (none) is tested itself.
+            "unauthenticated_reply_topics": ["backend-test/#"],
+        },
         "storage": {"data_dir": data_dir},
         "metrics": {"port": 0},
         "auth": {"api_keys": API_KEY},
         "models": {"dir": MODELS_DIR},
         "callback": {"allowed_urls": ["http://127.0.0.1:9/"]},
         "cameras": {
-            "registry": [{"id": "cam-1", "name": "Room 1", "url": "rtsp://127.0.0.1:1/room1"}]
+            # Most tests start several sessions on the one test camera; the refusal of a
+            # shared camera (the default) is tested with allow_shared = false.
+            "allow_shared": True,
+            "registry": [{"id": "cam-1", "name": "Room 1", "url": "rtsp://127.0.0.1:1/room1"}],
         },
     }
     return AgentConfig(**_merge(base, sections))
@@ -166,6 +187,8 @@ def spawn_agent(
         "AGENT_METRICS__PORT": "0",
         # The test cameras do not exist: keep them "reconnecting" for the test's duration.
         "AGENT_CAMERAS__RECONNECT_ATTEMPTS": "100",
+        "AGENT_CAMERAS__ALLOW_SHARED": "true",
+        "AGENT_MQTT__UNAUTHENTICATED_REPLY_TOPICS": json.dumps(["backend-test/#"]),
         "AGENT_AUTH__API_KEYS": API_KEY,
         "AGENT_CALLBACK__ALLOWED_URLS": json.dumps([callback_prefix]),
         **env,

@@ -22,6 +22,7 @@ class Received:
     body: dict[str, Any]
     answered: int | None = None
     at: float = field(default_factory=time.monotonic)
+    method: str = "POST"
 
 
 @dataclass
@@ -32,6 +33,7 @@ class CallbackServer:
     mode: dict[str, str | int] = field(default_factory=lambda: {"": "ok"})
     hang_s: float = 30.0
     retry_after: str | None = None
+    location: str | None = None  # Location header sent with a 3xx mode
     received: list[Received] = field(default_factory=list)
     on_request: Any = None
     _runner: web.AppRunner | None = None
@@ -56,8 +58,9 @@ class CallbackServer:
             self._handlers.discard(task)
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
-        body = json.loads(await request.read())
-        entry = Received(request.path, dict(request.headers), body)
+        raw = await request.read()
+        body = json.loads(raw) if raw else {}
+        entry = Received(request.path, dict(request.headers), body, method=request.method)
         self.received.append(entry)
         if self.on_request is not None:
             self.on_request(entry)
@@ -70,12 +73,14 @@ class CallbackServer:
         entry.answered = status
         self.arrived.set()
         headers = {"Retry-After": self.retry_after} if self.retry_after and status != 200 else {}
+        if 300 <= status < 400 and self.location:
+            headers["Location"] = self.location
         return web.json_response({"ok": status == 200}, status=status, headers=headers)
 
     async def start(self) -> None:
         """Listen on the server's port (the same port after a stop)."""
         app = web.Application()
-        app.router.add_post("/{tail:.*}", self._handle)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, shutdown_timeout=0.1)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()

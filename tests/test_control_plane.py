@@ -205,7 +205,7 @@ async def test_unknown_command(broker: Mosquitto, tmp_path: Path) -> None:
         ({"requestId": "v1"}, ["slotId", "callbackUrl", "cameras", "students"]),
         (
             {
-                "slotId": 5,
+                "slotId": 5.5,
                 "callbackUrl": "ftp://x",
                 "cameras": "cam",
                 "students": [],

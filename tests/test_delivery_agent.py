@@ -22,6 +22,7 @@ from tests.agent_harness import (
     running_agent,
     spawn_agent,
     start_payload,
+    wait_until,
 )
 from tests.brokers import Mosquitto
 from tests.callback_server import CallbackServer, Received
@@ -68,8 +69,10 @@ async def test_events_reach_the_callback(
         assert (await b.send("session/start", _start("slot-1", embedding, server)))["status"] == 200
         assert (await b.send("session/stop", {"slotId": "slot-1"}))["status"] == 200
         await server.wait_delivered(2)
+        outbox = agent.outbox
+        assert outbox is not None
+        await wait_until(lambda: outbox.stats()["counts"]["pending"] == 0, what="outbox drained")
         status = await b.send("status", {})
-        assert agent.outbox is not None
     statuses = [r.body["status"] for r in server.delivered()]
     assert statuses == ["STARTED", "STOPPED"]
     assert all(r.headers["X-API-Key"] == "cb-secret" for r in server.received)

@@ -46,15 +46,18 @@ async def _settled(outbox: Outbox, delivered: int, timeout: float = 10) -> None:
             await asyncio.sleep(0.01)
 
 
-async def _pipeline(store: Store, **cfg: object) -> tuple[Outbox, Delivery, OutboxSink]:
+async def _pipeline(
+    store: Store, server: CallbackServer, **cfg: object
+) -> tuple[Outbox, Delivery, OutboxSink]:
     outbox = Outbox(store, max_pending=int(cfg.pop("max_pending", 1000)))  # type: ignore[call-overload]
-    delivery = Delivery(outbox, CallbackConfig(**{**FAST, **cfg}), api_key="cb-key")  # type: ignore[arg-type]
+    settings = {**FAST, "allowed_urls": [server.url("/")], **cfg}
+    delivery = Delivery(outbox, CallbackConfig(**settings), api_key="cb-key")  # type: ignore[arg-type]
     await delivery.start()
     return outbox, delivery, OutboxSink(outbox, delivery)
 
 
 async def test_delivery_headers_and_order(store: Store, server: CallbackServer) -> None:
-    outbox, delivery, sink = await _pipeline(store)
+    outbox, delivery, sink = await _pipeline(store, server)
     try:
         events = _events("slot-1", 5)
         for event in events:
@@ -75,7 +78,7 @@ async def test_delivery_headers_and_order(store: Store, server: CallbackServer) 
 async def test_outage_500_then_down_then_hang_then_back(
     store: Store, server: CallbackServer
 ) -> None:
-    outbox, delivery, sink = await _pipeline(store)
+    outbox, delivery, sink = await _pipeline(store, server)
     timed_out: set[str] = set()
     try:
         server.mode = {"": 500}
@@ -122,7 +125,7 @@ async def test_outage_500_then_down_then_hang_then_back(
 async def test_400_is_a_dead_letter_and_retry_requeues(
     store: Store, server: CallbackServer
 ) -> None:
-    outbox, delivery, sink = await _pipeline(store)
+    outbox, delivery, sink = await _pipeline(store, server)
     try:
         server.mode = {"": 400}
         (event,) = _events("slot-d", 1)
@@ -144,7 +147,7 @@ async def test_400_is_a_dead_letter_and_retry_requeues(
 
 
 async def test_retry_after_is_honoured(store: Store, server: CallbackServer) -> None:
-    _, delivery, sink = await _pipeline(store, attempts_per_round=1, retry_max_s=5)
+    _, delivery, sink = await _pipeline(store, server, attempts_per_round=1, retry_max_s=5)
     try:
         server.mode = {"": 503}
         server.retry_after = "1"
@@ -166,7 +169,7 @@ async def test_retry_after_is_honoured(store: Store, server: CallbackServer) -> 
 async def test_one_dead_callback_does_not_block_another_session(
     store: Store, server: CallbackServer
 ) -> None:
-    outbox, delivery, sink = await _pipeline(store)
+    outbox, delivery, sink = await _pipeline(store, server)
     try:
         server.mode = {"/dead": 500, "/good": "ok"}
         dead_events = _events("slot-dead", 3)
@@ -186,7 +189,7 @@ async def test_one_dead_callback_does_not_block_another_session(
 
 async def test_outbox_limit_keeps_oldest_and_says_so(store: Store, server: CallbackServer) -> None:
     await server.stop()
-    outbox, delivery, sink = await _pipeline(store, max_pending=10)
+    outbox, delivery, sink = await _pipeline(store, server, max_pending=10)
     try:
         events = _events("slot-f", 12)
         for event in events[:10]:
@@ -208,7 +211,7 @@ async def test_outbox_limit_keeps_oldest_and_says_so(store: Store, server: Callb
 
 
 async def test_full_disk_is_reported(store: Store, server: CallbackServer) -> None:
-    outbox, delivery, sink = await _pipeline(store)
+    outbox, delivery, sink = await _pipeline(store, server)
     try:
         await server.stop()
         # A real SQLITE_FULL: cap the file at its current size.
@@ -225,7 +228,7 @@ async def test_full_disk_is_reported(store: Store, server: CallbackServer) -> No
 
 async def test_pending_events_survive_reopen(tmp_path: Path, server: CallbackServer) -> None:
     first = Store(tmp_path / "d")
-    _, delivery, sink = await _pipeline(first)
+    _, delivery, sink = await _pipeline(first, server)
     await server.stop()
     events = _events("slot-p", 3)
     for event in events:
@@ -235,7 +238,7 @@ async def test_pending_events_survive_reopen(tmp_path: Path, server: CallbackSer
     await server.start()
     second = Store(tmp_path / "d")
     try:
-        outbox2, delivery2, _ = await _pipeline(second)
+        outbox2, delivery2, _ = await _pipeline(second, server)
         try:
             await server.wait_delivered(3, timeout=10)
             await _settled(outbox2, 3)
@@ -250,7 +253,7 @@ async def test_pending_events_survive_reopen(tmp_path: Path, server: CallbackSer
 async def test_face_crop_is_kept_only_until_delivered(store: Store, server: CallbackServer) -> None:
     from agent.protocol import RecognitionEvent, SessionMode
 
-    outbox, delivery, sink = await _pipeline(store)
+    outbox, delivery, sink = await _pipeline(store, server)
     factory = EventFactory("site-1", "Asia/Ho_Chi_Minh")
     event = RecognitionEvent(
         event_id=factory.new_id(),
@@ -281,7 +284,7 @@ async def test_lost_event_is_logged_not_raised(
     from agent.events import emit_or_log
 
     await server.stop()
-    _, delivery, sink = await _pipeline(store, max_pending=10)
+    _, delivery, sink = await _pipeline(store, server, max_pending=10)
     try:
         events = _events("slot-l", 11)
         assert all([await emit_or_log(sink, e, server.url()) for e in events[:10]])

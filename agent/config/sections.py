@@ -17,8 +17,6 @@ from pydantic import (
     model_validator,
 )
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
 ExecutionProvider = Literal[
     "TensorrtExecutionProvider",
     "CUDAExecutionProvider",
@@ -267,6 +265,20 @@ class MqttConfig(Section):
         le=256 * 1024 * 1024,
         description="Larger command payloads are refused with 422.",
     )
+    unauthenticated_reply_topics: tuple[str, ...] = Field(
+        (),
+        max_length=32,
+        description="MQTT topic filters a request WITHOUT a valid key may name as its v5 "
+        "response topic for its 401; elsewhere the 401 goes to <prefix>/<site>/reply (an "
+        "anonymous sender must not make the agent publish where it likes).",
+    )
+    max_queued_commands: int = Field(
+        64,
+        ge=1,
+        le=10_000,
+        description="Command messages waiting to be handled at most; more are discarded "
+        "unanswered (logged) while the agent is flooded.",
+    )
     reply_cache_s: int = Field(
         86400,
         ge=60,
@@ -294,7 +306,8 @@ class CallbackConfig(Section):
         ("http://127.0.0.1/", "http://localhost/"),
         max_length=64,
         description="A session's callbackUrl must have the scheme, host and port of one of "
-        "these and start with its path. Biometric results go nowhere else.",
+        "these and lie under its path by whole segments (agent.allowlist). Biometric results "
+        "go nowhere else; checked at start and again before every delivery.",
     )
     api_key: SecretStr | None = Field(
         None, description="X-API-Key sent with callbacks (environment AGENT_CALLBACK__API_KEY)."
@@ -341,27 +354,9 @@ class CallbackConfig(Section):
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError(f"{url!r} is not an absolute http(s) URL")
+            if "@" in parts.netloc or ".." in parts.path:
+                raise ValueError(f"{url!r} must have no user information and no '..' segment")
         return urls
-
-    def allows(self, url: str) -> bool:
-        """Whether ``url`` has the scheme, host and port of an allowed URL, under its path."""
-        try:
-            target = urlsplit(url)
-            target_port = target.port
-        except ValueError:
-            return False
-        for allowed in self.allowed_urls:
-            rule = urlsplit(allowed)
-            if (
-                target.scheme == rule.scheme
-                and target.hostname == rule.hostname
-                and (target_port or _DEFAULT_PORTS[target.scheme])
-                == (rule.port or _DEFAULT_PORTS[rule.scheme])
-                and (target.path or "/").startswith(rule.path or "/")
-                and not target.username
-            ):
-                return True
-        return False
 
 
 class CameraEntry(Section):
@@ -443,6 +438,11 @@ class CamerasConfig(Section):
         "0.13 s instead of 2.8 s).",
     )
 
+    allow_shared: bool = Field(
+        False,
+        description="Let two sessions read the same camera at once (each opens its own "
+        "stream). Off: a session naming a camera in use is refused with CAMERA_IN_USE.",
+    )
     registry: tuple[CameraEntry, ...] = Field(
         (), max_length=256, description="Cameras that commands may name by id."
     )
@@ -470,6 +470,32 @@ class RuntimeConfig(Section):
     shutdown_grace_s: float = Field(
         10.0, ge=1.0, le=120.0, description="Longest clean shutdown before exiting anyway."
     )
+    max_sessions: int = Field(
+        32, ge=1, le=1024, description="Sessions running at once; more are refused (409)."
+    )
+    max_cameras: int = Field(
+        64,
+        ge=1,
+        le=1024,
+        description="Cameras open at once over all sessions; a start past it is refused (409).",
+    )
+    task_restart_limit: int = Field(
+        5,
+        ge=0,
+        le=1000,
+        description="A background task (MQTT link, delivery scanner, model watcher...) that "
+        "fails more often than this within task_restart_window_s makes the agent exit "
+        "non-zero, for systemd to restart it.",
+    )
+    task_restart_window_s: float = Field(
+        300.0, ge=1.0, le=86_400.0, description="Window of task_restart_limit."
+    )
+    task_backoff_min_s: float = Field(
+        1.0, ge=0.01, le=60.0, description="First pause before a failed task is restarted."
+    )
+    task_backoff_max_s: float = Field(
+        30.0, ge=0.01, le=3600.0, description="Longest pause before a failed task is restarted."
+    )
 
 
 class StorageConfig(Section):
@@ -477,6 +503,13 @@ class StorageConfig(Section):
 
     data_dir: Path = Field(
         Path("data"), description="Writable folder for the SQLite databases and runtime state."
+    )
+    busy_wait_s: float = Field(
+        300.0,
+        ge=1.0,
+        le=3600.0,
+        description="How long a write waits while another process holds the state file's "
+        "lock (a backup, the CLI) before the event or command fails with STORAGE_BUSY.",
     )
 
 

@@ -1,0 +1,87 @@
+"""Which callback URLs the agent may send biometric results to.
+
+A callback URL is allowed when, after normalisation, it has the scheme, host and port of
+an allowlisted URL and its path lies under that URL's path **by whole segments**
+(``/cb`` allows ``/cb`` and ``/cb/x``, never ``/cb-evil``). URLs the HTTP client would
+rewrite or that hide their target are refused outright rather than normalised and
+trusted: user information (even an empty ``@``), dot segments (``/cb/../admin``, also
+percent-encoded as ``%2e%2e``), encoded slashes or backslashes, control characters and
+non-http(s) schemes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from urllib.parse import SplitResult, unquote, urlsplit
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# Percent-encoded '/', '\' or '.' in a path: the client or the server may decode them
+# into a different path than the one checked.
+_ENCODED_SEPARATORS = re.compile(r"%(2f|5c|2e)", re.IGNORECASE)
+
+
+class CallbackUrlError(ValueError):
+    """The URL cannot be a callback URL; the message says why."""
+
+
+def _parts(url: str) -> SplitResult:
+    """Split and sanity-check a callback URL; raises CallbackUrlError with the reason."""
+    if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in url):
+        raise CallbackUrlError("contains spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise CallbackUrlError(f"is not a valid URL ({exc})") from exc
+    if parts.scheme not in _DEFAULT_PORTS:
+        raise CallbackUrlError("must start with http:// or https://")
+    if "@" in parts.netloc:
+        raise CallbackUrlError("must not contain user information (user:password@)")
+    if not parts.hostname:
+        raise CallbackUrlError("has no host")
+    if "\\" in parts.path or _ENCODED_SEPARATORS.search(parts.path):
+        raise CallbackUrlError("must not contain backslashes or encoded '/', '\\' or '.'")
+    segments = unquote(parts.path).split("/")
+    if any(segment in (".", "..") for segment in segments):
+        raise CallbackUrlError("must not contain '.' or '..' path segments")
+    return parts
+
+
+def _segments(path: str) -> list[str]:
+    return [s for s in unquote(path).split("/") if s]
+
+
+def check_callback_url(url: str, allowed_urls: Iterable[str]) -> None:
+    """Raise :class:`CallbackUrlError` unless ``url`` is under one of ``allowed_urls``."""
+    target = _parts(url)
+    port = target.port or _DEFAULT_PORTS[target.scheme]
+    path = _segments(target.path)
+    for allowed in allowed_urls:
+        try:
+            rule = _parts(allowed)
+        except CallbackUrlError:
+            continue  # config validation refuses these; never match on one
+        prefix = _segments(rule.path)
+        if (
+            target.scheme == rule.scheme
+            and (target.hostname or "").lower() == (rule.hostname or "").lower()
+            and port == (rule.port or _DEFAULT_PORTS[rule.scheme])
+            and path[: len(prefix)] == prefix
+        ):
+            return
+    raise CallbackUrlError("is not under any URL of the site's allowlist ([callback] allowed_urls)")
+
+
+def is_allowed(url: str, allowed_urls: Iterable[str]) -> bool:
+    """Whether ``url`` passes :func:`check_callback_url`."""
+    try:
+        check_callback_url(url, allowed_urls)
+    except CallbackUrlError:
+        return False
+    return True
+
+
+def check_allowlist_entry(url: str) -> None:
+    """Raise :class:`CallbackUrlError` if an ``allowed_urls`` entry is not usable."""
+    _parts(url)

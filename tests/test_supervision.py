@@ -1,0 +1,208 @@
+"""Supervision: a failing long-lived task is logged, counted, shown and restarted; one that
+keeps failing makes the agent exit non-zero. Real SQLite faults, a real agent process."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import cv2
+import pytest
+
+from agent import app as app_module
+from agent.app import Agent
+from agent.engine import FaceEngine
+from agent.errors import ErrorCode
+from agent.store import DB_NAME
+from agent.supervisor import RestartPolicy, Supervisor
+from tests.agent_harness import (
+    agent_config,
+    backend,
+    running_agent,
+    spawn_agent,
+    start_payload,
+    wait_until,
+)
+from tests.brokers import Mosquitto
+from tests.callback_server import CallbackServer
+
+pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
+
+FAST_RESTART = {"task_backoff_min_s": 0.05, "task_backoff_max_s": 0.2}
+
+
+@pytest.fixture(scope="module")
+def embedding(engine: FaceEngine, photos: dict[str, Path]) -> list[float]:
+    (face,) = engine.analyze(cv2.imread(str(photos["yaoming.jpg"])))
+    return [float(x) for x in face.embedding]
+
+
+async def test_a_failing_task_is_restarted_and_counted() -> None:
+    calls = 0
+    healthy = asyncio.Event()
+
+    async def flaky() -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 2:
+            raise OSError(f"dependency gone #{calls}")
+        healthy.set()
+        await asyncio.Event().wait()
+
+    failures: list[str] = []
+    sup = Supervisor(RestartPolicy(limit=5, backoff_min_s=0.01), on_failure=failures.append)
+    sup.spawn("flaky", flaky)
+    await asyncio.wait_for(healthy.wait(), 5)
+    (record,) = sup.describe()
+    assert (record["state"], record["failures"]) == ("running", 2)
+    assert record["lastError"] == "OSError: dependency gone #2"
+    assert failures == ["flaky", "flaky"]
+    assert sup.warnings() == [
+        "TASK_RESTARTED: flaky failed 2 time(s), last: OSError: dependency gone #2"
+    ]
+    assert not sup.fatal.is_set()
+    await sup.stop()
+    assert sup.describe()[0]["state"] == "stopped"
+
+
+async def test_a_task_that_keeps_failing_is_fatal() -> None:
+    async def broken() -> None:
+        raise RuntimeError("always")
+
+    async def returns() -> None:
+        return None
+
+    sup = Supervisor(RestartPolicy(limit=2, window_s=60, backoff_min_s=0.01))
+    sup.spawn("broken", broken)
+    sup.spawn("returns", returns, restart=False)
+    await asyncio.wait_for(sup.fatal.wait(), 5)
+    await sup.stop()
+    assert sup.fatal_error is not None
+    assert sup.fatal_error.code is ErrorCode.TASK_FAILED
+    states = {r["name"]: r for r in sup.describe()}
+    assert states["returns"]["state"] == "failed" or states["broken"]["state"] == "failed"
+    assert "must run until cancelled" in (states["returns"]["lastError"] or "")
+
+
+def _rename(db: Path, old: str, new: str) -> None:
+    conn = sqlite3.connect(db, timeout=10)
+    try:
+        conn.execute(f"alter table {old} rename to {new}")
+        conn.commit()
+    finally:
+        conn.close()
+
+
+async def _metrics(agent: Agent) -> str:
+    assert agent.http is not None
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(f"http://127.0.0.1:{agent.http.port}/metrics") as response,
+    ):
+        return await response.text()
+
+
+async def test_delivery_scanner_recovers_when_its_table_comes_back(
+    broker: Mosquitto, server: CallbackServer, tmp_path: Path, embedding: list[float]
+) -> None:
+    server.mode = {"": 503}
+    cfg = agent_config(
+        tmp_path / "agent",
+        broker,
+        callback={
+            "allowed_urls": [server.url("/")],
+            "timeout_s": 0.5,
+            "first_retry_s": 0.05,
+            "retry_max_s": 0.3,
+            "autostop_failures": 0,
+            "autostop_seconds": 2,  # scans every 0.5 s
+        },
+        runtime={"task_restart_limit": 1000, **FAST_RESTART},
+    )
+    db = tmp_path / "agent" / DB_NAME
+    payload = start_payload(
+        "slot-1",
+        embedding,
+        callbackUrl=server.url(),
+        cameras=[{"id": "c1", "rtspUrl": "rtsp://127.0.0.1:1/x"}],
+    )
+    async with running_agent(cfg, outbox=True) as agent, backend(broker) as b:
+        assert (await b.send("session/start", payload))["status"] == 200
+        supervisor = agent.supervisor
+        assert supervisor is not None
+        _rename(db, "events", "events_away")  # the scanner's dependency breaks
+        await wait_until(
+            lambda: _task(agent, "delivery-scanner")["failures"] >= 2, what="scanner failures"
+        )
+        status = (await b.send("status", {}))["data"]
+        metrics = await _metrics(agent)
+        _rename(db, "events_away", "events")
+        server.mode = {"": "ok"}
+        await server.wait_delivered(1, timeout=15)
+        assert _task(agent, "delivery-scanner")["state"] in ("running", "backoff")
+        assert not supervisor.fatal.is_set()
+    scanner = next(t for t in status["tasks"] if t["name"] == "delivery-scanner")
+    assert "events" in scanner["lastError"]
+    assert any(w.startswith("TASK_RESTARTED: delivery-scanner") for w in status["warnings"])
+    assert 'edge_agent_task_failures_total{task="delivery-scanner"}' in metrics
+
+
+async def test_housekeeping_recovers_when_its_table_comes_back(
+    broker: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(app_module, "HOUSEKEEPING_INTERVAL_S", 0.1)
+    cfg = agent_config(
+        tmp_path / "agent", broker, runtime={"task_restart_limit": 1000, **FAST_RESTART}
+    )
+    db = tmp_path / "agent" / DB_NAME
+    async with running_agent(cfg, outbox=True) as agent:
+        _rename(db, "replies", "replies_away")
+        await wait_until(lambda: _task(agent, "housekeeping")["failures"] >= 1, what="failure")
+        _rename(db, "replies_away", "replies")
+        failures = _task(agent, "housekeeping")["failures"]
+        await asyncio.sleep(1.0)  # several housekeeping rounds, all fine now
+        assert _task(agent, "housekeeping")["failures"] <= failures + 1
+        assert _task(agent, "housekeeping")["state"] == "running"
+
+
+def _task(agent: Agent, name: str) -> dict[str, Any]:
+    assert agent.supervisor is not None
+    return next(t for t in agent.supervisor.describe() if t["name"] == name)
+
+
+@pytest.mark.parametrize("fault", ["password_file", "ca_file"])
+def test_agent_exits_non_zero_when_the_mqtt_link_cannot_work(
+    broker: Mosquitto, tmp_path: Path, fault: str
+) -> None:
+    env = {
+        "AGENT_RUNTIME__TASK_RESTART_LIMIT": "2",
+        "AGENT_RUNTIME__TASK_BACKOFF_MIN_S": "0.1",
+        "AGENT_RUNTIME__TASK_BACKOFF_MAX_S": "0.2",
+    }
+    if fault == "password_file":
+        env |= {
+            "AGENT_MQTT__USERNAME": "agent",
+            "AGENT_MQTT__PASSWORD_FILE": str(tmp_path / "gone"),
+        }
+    else:
+        env |= {"AGENT_MQTT__TLS": "true", "AGENT_MQTT__CA_FILE": str(tmp_path / "no-ca.pem")}
+    proc = spawn_agent(tmp_path, broker, "http://127.0.0.1:9/", **env)
+    started = time.monotonic()
+    try:
+        code = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+    log = (tmp_path / "agent.log").read_text()
+    assert code == 1, log[-3000:]
+    assert time.monotonic() - started < 60
+    assert "CONFIG_INVALID" in log or "cannot be" in log
+    assert "TASK_CRASHED task=mqtt-link" in log
+    assert "AGENT_FATAL" in log
+    assert "AGENT_STOPPED" in log  # it shut down cleanly before exiting
