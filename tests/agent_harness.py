@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import aiomqtt
 
 from agent.app import Agent, AgentState
@@ -73,6 +74,16 @@ async def wait_until(
                 await asyncio.sleep(0.02)
     except TimeoutError:
         raise AssertionError(f"{what} not reached within {timeout:g} s") from None
+
+
+async def scrape_metrics(agent: Agent) -> str:
+    """The agent's Prometheus page, fetched over its local HTTP endpoint."""
+    assert agent.http is not None
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(f"http://127.0.0.1:{agent.http.port}/metrics") as response,
+    ):
+        return await response.text()
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

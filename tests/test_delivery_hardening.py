@@ -6,14 +6,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import cv2
 import pytest
 
 from agent.allowlist import CallbackUrlError, check_callback_url, is_allowed
 from agent.app import Agent
 from agent.engine import FaceEngine
-from tests.agent_harness import agent_config, backend, running_agent, start_payload, wait_until
+from tests.agent_harness import (
+    agent_config,
+    backend,
+    running_agent,
+    scrape_metrics,
+    start_payload,
+    wait_until,
+)
 from tests.brokers import Mosquitto
 from tests.callback_server import CallbackServer
 
@@ -172,7 +178,7 @@ async def test_a_backend_refusing_everything_is_seen_and_stops_the_session(
         # STARTED is refused; the first dead letter is visible at once...
         await wait_until(lambda: _dead(agent) >= 1, what="first dead letter")
         status = (await b.send("status", {}))["data"]
-        metrics = await _scrape(agent)
+        metrics = await scrape_metrics(agent)
         # ...and the session stops by itself: its STOPPED event is the second refusal.
         await wait_until(lambda: sessions.get("slot-d") is None, what="auto-stop")
         await wait_until(lambda: _dead(agent) >= 2, what="STOPPED dead-lettered")
@@ -190,12 +196,3 @@ async def test_a_backend_refusing_everything_is_seen_and_stops_the_session(
 def _dead(agent: Agent) -> int:
     assert agent.outbox is not None
     return int(agent.outbox.stats()["counts"]["dead"])
-
-
-async def _scrape(agent: Agent) -> str:
-    assert agent.http is not None
-    async with (
-        aiohttp.ClientSession() as client,
-        client.get(f"http://127.0.0.1:{agent.http.port}/metrics") as response,
-    ):
-        return await response.text()

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import cv2
 import pytest
 
@@ -24,6 +23,7 @@ from tests.agent_harness import (
     agent_config,
     backend,
     running_agent,
+    scrape_metrics,
     spawn_agent,
     start_payload,
     wait_until,
@@ -98,15 +98,6 @@ def _rename(db: Path, old: str, new: str) -> None:
         conn.close()
 
 
-async def _metrics(agent: Agent) -> str:
-    assert agent.http is not None
-    async with (
-        aiohttp.ClientSession() as client,
-        client.get(f"http://127.0.0.1:{agent.http.port}/metrics") as response,
-    ):
-        return await response.text()
-
-
 async def test_delivery_scanner_recovers_when_its_table_comes_back(
     broker: Mosquitto, server: CallbackServer, tmp_path: Path, embedding: list[float]
 ) -> None:
@@ -140,7 +131,7 @@ async def test_delivery_scanner_recovers_when_its_table_comes_back(
             lambda: _task(agent, "delivery-scanner")["failures"] >= 2, what="scanner failures"
         )
         status = (await b.send("status", {}))["data"]
-        metrics = await _metrics(agent)
+        metrics = await scrape_metrics(agent)
         _rename(db, "events_away", "events")
         server.mode = {"": "ok"}
         await server.wait_delivered(1, timeout=15)
