@@ -67,6 +67,15 @@ def engine(default_pack: ModelPack, config: AgentConfig) -> FaceEngine:
 
 
 @pytest.fixture(scope="session")
+def yao_embedding(engine: FaceEngine, photos: dict[str, Path]) -> list[float]:
+    """A real enrollment embedding: the one face in InsightFace's Yao Ming photo."""
+    import cv2
+
+    (face,) = engine.analyze(cv2.imread(str(photos["yaoming.jpg"])))
+    return [float(x) for x in face.embedding]
+
+
+@pytest.fixture(scope="session")
 def photos() -> dict[str, Path]:
     """Photos shipped inside installed packages (available on any fresh machine)."""
     return {

@@ -17,7 +17,6 @@ import pytest
 
 from agent.camera import CameraReader, CameraState
 from agent.config import CamerasConfig, load_config
-from agent.engine import FaceEngine
 from tests.agent_harness import RecordingSink, agent_config, backend, running_agent, start_payload
 from tests.brokers import Mosquitto
 
@@ -216,12 +215,6 @@ async def test_opencv_error_while_reading_reconnects(
 
 
 # Through the real agent: MQTT command, real pipeline, real sink ------------------------
-
-
-@pytest.fixture(scope="module")
-def yao_embedding(engine: FaceEngine, photos: dict[str, Path]) -> list[float]:
-    (face,) = engine.analyze(cv2.imread(str(photos["yaoming.jpg"])))
-    return [float(x) for x in face.embedding]
 
 
 async def test_agent_stops_session_when_its_only_camera_url_is_bad(

@@ -13,19 +13,10 @@ import aiomqtt
 import numpy as np
 import pytest
 
-from agent.engine import FaceEngine
 from tests.agent_harness import RecordingSink, agent_config, backend, running_agent, start_payload
 from tests.brokers import API_KEY, Mosquitto
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
-
-@pytest.fixture(scope="module")
-def yao_embedding(engine: FaceEngine, photos: dict[str, Path]) -> list[float]:
-    import cv2
-
-    (face,) = engine.analyze(cv2.imread(str(photos["yaoming.jpg"])))
-    return [float(x) for x in face.embedding]
 
 
 async def test_status_over_v5_response_topic(broker: Mosquitto, tmp_path: Path) -> None:

@@ -12,10 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cv2
 import pytest
 
-from agent.engine import FaceEngine
 from tests.agent_harness import (
     agent_config,
     backend,
@@ -33,12 +31,6 @@ FAST_CALLBACK = {"timeout_s": 0.5, "first_retry_s": 0.05, "retry_max_s": 0.3}
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 
 
-@pytest.fixture(scope="module")
-def embedding(engine: FaceEngine, photos: dict[str, Path]) -> list[float]:
-    (face,) = engine.analyze(cv2.imread(str(photos["yaoming.jpg"])))
-    return [float(x) for x in face.embedding]
-
-
 def _cfg(tmp_path: Path, broker: Mosquitto, server: CallbackServer, **callback: Any) -> Any:
     return agent_config(
         tmp_path / "agent",
@@ -53,20 +45,22 @@ def _cfg(tmp_path: Path, broker: Mosquitto, server: CallbackServer, **callback: 
 
 
 def _start(
-    slot: str, embedding: list[float], server: CallbackServer, path: str = "/cb"
+    slot: str, yao_embedding: list[float], server: CallbackServer, path: str = "/cb"
 ) -> dict[str, Any]:
     cameras = [{"id": "c1", "rtspUrl": "rtsp://127.0.0.1:1/c1"}]
-    return start_payload(slot, embedding, callbackUrl=server.url(path), cameras=cameras)
+    return start_payload(slot, yao_embedding, callbackUrl=server.url(path), cameras=cameras)
 
 
 async def test_events_reach_the_callback(
-    broker: Mosquitto, server: CallbackServer, tmp_path: Path, embedding: list[float]
+    broker: Mosquitto, server: CallbackServer, tmp_path: Path, yao_embedding: list[float]
 ) -> None:
     async with (
         running_agent(_cfg(tmp_path, broker, server), outbox=True) as agent,
         backend(broker) as b,
     ):
-        assert (await b.send("session/start", _start("slot-1", embedding, server)))["status"] == 200
+        assert (await b.send("session/start", _start("slot-1", yao_embedding, server)))[
+            "status"
+        ] == 200
         assert (await b.send("session/stop", {"slotId": "slot-1"}))["status"] == 200
         await server.wait_delivered(2)
         outbox = agent.outbox
@@ -81,7 +75,7 @@ async def test_events_reach_the_callback(
 
 @pytest.mark.parametrize("rule", ["failures", "seconds"])
 async def test_autostop_on_unresponsive_backend(
-    broker: Mosquitto, server: CallbackServer, tmp_path: Path, embedding: list[float], rule: str
+    broker: Mosquitto, server: CallbackServer, tmp_path: Path, yao_embedding: list[float], rule: str
 ) -> None:
     limits = (
         {"autostop_failures": 10, "autostop_seconds": 0}
@@ -97,7 +91,9 @@ async def test_autostop_on_unresponsive_backend(
             agent.sessions.get("slot-u") is not None
         )  # type: ignore[union-attr]
         started = time.monotonic()
-        assert (await b.send("session/start", _start("slot-u", embedding, server)))["status"] == 200
+        assert (await b.send("session/start", _start("slot-u", yao_embedding, server)))[
+            "status"
+        ] == 200
         async with asyncio.timeout(15):
             while agent.sessions.get("slot-u") is not None:
                 await asyncio.sleep(0.01)
@@ -117,15 +113,15 @@ async def test_autostop_on_unresponsive_backend(
 
 
 async def test_two_sessions_one_dead_callback(
-    broker: Mosquitto, server: CallbackServer, tmp_path: Path, embedding: list[float]
+    broker: Mosquitto, server: CallbackServer, tmp_path: Path, yao_embedding: list[float]
 ) -> None:
     server.mode = {"/dead": 500, "/good": "ok"}
     cfg = _cfg(tmp_path, broker, server, autostop_failures=0, autostop_seconds=0)
     async with running_agent(cfg, outbox=True), backend(broker) as b:
-        await b.send("session/start", _start("slot-dead", embedding, server, "/dead"))
+        await b.send("session/start", _start("slot-dead", yao_embedding, server, "/dead"))
         for i in range(3):
             slot = f"slot-good-{i}"
-            assert (await b.send("session/start", _start(slot, embedding, server, "/good")))[
+            assert (await b.send("session/start", _start(slot, yao_embedding, server, "/good")))[
                 "status"
             ] == 200
             await b.send("session/stop", {"slotId": slot})
@@ -140,12 +136,12 @@ def _outbox_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_dead_letter_visible_and_requeued_by_cli(
-    broker: Mosquitto, server: CallbackServer, tmp_path: Path, embedding: list[float]
+    broker: Mosquitto, server: CallbackServer, tmp_path: Path, yao_embedding: list[float]
 ) -> None:
     server.mode = {"": 400}
     cfg = _cfg(tmp_path, broker, server)
     async with running_agent(cfg, outbox=True) as agent, backend(broker) as b:
-        await b.send("session/start", _start("slot-400", embedding, server))
+        await b.send("session/start", _start("slot-400", yao_embedding, server))
         assert agent.outbox is not None
         async with asyncio.timeout(10):
             while agent.outbox.stats()["counts"]["dead"] != 1:
@@ -194,7 +190,7 @@ async def _wait_connected(broker: Mosquitto, proc: subprocess.Popen[bytes]) -> N
 
 
 async def test_sigkill_loses_nothing(
-    broker: Mosquitto, server: CallbackServer, tmp_path: Path, embedding: list[float]
+    broker: Mosquitto, server: CallbackServer, tmp_path: Path, yao_embedding: list[float]
 ) -> None:
     server.mode = {"": "hang"}
     server.hang_s = 30
@@ -203,7 +199,7 @@ async def test_sigkill_loses_nothing(
         await _wait_connected(broker, proc)
         async with backend(broker) as b:
             for i in range(4):
-                assert (await b.send("session/start", _start(f"slot-k{i}", embedding, server)))[
+                assert (await b.send("session/start", _start(f"slot-k{i}", yao_embedding, server)))[
                     "status"
                 ] == 200
             await b.send("session/stop", {"slotId": "slot-k0"})

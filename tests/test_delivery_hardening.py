@@ -6,12 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import cv2
 import pytest
 
 from agent.allowlist import CallbackUrlError, check_callback_url, is_allowed
 from agent.app import Agent
-from agent.engine import FaceEngine
 from tests.agent_harness import (
     agent_config,
     backend,
@@ -28,12 +26,6 @@ FAST = {"timeout_s": 0.5, "first_retry_s": 0.05, "retry_max_s": 0.3}
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 
 
-@pytest.fixture(scope="module")
-def embedding(engine: FaceEngine, photos: dict[str, Path]) -> list[float]:
-    (face,) = engine.analyze(cv2.imread(str(photos["yaoming.jpg"])))
-    return [float(x) for x in face.embedding]
-
-
 def _cfg(tmp_path: Path, broker: Mosquitto, allowed: list[str], **callback: Any) -> Any:
     return agent_config(
         tmp_path / "agent",
@@ -42,9 +34,9 @@ def _cfg(tmp_path: Path, broker: Mosquitto, allowed: list[str], **callback: Any)
     )
 
 
-def _start(slot: str, embedding: list[float], url: str) -> dict[str, Any]:
+def _start(slot: str, yao_embedding: list[float], url: str) -> dict[str, Any]:
     cameras = [{"id": "c1", "rtspUrl": "rtsp://127.0.0.1:1/c1"}]
-    return start_payload(slot, embedding, callbackUrl=url, cameras=cameras)
+    return start_payload(slot, yao_embedding, callbackUrl=url, cameras=cameras)
 
 
 ALLOWED = ["http://127.0.0.1:8080/cb", "https://backend.example/api/"]
@@ -92,12 +84,12 @@ def test_allowlist_table(url: str, allowed: bool) -> None:
     ["/cb-evil", "/cb/../../admin", "/cb/%2e%2e/admin", "@"],
 )
 async def test_start_refuses_tricky_callback_urls(
-    broker: Mosquitto, server: CallbackServer, tmp_path: Path, embedding: list[float], path: str
+    broker: Mosquitto, server: CallbackServer, tmp_path: Path, yao_embedding: list[float], path: str
 ) -> None:
     url = f"http://@127.0.0.1:{server.port}/cb" if path == "@" else server.url(path)
     cfg = _cfg(tmp_path, broker, [server.url("/cb")])
     async with running_agent(cfg, outbox=True), backend(broker) as b:
-        reply = await b.send("session/start", _start("slot-x", embedding, url))
+        reply = await b.send("session/start", _start("slot-x", yao_embedding, url))
     assert (reply["status"], reply["code"]) == (400, "CALLBACK_URL_NOT_ALLOWED")
     assert "allowed_urls" in reply["message"]
     assert server.received == []
@@ -105,7 +97,7 @@ async def test_start_refuses_tricky_callback_urls(
 
 @pytest.mark.parametrize("status", [301, 302, 307, 308])
 async def test_redirects_are_never_followed(
-    broker: Mosquitto, tmp_path: Path, embedding: list[float], status: int
+    broker: Mosquitto, tmp_path: Path, yao_embedding: list[float], status: int
 ) -> None:
     elsewhere = CallbackServer()
     redirecting = CallbackServer(mode={"": status}, location=elsewhere.url("/steal?token=t0p"))
@@ -114,7 +106,9 @@ async def test_redirects_are_never_followed(
     try:
         cfg = _cfg(tmp_path, broker, [redirecting.url("/")], autostop_failures=0)
         async with running_agent(cfg, outbox=True) as agent, backend(broker) as b:
-            reply = await b.send("session/start", _start("slot-r", embedding, redirecting.url()))
+            reply = await b.send(
+                "session/start", _start("slot-r", yao_embedding, redirecting.url())
+            )
             assert reply["status"] == 200
             outbox = agent.outbox
             assert outbox is not None
@@ -136,12 +130,14 @@ async def test_redirects_are_never_followed(
 
 
 async def test_url_removed_from_allowlist_gets_nothing_more(
-    broker: Mosquitto, server: CallbackServer, tmp_path: Path, embedding: list[float]
+    broker: Mosquitto, server: CallbackServer, tmp_path: Path, yao_embedding: list[float]
 ) -> None:
     server.mode = {"": 503}  # events stay pending while the first agent runs
     cfg = _cfg(tmp_path, broker, [server.url("/old/")], autostop_failures=0)
     async with running_agent(cfg, outbox=True) as agent, backend(broker) as b:
-        reply = await b.send("session/start", _start("slot-o", embedding, server.url("/old/cb")))
+        reply = await b.send(
+            "session/start", _start("slot-o", yao_embedding, server.url("/old/cb"))
+        )
         assert reply["status"] == 200
         await wait_until(lambda: len(server.received) >= 1, what="first attempt")
     # The site removes /old/ from its allowlist and restarts the agent.
@@ -164,14 +160,14 @@ async def test_a_backend_refusing_everything_is_seen_and_stops_the_session(
     broker: Mosquitto,
     server: CallbackServer,
     tmp_path: Path,
-    embedding: list[float],
+    yao_embedding: list[float],
     refusal: int,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     server.mode = {"": refusal}
     cfg = _cfg(tmp_path, broker, [server.url("/")], autostop_failures=0, autostop_seconds=1)
     async with running_agent(cfg, outbox=True) as agent, backend(broker) as b:
-        reply = await b.send("session/start", _start("slot-d", embedding, server.url()))
+        reply = await b.send("session/start", _start("slot-d", yao_embedding, server.url()))
         assert reply["status"] == 200
         sessions = agent.sessions
         assert sessions is not None

@@ -13,20 +13,12 @@ import uuid
 from pathlib import Path
 
 import aiomqtt
-import cv2
 import pytest
 
-from agent.engine import FaceEngine
 from tests.agent_harness import agent_config, backend, running_agent, start_payload
 from tests.brokers import API_KEY, Mosquitto, v5_request_properties
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
-
-@pytest.fixture(scope="module")
-def embedding(engine: FaceEngine, photos: dict[str, Path]) -> list[float]:
-    (face,) = engine.analyze(cv2.imread(str(photos["yaoming.jpg"])))
-    return [float(x) for x in face.embedding]
 
 
 class LoopWatch:
@@ -135,14 +127,14 @@ async def test_request_id_cannot_forge_log_lines(
 async def test_urls_are_redacted_in_logs_and_status(
     broker: Mosquitto,
     tmp_path: Path,
-    embedding: list[float],
+    yao_embedding: list[float],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
     cfg = agent_config(tmp_path, broker)
     payload = start_payload(
         "slot-s",
-        embedding,
+        yao_embedding,
         callbackUrl="http://127.0.0.1:9/callback?token=s3cr3t-token",
         cameras=[{"id": "c1", "rtspUrl": "rtsp://admin:hunter2pass@127.0.0.1:1/stream"}],
     )

@@ -8,11 +8,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from agent.engine import FaceEngine
 from agent.protocol import EmbeddingGenerate, SessionStart, SessionStop, json_schemas
 from tests.agent_harness import (
     CALLBACK,
@@ -218,16 +216,6 @@ def test_end_time_round_trips_through_the_saved_form() -> None:
 
 
 # --- through the real agent over MQTT -----------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def yao_embedding(engine: FaceEngine, photos: dict[str, Path]) -> list[float]:
-    import cv2
-
-    image = cv2.imread(str(photos["yaoming.jpg"]))
-    assert image is not None
-    (face,) = engine.analyze(np.asarray(image, dtype=np.uint8))
-    return [float(x) for x in face.embedding]
 
 
 @pytest.mark.usefixtures("no_leftover_tasks")

@@ -7,10 +7,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import cv2
 import pytest
 
-from agent.engine import FaceEngine
 from agent.protocol import StatusReason
 from agent.sessions import ActiveSession
 from tests.agent_harness import RecordingSink, agent_config, backend, running_agent, start_payload
@@ -20,27 +18,25 @@ from tests.rtsp import RtspServer
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 
 
-@pytest.fixture(scope="module")
-def embedding(engine: FaceEngine, photos: dict[str, Path]) -> list[float]:
-    (face,) = engine.analyze(cv2.imread(str(photos["yaoming.jpg"])))
-    return [float(x) for x in face.embedding]
-
-
 def _cams(*names: str) -> list[dict[str, str]]:
     return [{"id": n, "rtspUrl": f"rtsp://127.0.0.1:1/{n}"} for n in names]
 
 
 async def test_session_and_camera_limits(
-    broker: Mosquitto, tmp_path: Path, embedding: list[float]
+    broker: Mosquitto, tmp_path: Path, yao_embedding: list[float]
 ) -> None:
     cfg = agent_config(tmp_path, broker, runtime={"max_sessions": 2, "max_cameras": 3})
     async with running_agent(cfg), backend(broker) as b:
-        one = await b.send("session/start", start_payload("s1", embedding, cameras=_cams("a", "b")))
-        too_many_cams = await b.send(
-            "session/start", start_payload("s2", embedding, cameras=_cams("c", "d"))
+        one = await b.send(
+            "session/start", start_payload("s1", yao_embedding, cameras=_cams("a", "b"))
         )
-        two = await b.send("session/start", start_payload("s2", embedding, cameras=_cams("c")))
-        third = await b.send("session/start", start_payload("s3", embedding, cameras=_cams("e")))
+        too_many_cams = await b.send(
+            "session/start", start_payload("s2", yao_embedding, cameras=_cams("c", "d"))
+        )
+        two = await b.send("session/start", start_payload("s2", yao_embedding, cameras=_cams("c")))
+        third = await b.send(
+            "session/start", start_payload("s3", yao_embedding, cameras=_cams("e"))
+        )
     assert one["status"] == two["status"] == 200
     assert (too_many_cams["status"], too_many_cams["code"]) == (409, "LIMIT_EXCEEDED")
     assert too_many_cams["data"]["limit"] == "max_cameras"
@@ -49,16 +45,16 @@ async def test_session_and_camera_limits(
 
 
 async def test_a_camera_is_read_by_one_session_unless_shared(
-    broker: Mosquitto, tmp_path: Path, embedding: list[float]
+    broker: Mosquitto, tmp_path: Path, yao_embedding: list[float]
 ) -> None:
     same = [{"id": "x", "rtspUrl": "rtsp://user:pw@127.0.0.1:1/room"}]
     other_creds = [{"id": "y", "rtspUrl": "rtsp://other:pw@127.0.0.1:1/room"}]
     for shared, expected in ((False, 409), (True, 200)):
         cfg = agent_config(tmp_path / str(shared), broker, cameras={"allow_shared": shared})
         async with running_agent(cfg), backend(broker) as b:
-            first = await b.send("session/start", start_payload("s1", embedding, cameras=same))
+            first = await b.send("session/start", start_payload("s1", yao_embedding, cameras=same))
             second = await b.send(
-                "session/start", start_payload("s2", embedding, cameras=other_creds)
+                "session/start", start_payload("s2", yao_embedding, cameras=other_creds)
             )
         assert first["status"] == 200
         assert second["status"] == expected, second
@@ -80,12 +76,12 @@ class SlowStopRunner:
 
 
 async def test_a_model_swap_during_a_slow_stop_does_not_revive_the_session(
-    broker: Mosquitto, tmp_path: Path, embedding: list[float]
+    broker: Mosquitto, tmp_path: Path, yao_embedding: list[float]
 ) -> None:
     sink = RecordingSink()
     cfg = agent_config(tmp_path, broker)
     async with running_agent(cfg, sink, runner=SlowStopRunner()) as agent, backend(broker) as b:
-        assert (await b.send("session/start", start_payload("s1", embedding)))["status"] == 200
+        assert (await b.send("session/start", start_payload("s1", yao_embedding)))["status"] == 200
         sessions, store = agent.sessions, agent.outbox
         assert sessions is not None and store is not None
         stopping = asyncio.create_task(b.send("session/stop", {"slotId": "s1"}))
@@ -103,13 +99,13 @@ async def test_a_model_swap_during_a_slow_stop_does_not_revive_the_session(
 
 
 async def test_one_attendance_event_per_student_across_cameras(
-    broker: Mosquitto, tmp_path: Path, embedding: list[float], yao_camera: RtspServer
+    broker: Mosquitto, tmp_path: Path, yao_embedding: list[float], yao_camera: RtspServer
 ) -> None:
     sink = RecordingSink()
     cfg = agent_config(tmp_path, broker, recognition={"face_jpeg": True})
     cameras = [{"id": f"cam-{i}", "rtspUrl": yao_camera.url} for i in range(3)]
     async with running_agent(cfg, sink, cameras=True), backend(broker) as b:
-        reply = await b.send("session/start", start_payload("s1", embedding, cameras=cameras))
+        reply = await b.send("session/start", start_payload("s1", yao_embedding, cameras=cameras))
         assert reply["status"] == 200
         async with asyncio.timeout(30):
             while not any(e.type == "RECOGNITION" for e, _ in sink.events):

@@ -10,12 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cv2
 import pytest
 
 from agent import app as app_module
 from agent.app import Agent
-from agent.engine import FaceEngine
 from agent.errors import ErrorCode
 from agent.store import DB_NAME
 from agent.supervisor import RestartPolicy, Supervisor
@@ -34,12 +32,6 @@ from tests.callback_server import CallbackServer
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 
 FAST_RESTART = {"task_backoff_min_s": 0.05, "task_backoff_max_s": 0.2}
-
-
-@pytest.fixture(scope="module")
-def embedding(engine: FaceEngine, photos: dict[str, Path]) -> list[float]:
-    (face,) = engine.analyze(cv2.imread(str(photos["yaoming.jpg"])))
-    return [float(x) for x in face.embedding]
 
 
 async def test_a_failing_task_is_restarted_and_counted() -> None:
@@ -99,7 +91,7 @@ def _rename(db: Path, old: str, new: str) -> None:
 
 
 async def test_delivery_scanner_recovers_when_its_table_comes_back(
-    broker: Mosquitto, server: CallbackServer, tmp_path: Path, embedding: list[float]
+    broker: Mosquitto, server: CallbackServer, tmp_path: Path, yao_embedding: list[float]
 ) -> None:
     server.mode = {"": 503}
     cfg = agent_config(
@@ -118,7 +110,7 @@ async def test_delivery_scanner_recovers_when_its_table_comes_back(
     db = tmp_path / "agent" / DB_NAME
     payload = start_payload(
         "slot-1",
-        embedding,
+        yao_embedding,
         callbackUrl=server.url(),
         cameras=[{"id": "c1", "rtspUrl": "rtsp://127.0.0.1:1/x"}],
     )
