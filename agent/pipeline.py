@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import cv2
 
 from agent.camera import CameraReader, CameraState, Frame
+from agent.camera_view import CameraView, FaceBox
 from agent.config import CamerasConfig, RecognitionConfig
 from agent.engine import DetectedFace, FaceEngine, Image
 from agent.events import EventFactory, EventSink, emit_or_log
@@ -55,6 +56,7 @@ class AnalysisResult:
     faces: int = 0
     embedded: int = 0
     sightings: list[Sighting] = field(default_factory=list)
+    boxes: tuple[FaceBox, ...] = ()  # every track seen in this analysis
 
 
 def analyse_frame(
@@ -90,7 +92,23 @@ def analyse_frame(
         for track, match in zip(todo, matches, strict=True):
             accepted = match.accepted(threshold, cfg.match_margin)
             track.vote(match.student_id if accepted else None, match.score, cfg.confirm_k)
-    result = AnalysisResult(faces=len(faces), embedded=len(todo))
+    result = AnalysisResult(
+        faces=len(faces),
+        embedded=len(todo),
+        boxes=tuple(
+            FaceBox(
+                bbox=(
+                    float(t.face.bbox[0]),
+                    float(t.face.bbox[1]),
+                    float(t.face.bbox[2]),
+                    float(t.face.bbox[3]),
+                ),
+                student_id=t.confirmed,
+                score=t.best_scores.get(t.confirmed, 0.0) if t.confirmed else 0.0,
+            )
+            for t in tracks
+        ),
+    )
     for track in tracks:
         if track.confirmed is not None:
             result.sightings.append(
@@ -148,6 +166,8 @@ class RecognitionRunner:
         ]
         session.camera_health = lambda: [r.describe() for r in readers]
         session.uptimes = lambda: self._uptimes(session, readers)
+        views: dict[str, CameraView] = {}
+        session.camera_view = views.get
         reported = (
             set()
             if session.command.mode is SessionMode.CONTINUOUS
@@ -160,7 +180,7 @@ class RecognitionRunner:
                 reader.start()
                 tasks.append(
                     asyncio.create_task(
-                        self._analyse(session, reader, reported, last_report),
+                        self._analyse(session, reader, reported, last_report, views),
                         name=f"analyse-{session.slot_id}-{reader.camera_id}",
                     )
                 )
@@ -231,6 +251,7 @@ class RecognitionRunner:
         reader: CameraReader,
         reported: set[str],
         last_report: dict[str, float],
+        views: dict[str, CameraView],
     ) -> None:
         cfg = self.cfg
         busy_interval = 1.0 / self.cameras_cfg.analysis_fps
@@ -278,6 +299,9 @@ class RecognitionRunner:
                 )
                 continue
             reader.stats.frames_analysed += 1
+            views[reader.camera_id] = CameraView(
+                reader.camera_id, frame.image, frame.wall, result.boxes
+            )
             if self.metrics is not None:
                 self.metrics.faces.labels("detected").inc(result.faces)
                 self.metrics.faces.labels("embedded").inc(result.embedded)

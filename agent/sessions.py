@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from agent.allowlist import CallbackUrlError, check_callback_url, is_allowed
+from agent.camera_view import ViewLookup
 from agent.config import CallbackConfig, CamerasConfig, RecognitionConfig, RuntimeConfig
 from agent.errors import AgentError, ErrorCode
 from agent.events import EventFactory, EventSink, emit_or_log
@@ -53,6 +54,8 @@ class ActiveSession:
     # Set by the runner while it runs: per-camera health and up-times.
     camera_health: Callable[[], list[dict[str, Any]]] | None = None
     uptimes: Callable[[], list[CameraUptime]] | None = None
+    # Set by the runner: the last analysed frame of a camera, with its faces.
+    camera_view: ViewLookup | None = None
 
     @property
     def slot_id(self) -> str:
