@@ -35,6 +35,7 @@ from agent.pipeline import RecognitionRunner
 from agent.protocol import Command, EmbeddingGenerate, SessionStart, SessionStop, StatusReason
 from agent.redaction import log_safe
 from agent.reply import Reply
+from agent.scheduler import AnalysisScheduler
 from agent.sessions import SessionManager, SessionRunner
 from agent.store import Store
 from agent.supervisor import RestartPolicy, Supervisor
@@ -360,6 +361,7 @@ class Agent:
             events=events,
             store=store,
             metrics=self.metrics,
+            scheduler=AnalysisScheduler(cfg.analysis, cfg.cameras, cfg.runtime.inference_workers),
         )
         try:
             watcher = self.watcher = ModelWatcher(

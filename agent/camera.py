@@ -1,17 +1,21 @@
-"""Camera readers: one thread per camera, reading with OpenCV, reconnecting by itself.
+"""Camera readers: one thread per camera, reading a stream and reconnecting by itself.
 
-The thread ``grab()``s every frame (H.264 must decode every frame anyway) but converts
-(``retrieve()``) only the frame the analyser asked for, and hands it to the event loop;
-nothing is queued, so results are always about *now*. Failures follow the seed: a failed
-read (or no frame for ``max_frame_age_s``) releases the capture and retries the open
+The thread reads every packet of the stream (``agent.video_source``) but decodes only what
+the analyser can use: every frame in :attr:`DecodeMode.FULL`, only the keyframes that an
+analysis is waiting for in :attr:`DecodeMode.KEYFRAMES` (the scheduler picks the mode);
+it converts a frame to BGR only when the analyser asked for one, and hands it to the event
+loop; nothing is queued, so results are always about *now*. Failures follow the seed: a
+failed read (or no frame for ``max_frame_age_s``) releases the stream and retries the open
 ``reconnect_attempts`` times, ``reconnect_interval_s`` apart; when all fail the camera is
-dead for the session, and is then re-probed with capped backoff until it comes back. An
-exception from OpenCV is a failed open or read like any other; any other exception on the
-thread is logged (CAMERA_THREAD_CRASHED, with the traceback) and ends the reader as DEAD
-with the reason, never silently. Logs never show the URL's credentials.
+dead for the session, and is then re-probed with capped backoff until it comes back. A
+library error is a failed open or read like any other; any other exception on the thread
+is logged (CAMERA_THREAD_CRASHED, with the traceback) and ends the reader as DEAD with the
+reason, never silently. Logs never show the URL's credentials.
 
-Code on this thread never touches loop state: it hands frames and state changes to the
-loop with ``call_soon_threadsafe``.
+Who writes what: methods named ``_thread_*`` run on the reader thread and write only
+:class:`ReaderCounters` and the thread's private fields; they hand state changes and
+frames to the loop with ``call_soon_threadsafe``. Everything else runs on the event loop
+and writes :attr:`CameraReader.state`, :class:`LoopCounters` and the requested decode mode.
 """
 
 from __future__ import annotations
@@ -23,22 +27,23 @@ import os
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 from urllib.parse import unquote
 
-import cv2
-import numpy as np
-
 from agent.config import CamerasConfig
 from agent.engine import Image
 
 # redact_url is re-exported: tests/test_camera_units.py imports it from here.
 from agent.redaction import log_safe, redact_text, redact_url
+from agent.video_source import DecodeMode, SourceError, VideoSource, choose_decoder, open_source
 
 log = logging.getLogger(__name__)
+
+RATE_WINDOW_S = 10.0  # analysis rate shown in status: analyses over the last 10 s
 
 
 class CameraState(StrEnum):
@@ -61,17 +66,28 @@ class Frame:
 
 
 @dataclass
-class CameraStats:
-    """Counters shown in status and metrics."""
+class ReaderCounters:
+    """Written by the reader thread only (the loop reads them for status)."""
 
-    frames_read: int = 0
-    frames_analysed: int = 0
-    frames_invalid: int = 0
+    frames_read: int = 0  # packets (PyAV) or frames (OpenCV) received from the stream
+    frames_decoded: int = 0
+    frames_invalid: int = 0  # decoded but unusable
     reconnects: int = 0
     last_error: str = ""
+    last_frame_at: float | None = None  # monotonic time of the last packet or frame
+
+
+@dataclass
+class LoopCounters:
+    """Written on the event loop only."""
+
+    frames_analysed: int = 0
+    analysis_errors: int = 0
+    analyses_shed: int = 0  # analyses a busy box skipped (the scheduler's count)
+    stall_error: str = ""  # the loop's own finding: no frame for max_frame_age_s
     up_seconds: float = 0.0
     live_since: float | None = None
-    last_frame_at: float | None = None
+    analysed_at: deque[float] = field(default_factory=lambda: deque(maxlen=256))
 
 
 def _url_secrets(url: str) -> list[str]:
@@ -82,15 +98,6 @@ def _url_secrets(url: str) -> list[str]:
     userinfo = rest.rpartition("@")[0] if "@" in rest else ""
     secrets = {userinfo, *userinfo.split(":", 1)[1:]}
     return [s for raw in secrets for s in {raw, unquote(raw)} if s]
-
-
-def _source(url: str) -> tuple[Any, int]:
-    """What to pass to cv2.VideoCapture for a camera URL, and the backend to use."""
-    if url.isdigit():
-        return int(url), cv2.CAP_V4L2
-    if url.startswith("file://"):
-        return url[len("file://") :], cv2.CAP_FFMPEG
-    return url, cv2.CAP_FFMPEG
 
 
 StateCallback = Callable[[str, CameraState, str], None]
@@ -107,13 +114,19 @@ class CameraReader:
     loop: asyncio.AbstractEventLoop
     on_state: StateCallback  # called on the loop: (camera_id, new state, reason)
     observe: Callable[[str, float], None] | None = None  # stage timings (thread-safe)
-    state: CameraState = CameraState.CONNECTING
-    stats: CameraStats = field(default_factory=CameraStats)
+    state: CameraState = CameraState.CONNECTING  # loop-owned
+    counters: ReaderCounters = field(default_factory=ReaderCounters)  # thread-owned
+    loop_counters: LoopCounters = field(default_factory=LoopCounters)  # loop-owned
+    # Loop-owned request; the thread reads it before each packet.
+    decode_mode: DecodeMode = DecodeMode.FULL
     _stop: threading.Event = field(default_factory=threading.Event)
     _want: threading.Event = field(default_factory=threading.Event)
     _waiter: asyncio.Future[Frame] | None = None
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _thread_state: CameraState = CameraState.CONNECTING  # the thread's own view
+    _thread_source: str = ""  # "pyav" or "opencv" once opened
+    _thread_fps: float = 0.0  # the stream's nominal rate once opened
 
     @property
     def _log_id(self) -> str:
@@ -121,13 +134,28 @@ class CameraReader:
         start a forged log line."""
         return log_safe(self.camera_id, 128)
 
+    @property
+    def decoder(self) -> str:
+        """The library reading this camera ("pyav" or "opencv")."""
+        return self._thread_source or choose_decoder(self.url, self.cfg)
+
+    @property
+    def can_skip_frames(self) -> bool:
+        """Whether KEYFRAMES mode saves anything (OpenCV decodes every frame anyway)."""
+        return self.decoder == "pyav"
+
+    @property
+    def effective_decode_mode(self) -> DecodeMode:
+        """What is really decoded: OpenCV always decodes every frame."""
+        return self.decode_mode if self.can_skip_frames else DecodeMode.FULL
+
     # Loop side -----------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the reader thread."""
         os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = self.cfg.ffmpeg_options
         self._thread = threading.Thread(
-            target=self._run, name=f"camera-{self.camera_id}", daemon=True
+            target=self._thread_main, name=f"camera-{self.camera_id}", daemon=True
         )
         self._thread.start()
 
@@ -148,15 +176,43 @@ class CameraReader:
                     self._waiter = None
                     self._want.clear()
 
+    def record_analysis(self, ok: bool) -> None:
+        """Count one analysis of this camera's frame (or a failed one)."""
+        if ok:
+            self.loop_counters.frames_analysed += 1
+            self.loop_counters.analysed_at.append(time.monotonic())
+        else:
+            self.loop_counters.analysis_errors += 1
+
+    def record_shed(self, count: int) -> None:
+        """Count analyses the scheduler skipped because the box was busy."""
+        self.loop_counters.analyses_shed += count
+
+    def frame_rate(self) -> float:
+        """The stream's nominal frame rate (0.0 before it opened or when unknown)."""
+        return self._thread_fps
+
+    def analysis_rate(self) -> float:
+        """Analyses per second over the last ``RATE_WINDOW_S`` seconds."""
+        since = time.monotonic() - RATE_WINDOW_S
+        return sum(1 for t in self.loop_counters.analysed_at if t >= since) / RATE_WINDOW_S
+
     def frame_age(self) -> float | None:
         """Seconds since the last frame was read (None before the first)."""
-        last = self.stats.last_frame_at
+        last = self.counters.last_frame_at
         return None if last is None else time.monotonic() - last
 
     def up_seconds(self) -> float:
         """Total time the camera was live."""
-        live = self.stats.live_since
-        return self.stats.up_seconds + (time.monotonic() - live if live is not None else 0.0)
+        live = self.loop_counters.live_since
+        return self.loop_counters.up_seconds + (
+            time.monotonic() - live if live is not None else 0.0
+        )
+
+    @property
+    def last_error(self) -> str:
+        """The latest failure reason, from the thread or the loop's stall check."""
+        return self.loop_counters.stall_error or self.counters.last_error
 
     async def stop(self) -> None:
         """Stop the thread and wait for it (bounded by the open and read timeouts)."""
@@ -169,56 +225,75 @@ class CameraReader:
             while thread.is_alive() and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             if thread.is_alive():
-                log.error("CAMERA_THREAD_STUCK camera=%s (still blocked in OpenCV)", self._log_id)
-        self._set_state_local(CameraState.STOPPED)
+                log.error("CAMERA_THREAD_STUCK camera=%s (still blocked in a read)", self._log_id)
+        self._set_state(CameraState.STOPPED)
 
     def mark_stalled(self) -> None:
-        """Loop side: no frame for ``max_frame_age_s`` while the thread is still blocked in
-        a read. Reported at once; the thread reconnects when the read gives up."""
+        """No frame for ``max_frame_age_s`` while the thread is still blocked in a read.
+        Reported at once; the thread reconnects when the read gives up."""
         if self.state is CameraState.LIVE:
-            self.stats.last_error = f"no frame for {self.cfg.max_frame_age_s:g} s (stream hung)"
-            log.warning("CAMERA_READ_FAIL camera=%s reason=%s", self._log_id, self.stats.last_error)
-            self._set_state_local(CameraState.RECONNECTING)
-            self.on_state(self.camera_id, CameraState.RECONNECTING, self.stats.last_error)
+            self.loop_counters.stall_error = (
+                f"no frame for {self.cfg.max_frame_age_s:g} s (stream hung)"
+            )
+            log.warning(
+                "CAMERA_READ_FAIL camera=%s reason=%s", self._log_id, self.loop_counters.stall_error
+            )
+            self._set_state(CameraState.RECONNECTING)
+            self.on_state(self.camera_id, CameraState.RECONNECTING, self.loop_counters.stall_error)
 
     def describe(self) -> dict[str, Any]:
-        """Health for status: state, frame age, counters, last error."""
+        """Health for status: state, frame age, rates, counters, last error."""
         age = self.frame_age()
+        counters, mine = self.counters, self.loop_counters
         return {
             "id": self.camera_id,
             "name": self.name,
             "state": self.state.value,
             "frameAgeSeconds": None if age is None else round(age, 2),
-            "framesRead": self.stats.frames_read,
-            "framesAnalysed": self.stats.frames_analysed,
-            "framesDropped": max(0, self.stats.frames_read - self.stats.frames_analysed),
-            "framesInvalid": self.stats.frames_invalid,
-            "reconnects": self.stats.reconnects,
-            "lastError": self.stats.last_error or None,
+            "framesRead": counters.frames_read,
+            "framesDecoded": counters.frames_decoded,
+            "framesAnalysed": mine.frames_analysed,
+            "framesDropped": max(0, counters.frames_read - mine.frames_analysed),
+            "framesInvalid": counters.frames_invalid + mine.analysis_errors,
+            "analysisRate": round(self.analysis_rate(), 2),
+            "analysesShed": mine.analyses_shed,
+            "decoder": self.decoder,
+            "decodeMode": self.effective_decode_mode.value,
+            "reconnects": counters.reconnects,
+            "lastError": self.last_error or None,
             "upSeconds": round(self.up_seconds(), 1),
         }
 
-    def _set_state_local(self, state: CameraState) -> None:
+    def _set_state(self, state: CameraState) -> None:
         now = time.monotonic()
+        mine = self.loop_counters
         if self.state is CameraState.LIVE and state is not CameraState.LIVE:
-            if self.stats.live_since is not None:
-                self.stats.up_seconds += now - self.stats.live_since
-            self.stats.live_since = None
+            if mine.live_since is not None:
+                mine.up_seconds += now - mine.live_since
+            mine.live_since = None
         elif state is CameraState.LIVE and self.state is not CameraState.LIVE:
-            self.stats.live_since = now
+            mine.live_since = now
+            mine.stall_error = ""
         self.state = state
+
+    def _apply_state(self, state: CameraState, reason: str) -> None:
+        """On the loop: a state change the thread reported."""
+        if state is self.state:
+            return
+        self._set_state(state)
+        self.on_state(self.camera_id, state, reason)
 
     # Thread side ---------------------------------------------------------------------
 
-    def _report(self, state: CameraState, reason: str = "") -> None:
-        """From the thread: change state and tell the loop."""
-        if state is self.state:
+    def _thread_report(self, state: CameraState, reason: str = "") -> None:
+        """Change the thread's state and tell the loop."""
+        if state is self._thread_state:
             return
-        self._set_state_local(state)
+        self._thread_state = state
         with contextlib.suppress(RuntimeError):  # the loop is closed: the agent is exiting
-            self.loop.call_soon_threadsafe(self.on_state, self.camera_id, state, reason)
+            self.loop.call_soon_threadsafe(self._apply_state, state, reason)
 
-    def _deliver(self, frame: Frame) -> None:
+    def _thread_deliver(self, frame: Frame) -> None:
         with self._lock:
             waiter = self._waiter
             if waiter is None:
@@ -228,50 +303,42 @@ class CameraReader:
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(_resolve, waiter, frame)
 
-    def _failure(self, what: str, exc: BaseException) -> str:
+    def _thread_failure(self, what: str, exc: BaseException) -> str:
         """A one-line reason for an exception, safe to log and report (credentials masked:
         FFmpeg and OpenCV messages may quote the URL)."""
         return redact_text(f"{what}: {type(exc).__name__}: {exc}", _url_secrets(self.url), 300)
 
-    def _open(self) -> Any | None:
-        cap: Any = None
+    def _thread_mask(self, text: str) -> str:
+        return redact_text(text, _url_secrets(self.url), 300)
+
+    def _thread_open(self) -> VideoSource | None:
         started = time.monotonic()
         try:
-            source, backend = _source(self.url)
-            params = [
-                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
-                int(self.cfg.open_timeout_s * 1000),
-                cv2.CAP_PROP_READ_TIMEOUT_MSEC,
-                int(self.cfg.read_timeout_s * 1000),
-            ]
-            if backend == cv2.CAP_FFMPEG:
-                # One decoder thread: FFmpeg's frame threading holds each frame back by
-                # (threads - 1) frames, 100 ms at 10 fps on 2 cores (measured), for no gain.
-                params += [cv2.CAP_PROP_N_THREADS, 1]
-            cap = cv2.VideoCapture(source, backend, params)
-            opened = bool(cap.isOpened())
-        except Exception as exc:  # cv2.error or whatever a backend raises: a failed open
-            _release(cap)
-            self.stats.last_error = self._failure("open failed", exc)
+            source = open_source(self.url, self.cfg)
+        except SourceError as exc:
+            reason = str(exc)
+            if reason == "open refused" and time.monotonic() - started >= (
+                self.cfg.open_timeout_s * 0.9
+            ):
+                reason = "open timed out"
+            self.counters.last_error = self._thread_mask(reason)
             return None
-        if opened:
-            return cap
-        _release(cap)
-        took = time.monotonic() - started
-        self.stats.last_error = (
-            "open timed out" if took >= self.cfg.open_timeout_s * 0.9 else "open refused"
-        )
-        return None
+        except Exception as exc:  # whatever a backend raises: a failed open
+            self.counters.last_error = self._thread_failure("open failed", exc)
+            return None
+        self._thread_source = source.name
+        self._thread_fps = source.fps
+        return source
 
-    def _run(self) -> None:
+    def _thread_main(self) -> None:
         """Thread body. Nothing may end it silently: the camera would stay CONNECTING and
         the session would never hear of it. A crash is logged (traceback, credentials
         masked) and reported as DEAD, so the pipeline's all-cameras-dead rule applies."""
         try:
-            self._read_loop()
+            self._thread_read_loop()
         except Exception as exc:
             secrets = _url_secrets(self.url)
-            reason = self._failure("reader crashed", exc)
+            reason = self._thread_failure("reader crashed", exc)
             trace = "\n".join(
                 redact_text(line, secrets, 1000)
                 for line in "".join(traceback.format_exception(exc)).splitlines()
@@ -283,28 +350,28 @@ class CameraReader:
                 reason,
                 trace,
             )
-            self.stats.last_error = reason
+            self.counters.last_error = reason
             if not self._stop.is_set():
-                self._report(CameraState.DEAD, reason)
+                self._thread_report(CameraState.DEAD, reason)
                 return
-        self._report(CameraState.STOPPED)
+        self._thread_report(CameraState.STOPPED)
 
-    def _read_loop(self) -> None:
+    def _thread_read_loop(self) -> None:
         attempts = 0
         probe = self.cfg.probe_min_s
         safe_url = redact_url(self.url)
         while not self._stop.is_set():
-            cap = self._open()
-            if cap is None:
+            source = self._thread_open()
+            if source is None:
                 attempts += 1
-                if self.state is CameraState.DEAD:
+                if self._thread_state is CameraState.DEAD:
                     log.info("CAMERA_PROBE_FAILED camera=%s next_in=%.0fs", self._log_id, probe)
                     self._stop.wait(probe)
                     probe = min(self.cfg.probe_max_s, probe * 2)
                     continue
                 event = (
                     "CAMERA_RECONNECT_TIMEOUT"
-                    if "timed out" in self.stats.last_error
+                    if "timed out" in self.counters.last_error
                     else "CAMERA_RECONNECT_ERROR"
                 )
                 log.warning(
@@ -314,7 +381,7 @@ class CameraReader:
                     safe_url,
                     attempts,
                     self.cfg.reconnect_attempts,
-                    self.stats.last_error,
+                    self.counters.last_error,
                 )
                 if attempts >= self.cfg.reconnect_attempts:
                     log.error(
@@ -323,44 +390,45 @@ class CameraReader:
                         safe_url,
                         attempts,
                     )
-                    self._report(CameraState.DEAD, self.stats.last_error)
+                    self._thread_report(CameraState.DEAD, self.counters.last_error)
                     self._stop.wait(probe)
                     continue
                 self._stop.wait(self.cfg.reconnect_interval_s)
                 continue
-            if attempts or self.state is CameraState.DEAD:
-                self.stats.reconnects += 1
+            if attempts or self._thread_state is CameraState.DEAD:
+                self.counters.reconnects += 1
                 log.info(
                     "CAMERA_RECONNECT_OK camera=%s after %d attempt(s)", self._log_id, attempts
                 )
             attempts = 0
             probe = self.cfg.probe_min_s
-            self._report(CameraState.LIVE)
+            self._thread_report(CameraState.LIVE)
             try:
-                reason = self._read_until_failure(cap)
-            finally:  # also on a crash: the capture holds a socket and decoder threads
-                _release(cap)
+                reason = self._thread_read_until_failure(source)
+            finally:  # also on a crash: the stream holds a socket and a decoder
+                source.release()
             if self._stop.is_set():
                 break
-            self.stats.last_error = reason
+            self.counters.last_error = reason
             log.warning("CAMERA_READ_FAIL camera=%s reason=%s", self._log_id, reason)
             log.info("CAMERA_RECONNECT camera=%s", self._log_id)
-            self._report(CameraState.RECONNECTING, reason)
+            self._thread_report(CameraState.RECONNECTING, reason)
 
-    def _read_until_failure(self, cap: Any) -> str:
-        """Read until a failure (returned as the reason) or a stop request. An exception
-        from OpenCV is a failure like any other: the capture is reopened."""
-        pace = _file_pace(cap) if self.url.startswith("file://") else 0.0
+    def _thread_read_until_failure(self, source: VideoSource) -> str:
+        """Read until a failure (returned as the reason) or a stop request. A library error
+        is a failure like any other: the stream is reopened."""
+        fps = source.fps or 10.0
+        pace = 1.0 / fps if self.url.startswith("file://") else 0.0
         last = time.monotonic()
         slow = 0.9 * self.cfg.read_timeout_s
         while not self._stop.is_set():
             before = time.monotonic()
             try:
-                ok = cap.grab()
-            except Exception as exc:
-                return self._failure("read failed", exc)
+                grab = source.grab(self.decode_mode, self._want.is_set())
+            except SourceError as exc:
+                return self._thread_mask(str(exc))
             now = time.monotonic()
-            if not ok:
+            if not grab.ok:
                 return "read failed (stream ended or connection lost)"
             if now - before >= slow:
                 # The read waited out its timeout: FFmpeg hands back buffered data from a
@@ -370,40 +438,35 @@ class CameraReader:
                     return f"no new frame for {now - last:.1f} s (stream hung)"
                 continue
             last = now
-            self.stats.frames_read += 1
-            self.stats.last_frame_at = now
-            if self.state is not CameraState.LIVE:  # frames flow again after a stall
-                self._report(CameraState.LIVE)
-            if self._want.is_set():
-                try:
-                    ok, image = cap.retrieve()
-                except Exception as exc:
-                    return self._failure("decode failed", exc)
-                if self.observe is not None:
-                    self.observe("decode", time.monotonic() - before)
-                if not ok or image is None or image.size == 0 or image.ndim != 3:
-                    self.stats.frames_invalid += 1
-                else:
-                    self._deliver(Frame(np.ascontiguousarray(image), now, time.time()))
+            self.counters.frames_read += 1
+            self.counters.last_frame_at = now
+            if self._thread_state is not CameraState.LIVE:  # frames flow again after a stall
+                self._thread_report(CameraState.LIVE)
+            elif self.state is CameraState.RECONNECTING:  # the loop saw a stall; it is over
+                self._thread_state = CameraState.RECONNECTING
+                self._thread_report(CameraState.LIVE)
+            if grab.decoded:
+                self.counters.frames_decoded += 1
+                if self._want.is_set():
+                    self._thread_hand_over(source, before, now)
             if pace:
                 self._stop.wait(pace)
         return "stopped"
 
-
-def _release(cap: Any) -> None:
-    """Release a capture; a failing release leaves nothing to do but move on."""
-    if cap is not None:
-        with contextlib.suppress(Exception):
-            cap.release()
-
-
-def _file_pace(cap: Any) -> float:
-    """Seconds per frame for a video file (read it at its own rate, not as fast as possible)."""
-    try:
-        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-    except Exception:  # cv2.error: no rate known, use the default below
-        fps = 0.0
-    return 1.0 / fps if 1.0 <= fps <= 120.0 else 0.1
+    def _thread_hand_over(self, source: VideoSource, before: float, now: float) -> None:
+        """Convert the decoded frame and give it to the waiting analysis."""
+        try:
+            image = source.retrieve()
+        except SourceError as exc:
+            self.counters.frames_invalid += 1
+            self.counters.last_error = self._thread_mask(str(exc))
+            return
+        if self.observe is not None:
+            self.observe("decode", time.monotonic() - before)
+        if image is None:
+            self.counters.frames_invalid += 1
+        else:
+            self._thread_deliver(Frame(image, now, time.time()))
 
 
 def _resolve(future: asyncio.Future[Frame], frame: Frame) -> None:

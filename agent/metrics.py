@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 STAGES = ("decode", "detect", "embed", "match")
 CAMERA_STATES = ("CONNECTING", "LIVE", "RECONNECTING", "DEAD", "STOPPED")
+DECODE_MODES = ("FULL", "KEYFRAMES")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -37,7 +38,7 @@ class Metrics:
         )
         self.faces = Counter(
             "edge_agent_faces_total",
-            "Faces detected, and how many were embedded.",
+            "Faces detected, how many were embedded, and how many waited for the embedding cap.",
             ["kind"],
             registry=self.registry,
         )
@@ -126,8 +127,20 @@ class _StateCollector(Collector):
                 ("framesAnalysed", "frames_analysed", "Frames analysed."),
                 ("framesDropped", "frames_dropped", "Frames read but not analysed."),
                 ("reconnects", "reconnects", "Successful reconnects."),
+                ("framesDecoded", "frames_decoded", "Frames decoded (the rest were skipped)."),
+                ("analysesShed", "analyses_shed", "Analyses skipped because the box was busy."),
             )
         }
+        rate = GaugeMetricFamily(
+            "edge_agent_camera_analysis_rate",
+            "Analyses per second over the last 10 s.",
+            labels=["slot", "camera"],
+        )
+        mode = GaugeMetricFamily(
+            "edge_agent_camera_decode_mode",
+            "1 for the camera's decode mode (FULL: every frame; KEYFRAMES: keyframes only).",
+            labels=["slot", "camera", "mode"],
+        )
         for session in agent.sessions.sessions if agent.sessions else []:
             for cam in session.camera_health() if session.camera_health else []:
                 labels = [session.slot_id, cam["id"]]
@@ -137,8 +150,13 @@ class _StateCollector(Collector):
                     age.add_metric(labels, float(cam["frameAgeSeconds"]))
                 for key, family in counters.items():
                     family.add_metric(labels, float(cam[key]))
+                rate.add_metric(labels, float(cam["analysisRate"]))
+                for name in DECODE_MODES:
+                    mode.add_metric([*labels, name], 1.0 if cam["decodeMode"] == name else 0.0)
         yield state
         yield age
+        yield rate
+        yield mode
         yield from counters.values()
 
     def _outbox(self, agent: Agent) -> Iterator[Any]:

@@ -100,14 +100,17 @@ class FaceTracker:
         self.tracks = [t for t in self.tracks if t.missed <= self.max_missed]
         return seen
 
+    def settled(self, track: Track) -> bool:
+        """Recognised as a student, or n analyses in a row matching nobody (a visitor, a
+        teacher): nothing more to learn from this face for now."""
+        unknown = len(track.votes) >= self.n and all(v is None for v in track.votes)
+        return track.confirmed is not None or unknown
+
     def needs_embedding(self, track: Track) -> bool:
         """New and still-uncertain tracks every analysis; settled ones now and then.
 
-        Settled means confirmed as a student, or n analyses in a row matching nobody (a
-        visitor, a teacher): embedding those every time cost 71 % of a camera's
-        recognizer work in the benchmark. They are re-checked every ``reembed_every``
-        analyses, so a student who turns to the camera late is still found.
+        Embedding settled tracks every time cost 71 % of a camera's recognizer work in the
+        benchmark. They are re-checked every ``reembed_every`` analyses, so a student who
+        turns to the camera late is still found.
         """
-        unknown = len(track.votes) >= self.n and all(v is None for v in track.votes)
-        settled = track.confirmed is not None or unknown
-        return not settled or track.since_embed >= self.reembed_every
+        return not self.settled(track) or track.since_embed >= self.reembed_every

@@ -159,7 +159,7 @@ async def test_open_raising_anything_is_an_open_failure(
 
     monkeypatch.setattr(cv2, "VideoCapture", exploding_capture)
     changes: list[Change] = []
-    reader = _reader(BAD_URL, changes)
+    reader = _reader(BAD_URL, changes, cfg=_cameras_cfg(decoder="opencv"))
     reader.start()
     try:
         await _until(lambda: reader.state is CameraState.DEAD, timeout=5)
@@ -200,7 +200,7 @@ async def test_opencv_error_while_reading_reconnects(
     monkeypatch.setattr(_FailingCapture, "grabs", 0)
     monkeypatch.setattr(cv2, "VideoCapture", _FailingCapture)
     changes: list[Change] = []
-    reader = _reader(video, changes, cfg=_cameras_cfg(reconnect_attempts=3))
+    reader = _reader(video, changes, cfg=_cameras_cfg(reconnect_attempts=3, decoder="opencv"))
     reader.start()
     try:
         await _until(lambda: CameraState.RECONNECTING in _states(changes), timeout=5)

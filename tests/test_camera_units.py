@@ -5,7 +5,9 @@ from __future__ import annotations
 import cv2
 import pytest
 
-from agent.camera import _source, redact_url
+from agent.camera import redact_url
+from agent.config import load_config
+from agent.video_source import _opencv_source, choose_decoder
 
 
 @pytest.mark.parametrize(
@@ -21,6 +23,21 @@ def test_urls_are_logged_without_credentials(url: str, safe: str) -> None:
 
 
 def test_sources() -> None:
-    assert _source("0") == (0, cv2.CAP_V4L2)
-    assert _source("file:///tmp/x.mp4") == ("/tmp/x.mp4", cv2.CAP_FFMPEG)
-    assert _source("rtsp://h/s") == ("rtsp://h/s", cv2.CAP_FFMPEG)
+    assert _opencv_source("0") == (0, cv2.CAP_V4L2)
+    assert _opencv_source("file:///tmp/x.mp4") == ("/tmp/x.mp4", cv2.CAP_FFMPEG)
+    assert _opencv_source("rtsp://h/s") == ("rtsp://h/s", cv2.CAP_FFMPEG)
+
+
+@pytest.mark.parametrize(
+    ("url", "decoder", "chosen"),
+    [
+        ("rtsp://h/s", "auto", "pyav"),
+        ("file:///tmp/x.mp4", "auto", "pyav"),
+        ("0", "auto", "opencv"),  # a device index: V4L2 through OpenCV
+        ("rtsp://h/s", "opencv", "opencv"),
+        ("rtsp://h/s", "pyav", "pyav"),
+    ],
+)
+def test_decoder_choice(url: str, decoder: str, chosen: str) -> None:
+    cfg = load_config(None).cameras.model_copy(update={"decoder": decoder})
+    assert choose_decoder(url, cfg) == chosen

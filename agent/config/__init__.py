@@ -23,6 +23,7 @@ from pydantic_settings import (
 )
 
 from agent.config.sections import (
+    AnalysisConfig,
     AuthConfig,
     CallbackConfig,
     CameraEntry,
@@ -43,6 +44,7 @@ from agent.config.sections import (
 __all__ = [
     "SECRET_KEYS",
     "AgentConfig",
+    "AnalysisConfig",
     "AuthConfig",
     "CallbackConfig",
     "CameraEntry",
@@ -127,6 +129,9 @@ class AgentConfig(BaseSettings):
     auth: AuthConfig = Field(default_factory=AuthConfig, description="Command API keys.")
     callback: CallbackConfig = Field(default_factory=CallbackConfig, description="Callbacks.")
     cameras: CamerasConfig = Field(default_factory=CamerasConfig, description="Cameras.")
+    analysis: AnalysisConfig = Field(
+        default_factory=AnalysisConfig, description="Analysis capacity shared by cameras."
+    )
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Runtime limits.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="State on disk.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logs.")

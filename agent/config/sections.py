@@ -431,6 +431,11 @@ class CamerasConfig(Section):
         le=30,
         description="Analyses per second while no face is in view (saves CPU in empty rooms).",
     )
+    decoder: Literal["auto", "pyav", "opencv"] = Field(
+        "auto",
+        description="Library reading streams. 'auto': PyAV (decodes only the frames "
+        "analyses need) for URLs, OpenCV for device indexes; 'opencv' decodes every frame.",
+    )
     ffmpeg_options: str = Field(
         "rtsp_transport;tcp|analyzeduration;100000|probesize;32768",
         max_length=1024,
@@ -459,6 +464,42 @@ class CamerasConfig(Section):
     def find(self, camera_id: str) -> CameraEntry | None:
         """The registered camera with this id, if any."""
         return next((c for c in self.registry if c.id == camera_id), None)
+
+
+class AnalysisConfig(Section):
+    """How the box's analysis capacity is shared by all cameras (agent.scheduler)."""
+
+    max_analyses_per_s: float = Field(
+        40.0,
+        ge=0.5,
+        le=10_000,
+        description="Analyses per second over all cameras at most. Cameras with faces not "
+        "yet recognised go first; empty rooms and settled ones (everyone in view "
+        "recognised) are shed first.",
+    )
+    max_embeddings_per_s: float = Field(
+        60.0,
+        ge=1.0,
+        le=10_000,
+        description="Faces embedded per second over all cameras at most (~15-25 ms of one "
+        "core each on a small CPU); newest faces first, the rest wait for the next analysis.",
+    )
+    full_decode_mpx_s: float = Field(
+        40.0,
+        ge=0.0,
+        le=100_000,
+        description="Megapixels per second that may be decoded frame by frame, over all "
+        "cameras (a 1080p 15 fps camera is 31 Mpx/s, ~0.19 of a core). Cameras beyond it "
+        "decode only the keyframes their analyses need (one analysis per keyframe "
+        "interval at most). Cameras with unrecognised faces get it first.",
+    )
+    min_analysis_fps: float = Field(
+        0.2,
+        gt=0,
+        le=30,
+        description="Every live camera is analysed at least this often, however busy the "
+        "box, so a newcomer is noticed.",
+    )
 
 
 class RuntimeConfig(Section):
