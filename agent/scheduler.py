@@ -189,6 +189,7 @@ class AnalysisScheduler:
     async def turn(self, camera: ScheduledCamera) -> AsyncIterator[None]:
         """Wait for this camera's turn to analyse (priority order, within the budget)."""
         due = self.next_due(camera)
+        asked = time.monotonic()
         future = asyncio.get_running_loop().create_future()
         waiter = _Waiter((int(camera.priority), due, next(self._order)), camera, future)
         heapq.heappush(self._waiters, waiter)
@@ -203,7 +204,9 @@ class AnalysisScheduler:
             raise
         started = time.monotonic()
         interval = self.interval(camera)
-        late = started - due
+        # Shed: analyses that fell due while this one waited for a slot (not while it
+        # waited for a frame, e.g. the next keyframe).
+        late = started - max(due, asked)
         if late > interval:
             skipped = int(late / interval)
             camera.shed += skipped

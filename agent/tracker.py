@@ -35,6 +35,7 @@ class Track:
     face: DetectedFace
     votes: deque[str | None]
     best_scores: dict[str, float] = field(default_factory=dict)
+    best_any: float = -1.0  # best match score seen, accepted or not
     missed: int = 0
     since_embed: int = 0
     confirmed: str | None = None  # student id once k of the last n votes agree
@@ -43,6 +44,7 @@ class Track:
         """Record one match result; returns the student id when newly confirmed."""
         self.votes.append(student_id)
         self.since_embed = 0
+        self.best_any = max(self.best_any, score)
         if student_id is not None:
             self.best_scores[student_id] = max(score, self.best_scores.get(student_id, -1.0))
         if student_id is not None and self.votes.count(student_id) >= k:
@@ -57,8 +59,17 @@ class Track:
 class FaceTracker:
     """Greedy IoU association of this analysis's faces with the previous tracks."""
 
-    def __init__(self, *, iou: float, max_missed: int, n: int, reembed_every: int) -> None:
+    def __init__(
+        self,
+        *,
+        iou: float,
+        max_missed: int,
+        n: int,
+        reembed_every: int,
+        stranger_below: float = 1.0,
+    ) -> None:
         self.iou = iou
+        self.stranger_below = stranger_below
         self.max_missed = max_missed
         self.n = n
         self.reembed_every = reembed_every
@@ -101,9 +112,15 @@ class FaceTracker:
         return seen
 
     def settled(self, track: Track) -> bool:
-        """Recognised as a student, or n analyses in a row matching nobody (a visitor, a
-        teacher): nothing more to learn from this face for now."""
-        unknown = len(track.votes) >= self.n and all(v is None for v in track.votes)
+        """Recognised as a student, or a stranger (a visitor, a teacher): n analyses in a
+        row matching nobody, and never close (every score below ``stranger_below``). A
+        face that came close (a small or blurred student) is not settled: it keeps being
+        embedded until it is recognised."""
+        unknown = (
+            len(track.votes) >= self.n
+            and all(v is None for v in track.votes)
+            and track.best_any < self.stranger_below
+        )
         return track.confirmed is not None or unknown
 
     def needs_embedding(self, track: Track) -> bool:

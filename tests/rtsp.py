@@ -105,12 +105,14 @@ class RtspServer:
         height: int = 480,
         port: int | None = None,
         path: str = "/stream",
+        bitrate_kbps: int = 2048,
     ) -> None:
         self.frames_dir = Path(frames_dir)
         self.fps = fps
         self.width = width
         self.height = height
         self.path = path
+        self.bitrate_kbps = bitrate_kbps
         self._fixed_port = port is not None
         self.port = port if port is not None else free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -181,6 +183,8 @@ class RtspServer:
                     str(self.height),
                     "--path",
                     self.path,
+                    "--bitrate",
+                    str(self.bitrate_kbps),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=fd,

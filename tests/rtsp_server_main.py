@@ -25,7 +25,7 @@ gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
 
-def launch_line(frames: Path, fps: int, width: int, height: int) -> str:
+def launch_line(frames: Path, fps: int, width: int, height: int, bitrate: int = 2048) -> str:
     """The media pipeline: JPEG frames -> raw I420 at a fixed size and rate -> H.264 -> RTP.
 
     ``threads=1``: with ``tune=zerolatency`` on several cores x264 cuts each frame into slices,
@@ -37,7 +37,7 @@ def launch_line(frames: Path, fps: int, width: int, height: int) -> str:
         f'( multifilesrc location="{location}" loop=true caps=image/jpeg,framerate={fps}/1 '
         "! jpegdec ! videorate ! videoscale ! videoconvert "
         f"! video/x-raw,format=I420,width={width},height={height},framerate={fps}/1 "
-        "! x264enc threads=1 tune=zerolatency speed-preset=ultrafast bitrate=2048 "
+        f"! x264enc threads=1 tune=zerolatency speed-preset=ultrafast bitrate={bitrate} "
         f"key-int-max={fps} "
         "! video/x-h264,profile=baseline "
         "! rtph264pay name=pay0 pt=96 config-interval=-1 )"
@@ -52,6 +52,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--path", default="/stream", help="mount point")
+    parser.add_argument("--bitrate", type=int, default=2048, help="H.264 kbit/s")
     parser.add_argument("--address", default="127.0.0.1")
     args = parser.parse_args(argv)
     if not (args.frames / "0000.jpg").is_file():
@@ -72,7 +73,9 @@ def main(argv: list[str]) -> int:
     server.set_address(args.address)
     server.set_service(str(args.port))
     factory = GstRtspServer.RTSPMediaFactory()
-    factory.set_launch(launch_line(args.frames.resolve(), args.fps, args.width, args.height))
+    factory.set_launch(
+        launch_line(args.frames.resolve(), args.fps, args.width, args.height, args.bitrate)
+    )
     factory.set_shared(True)
     server.get_mount_points().add_factory(args.path, factory)
 

@@ -156,6 +156,15 @@ class RecognitionConfig(Section):
         description="A recognised track is re-checked every this many "
         "analyses (others are embedded every analysis until confirmed).",
     )
+    stranger_margin: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="A face is taken for a stranger (and re-checked only every "
+        "reembed_every analyses) when its match scores stayed below the threshold minus "
+        "this margin over confirm_n analyses; a face that came closer is embedded at "
+        "every analysis until it is recognised.",
+    )
     continuous_interval_s: float = Field(
         60.0,
         ge=1.0,
