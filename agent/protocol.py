@@ -223,13 +223,24 @@ class StatusRequest(Command):
     """``status``: the agent's state."""
 
 
-COMMANDS: dict[str, type[Command]] = {
-    "session/start": SessionStart,
-    "session/stop": SessionStop,
-    "embedding/generate": EmbeddingGenerate,
-    "status": StatusRequest,
+class CommandName(StrEnum):
+    """Every command the agent answers: the topic suffix after ``cmd/``. The one list of
+    names: the payload models below and the handler table (:mod:`agent.handlers`) are
+    keyed by it."""
+
+    SESSION_START = "session/start"
+    SESSION_STOP = "session/stop"
+    EMBEDDING_GENERATE = "embedding/generate"
+    STATUS = "status"
+
+
+COMMANDS: dict[CommandName, type[Command]] = {
+    CommandName.SESSION_START: SessionStart,
+    CommandName.SESSION_STOP: SessionStop,
+    CommandName.EMBEDDING_GENERATE: EmbeddingGenerate,
+    CommandName.STATUS: StatusRequest,
 }
-"""Command name (topic suffix after ``cmd/``) -> payload model."""
+"""Command name -> payload model."""
 
 
 class StatusReason(StrEnum):

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from agent import app as app_module
+from agent import housekeeping as housekeeping_module
 from agent.app import Agent
 from agent.errors import ErrorCode
 from agent.store import DB_NAME
@@ -138,7 +138,7 @@ async def test_delivery_scanner_recovers_when_its_table_comes_back(
 async def test_housekeeping_recovers_when_its_table_comes_back(
     broker: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(app_module, "HOUSEKEEPING_INTERVAL_S", 0.1)
+    monkeypatch.setattr(housekeeping_module, "HOUSEKEEPING_INTERVAL_S", 0.1)
     cfg = agent_config(
         tmp_path / "agent", broker, runtime={"task_restart_limit": 1000, **FAST_RESTART}
     )
