@@ -34,6 +34,7 @@ from agent.protocol import StatusReason
 from agent.replies import ReplyRouter
 from agent.sessions import SessionManager, SessionRunner
 from agent.status import StatusReporter
+from agent.status_models import wire
 from agent.store import Store
 from agent.supervisor import RestartPolicy, Supervisor
 
@@ -214,7 +215,7 @@ class Agent:
                 cfg.mqtt,
                 cfg.site.id,
                 lambda message: processor.handle(message),  # noqa: PLW0108
-                lambda: reporter.online(),  # noqa: PLW0108
+                lambda: wire(reporter.online()),
             )
             reporter = self.reporter = StatusReporter(
                 site_id=cfg.site.id,

@@ -37,6 +37,7 @@ from agent.engine import Image
 
 # redact_url is re-exported: tests/test_camera_units.py imports it from here.
 from agent.redaction import log_safe, redact_text, redact_url
+from agent.status_models import CameraHealth
 
 log = logging.getLogger(__name__)
 
@@ -181,22 +182,22 @@ class CameraReader:
             self._set_state_local(CameraState.RECONNECTING)
             self.on_state(self.camera_id, CameraState.RECONNECTING, self.stats.last_error)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> CameraHealth:
         """Health for status: state, frame age, counters, last error."""
         age = self.frame_age()
-        return {
-            "id": self.camera_id,
-            "name": self.name,
-            "state": self.state.value,
-            "frameAgeSeconds": None if age is None else round(age, 2),
-            "framesRead": self.stats.frames_read,
-            "framesAnalysed": self.stats.frames_analysed,
-            "framesDropped": max(0, self.stats.frames_read - self.stats.frames_analysed),
-            "framesInvalid": self.stats.frames_invalid,
-            "reconnects": self.stats.reconnects,
-            "lastError": self.stats.last_error or None,
-            "upSeconds": round(self.up_seconds(), 1),
-        }
+        return CameraHealth(
+            id=self.camera_id,
+            name=self.name,
+            state=self.state.value,
+            frame_age_seconds=None if age is None else round(age, 2),
+            frames_read=self.stats.frames_read,
+            frames_analysed=self.stats.frames_analysed,
+            frames_dropped=max(0, self.stats.frames_read - self.stats.frames_analysed),
+            frames_invalid=self.stats.frames_invalid,
+            reconnects=self.stats.reconnects,
+            last_error=self.stats.last_error or None,
+            up_seconds=round(self.up_seconds(), 1),
+        )
 
     def _set_state_local(self, state: CameraState) -> None:
         now = time.monotonic()

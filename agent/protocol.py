@@ -315,7 +315,10 @@ class RecognitionEvent(WireModel):
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
-    """JSON Schema of every command, the reply and every callback event, by file stem."""
+    """JSON Schema of every command, the reply, every callback event and the agent's own
+    reports (status data, online message), by file stem."""
+    from agent.status_models import AgentStatus, OnlineMessage  # they build on this module
+
     schemas: dict[str, dict[str, Any]] = {
         f"command.{name.replace('/', '.')}": model.model_json_schema(by_alias=True)
         for name, model in COMMANDS.items()
@@ -323,6 +326,8 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     schemas["reply"] = Reply.model_json_schema(by_alias=True)
     schemas["event.session_status"] = SessionStatusEvent.model_json_schema(by_alias=True)
     schemas["event.recognition"] = RecognitionEvent.model_json_schema(by_alias=True)
+    schemas["status"] = AgentStatus.model_json_schema(by_alias=True)
+    schemas["online"] = OnlineMessage.model_json_schema(by_alias=True)
     return schemas
 
 

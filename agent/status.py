@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from agent import __version__
 from agent.delivery import Delivery
@@ -19,6 +18,7 @@ from agent.model_watch import ModelWatcher
 from agent.mqtt import MqttLink
 from agent.outbox import Outbox
 from agent.sessions import SessionManager
+from agent.status_models import AgentInfo, AgentStatus, MqttStatus, OnlineMessage
 from agent.supervisor import Supervisor
 
 OUTBOX_BACKLOG_WARN_S = 3600.0
@@ -40,18 +40,17 @@ class StatusReporter:
     delivery: Delivery
     supervisor: Supervisor
 
-    def online(self) -> dict[str, Any]:
+    def online(self) -> OnlineMessage:
         """The retained availability message."""
         engine = self.models.engine
-        return {
-            "state": "online",
-            "version": __version__,
-            "siteId": self.site_id,
-            "modelPack": engine.pack.name if engine else None,
-            "embeddingSpace": engine.embedding_space if engine else None,
-            "activeSessions": [s.slot_id for s in self.sessions.sessions],
-            "warnings": self.warnings(),
-        }
+        return OnlineMessage(
+            version=__version__,
+            site_id=self.site_id,
+            model_pack=engine.pack.name if engine else None,
+            embedding_space=engine.embedding_space if engine else None,
+            active_sessions=[s.slot_id for s in self.sessions.sessions],
+            warnings=self.warnings(),
+        )
 
     def warnings(self) -> list[str]:
         """Conditions an operator should see (degraded provider, no model, outbox full...)."""
@@ -79,31 +78,29 @@ class StatusReporter:
             found.append(f"{error.code}: {time.time() - when:.0f} s ago: {error.message}")
         if self.outbox.full_reason:
             found.append(f"OUTBOX_FULL: {self.outbox.full_reason}")
-        oldest = self.outbox.stats()["oldestPending"]
-        if oldest and oldest["ageSeconds"] > OUTBOX_BACKLOG_WARN_S:
+        oldest = self.outbox.stats().oldest_pending
+        if oldest and oldest.age_seconds > OUTBOX_BACKLOG_WARN_S:
             found.append(
-                f"OUTBOX_BACKLOG: oldest undelivered event is {oldest['ageSeconds']:.0f} s old"
+                f"OUTBOX_BACKLOG: oldest undelivered event is {oldest.age_seconds:.0f} s old"
             )
         return found
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> AgentStatus:
         """The agent's state for the status command and the local endpoint."""
         link = self.link
-        return {
-            "agent": {
-                "version": __version__,
-                "siteId": self.site_id,
-                "state": self.state(),
-                "uptimeSeconds": round(time.time() - self.started, 1),
-            },
-            "model": {**self.models.describe(), "reloads": self.watcher.describe()},
-            "sessions": [s.summary() for s in self.sessions.sessions],
-            "mqtt": {
-                "connected": link.connected,
-                "protocol": link.protocol,
-                "connects": link.connects,
-            },
-            "outbox": self.outbox.stats(),
-            "tasks": self.supervisor.describe(),
-            "warnings": self.warnings(),
-        }
+        return AgentStatus(
+            agent=AgentInfo(
+                version=__version__,
+                site_id=self.site_id,
+                state=self.state(),
+                uptime_seconds=round(time.time() - self.started, 1),
+            ),
+            model=self.models.describe().model_copy(update={"reloads": self.watcher.describe()}),
+            sessions=[s.summary() for s in self.sessions.sessions],
+            mqtt=MqttStatus(
+                connected=link.connected, protocol=link.protocol, connects=link.connects
+            ),
+            outbox=self.outbox.stats(),
+            tasks=self.supervisor.describe(),
+            warnings=self.warnings(),
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from agent.protocol import Command, SessionStart
 from agent.reply import Reply
 from agent.sessions import SessionManager
+from agent.status_models import wire
 
 
 class SessionStartHandler:
@@ -16,4 +17,4 @@ class SessionStartHandler:
     async def __call__(self, command: Command) -> Reply:
         """Start the session; the reply carries its summary."""
         assert isinstance(command, SessionStart)
-        return Reply.ok("Session started.", await self._sessions.start(command))
+        return Reply.ok("Session started.", wire(await self._sessions.start(command)))

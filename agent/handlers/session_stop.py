@@ -5,6 +5,7 @@ from __future__ import annotations
 from agent.protocol import Command, SessionStop
 from agent.reply import Reply
 from agent.sessions import SessionManager
+from agent.status_models import wire
 
 
 class SessionStopHandler:
@@ -16,4 +17,4 @@ class SessionStopHandler:
     async def __call__(self, command: Command) -> Reply:
         """Stop the session; the reply carries its last summary."""
         assert isinstance(command, SessionStop)
-        return Reply.ok("Session stopped.", await self._sessions.stop(command.slot_id))
+        return Reply.ok("Session stopped.", wire(await self._sessions.stop(command.slot_id)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from agent.protocol import Command
 from agent.reply import Reply
 from agent.status import StatusReporter
+from agent.status_models import wire
 
 
 class StatusHandler:
@@ -15,4 +16,4 @@ class StatusHandler:
 
     async def __call__(self, command: Command) -> Reply:
         """The status report as the reply's data."""
-        return Reply.ok("Agent status.", self._status.status())
+        return Reply.ok("Agent status.", wire(self._status.status()))
