@@ -3,7 +3,9 @@
 Every failure the agent reports (an MQTT reply, a callback event, a log line, a CLI
 exit) carries an :class:`ErrorCode` and an HTTP-like status. Third-party exceptions
 are translated into :class:`AgentError` where they enter the agent, so callers above
-that boundary handle one exception type.
+that boundary handle one exception type. Every exception class the agent defines
+(``StoreError``, ``ConfigError``, ``DefaultPackError``, ``SessionStopError``...) derives
+from :class:`AgentError` and carries a code from :class:`ErrorCode`.
 """
 
 from __future__ import annotations

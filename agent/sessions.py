@@ -97,8 +97,11 @@ def _camera_identity(url: str) -> str:
     return f"{parts.scheme.lower()}://{host}{port}{parts.path or '/'}?{parts.query}"
 
 
-class SessionStopError(RuntimeError):
+class SessionStopError(AgentError):
     """A session's work failed while it was being stopped."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(ErrorCode.STOP_SESSION_FAILED, reason, status=500)
 
 
 class SessionRunner(Protocol):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from agent import __version__
 from agent.delivery import Delivery
+from agent.errors import ErrorCode
 from agent.inference import ModelSlot
 from agent.model_watch import ModelWatcher
 from agent.mqtt import MqttLink
@@ -56,13 +57,13 @@ class StatusReporter:
         """Conditions an operator should see (degraded provider, no model, outbox full...)."""
         engine = self.models.engine
         found = (
-            [f"MODEL_NOT_LOADED: {self.models.reason}"]
+            [f"{ErrorCode.MODEL_NOT_LOADED}: {self.models.reason}"]
             if engine is None
             else [f"ONNX_PROVIDER_DEGRADED: {w}" for w in engine.provider_warnings()]
         )
         found.extend(self.supervisor.warnings())
         if self.models.reload_error:
-            found.append(f"MODEL_RELOAD_FAILED: {self.models.reload_error}")
+            found.append(f"{ErrorCode.MODEL_RELOAD_FAILED}: {self.models.reload_error}")
         news = self.delivery.dead_letters
         if news.count:
             found.append(
@@ -72,12 +73,14 @@ class StatusReporter:
             )
         store = self.outbox.store
         if store.busy_for is not None:
-            found.append(f"STORAGE_BUSY: the state file is locked for {store.busy_for:.0f} s")
+            found.append(
+                f"{ErrorCode.STORAGE_BUSY}: the state file is locked for {store.busy_for:.0f} s"
+            )
         if store.last_error and time.time() - store.last_error[0] < STORAGE_WARN_S:
             when, error = store.last_error
             found.append(f"{error.code}: {time.time() - when:.0f} s ago: {error.message}")
         if self.outbox.full_reason:
-            found.append(f"OUTBOX_FULL: {self.outbox.full_reason}")
+            found.append(f"{ErrorCode.OUTBOX_FULL}: {self.outbox.full_reason}")
         oldest = self.outbox.stats().oldest_pending
         if oldest and oldest.age_seconds > OUTBOX_BACKLOG_WARN_S:
             found.append(
