@@ -19,7 +19,6 @@ from agent.commands import CommandProcessor
 from agent.config import AgentConfig, api_keys, read_secret
 from agent.delivery import Delivery, OutboxSink
 from agent.engine import FaceEngine
-from agent.errors import AgentError
 from agent.events import EventFactory, EventSink
 from agent.handlers import build_handlers
 from agent.housekeeping import housekeeping
@@ -90,9 +89,7 @@ class Agent:
         if sessions is not None:
             if self.state is AgentState.RUNNING:
                 await sessions.resume_all()
-            dropped = self.models.retain({s.embedding_space for s in sessions.sessions})
-            if dropped:
-                log.info("MODEL_SPACES_RELEASED spaces=%s", ",".join(dropped))
+            sessions.release_unused_models()
         self._mark_status_dirty()
 
     def _session_stopped(self, slot_id: str) -> None:
@@ -100,9 +97,7 @@ class Agent:
         if self.delivery is not None:
             self.delivery.forget(slot_id)
         if self.sessions is not None:
-            dropped = self.models.retain({s.embedding_space for s in self.sessions.sessions})
-            if dropped:
-                log.info("MODEL_SPACES_RELEASED spaces=%s", ",".join(dropped))
+            self.sessions.release_unused_models()
 
     # Status ---------------------------------------------------------------------------
 
@@ -120,12 +115,8 @@ class Agent:
 
     async def _autostop(self, slot_id: str, reason: StatusReason) -> None:
         """The delivery rule found the backend unresponsive (or refusing) for this session."""
-        if self.sessions is None:
-            return
-        try:
-            await self.sessions.stop(slot_id, reason)
-        except AgentError as exc:
-            log.info("AUTOSTOP_SKIPPED slot=%s code=%s", slot_id, exc.code)
+        if self.sessions is not None:
+            await self.sessions.autostop(slot_id, reason)
 
     async def _wait_for_stop(self, stop: asyncio.Event, fatal: asyncio.Event) -> None:
         """Return when a stop is requested or a supervised task is beyond repair."""

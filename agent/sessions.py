@@ -484,6 +484,20 @@ class SessionManager:
         event = self._events.status(command.slot_id, SessionStatus.STOPPED, reason, message=message)
         await emit_or_log(self._sink, event, command.callback_url)
 
+    async def autostop(self, slot_id: str, reason: StatusReason) -> None:
+        """Stop a session on the agent's own initiative (the backend stopped answering or
+        refuses every event); a session already gone is only logged."""
+        try:
+            await self.stop(slot_id, reason)
+        except AgentError as exc:
+            log.info("AUTOSTOP_SKIPPED slot=%s code=%s", slot_id, exc.code)
+
+    def release_unused_models(self) -> None:
+        """Unload recognizers kept for embedding spaces no running session uses now."""
+        dropped = self._models.retain({s.embedding_space for s in self.sessions})
+        if dropped:
+            log.info("MODEL_SPACES_RELEASED spaces=%s", ",".join(dropped))
+
     async def shutdown(self) -> None:
         """Stop every session's work in reverse start order; rows stay for resume."""
         for session in reversed(self.sessions):
