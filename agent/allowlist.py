@@ -15,14 +15,20 @@ import re
 from collections.abc import Iterable
 from urllib.parse import SplitResult, unquote, urlsplit
 
+from agent.errors import AgentError, ErrorCode
+
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # Percent-encoded '/', '\' or '.' in a path: the client or the server may decode them
 # into a different path than the one checked.
 _ENCODED_SEPARATORS = re.compile(r"%(2f|5c|2e)", re.IGNORECASE)
 
 
-class CallbackUrlError(ValueError):
-    """The URL cannot be a callback URL; the message says why."""
+class CallbackUrlError(AgentError, ValueError):
+    """The URL cannot be a callback URL; the message says why. Also a ``ValueError``, so
+    a config validator that meets it reports a validation error."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(ErrorCode.CALLBACK_URL_NOT_ALLOWED, reason)
 
 
 def _parts(url: str) -> SplitResult:

@@ -13,38 +13,32 @@ import asyncio
 import logging
 import time
 from enum import StrEnum
-from typing import Any
-
-from paho.mqtt.client import topic_matches_sub
 
 from agent import __version__
-from agent.commands import CommandProcessor, decode_photo_field
+from agent.commands import CommandProcessor
 from agent.config import AgentConfig, api_keys, read_secret
 from agent.delivery import Delivery, OutboxSink
-from agent.embedding import generate_embedding
 from agent.engine import FaceEngine
-from agent.errors import AgentError, ErrorCode
 from agent.events import EventFactory, EventSink
+from agent.handlers import build_handlers
+from agent.housekeeping import housekeeping
 from agent.inference import InferencePool, ModelSlot
 from agent.local_http import LocalHttp
 from agent.metrics import Metrics
 from agent.model_watch import ModelWatcher
-from agent.mqtt import IncomingMessage, MqttLink
+from agent.mqtt import MqttLink
 from agent.outbox import Outbox
 from agent.pipeline import RecognitionRunner
-from agent.protocol import Command, EmbeddingGenerate, SessionStart, SessionStop, StatusReason
-from agent.redaction import log_safe
-from agent.reply import Reply
+from agent.protocol import StatusReason
+from agent.replies import ReplyRouter
 from agent.scheduler import AnalysisScheduler
 from agent.sessions import SessionManager, SessionRunner
+from agent.status import StatusReporter
+from agent.status_models import wire
 from agent.store import Store
 from agent.supervisor import RestartPolicy, Supervisor
 
 log = logging.getLogger(__name__)
-
-HOUSEKEEPING_INTERVAL_S = 3600.0
-OUTBOX_BACKLOG_WARN_S = 3600.0
-STORAGE_WARN_S = 600.0  # a state-file failure stays in warnings this long
 
 
 class AgentState(StrEnum):
@@ -83,6 +77,7 @@ class Agent:
         self.http: LocalHttp | None = None
         self.delivery: Delivery | None = None
         self.supervisor: Supervisor | None = None
+        self.reporter: StatusReporter | None = None
 
     # Model ----------------------------------------------------------------------------
 
@@ -95,9 +90,7 @@ class Agent:
         if sessions is not None:
             if self.state is AgentState.RUNNING:
                 await sessions.resume_all()
-            dropped = self.models.retain({s.embedding_space for s in sessions.sessions})
-            if dropped:
-                log.info("MODEL_SPACES_RELEASED spaces=%s", ",".join(dropped))
+            sessions.release_unused_models()
         self._mark_status_dirty()
 
     def _session_stopped(self, slot_id: str) -> None:
@@ -105,85 +98,9 @@ class Agent:
         if self.delivery is not None:
             self.delivery.forget(slot_id)
         if self.sessions is not None:
-            dropped = self.models.retain({s.embedding_space for s in self.sessions.sessions})
-            if dropped:
-                log.info("MODEL_SPACES_RELEASED spaces=%s", ",".join(dropped))
+            self.sessions.release_unused_models()
 
     # Status ---------------------------------------------------------------------------
-
-    def online_payload(self) -> dict[str, Any]:
-        """The retained availability message."""
-        engine = self.models.engine
-        return {
-            "state": "online",
-            "version": __version__,
-            "siteId": self.cfg.site.id,
-            "modelPack": engine.pack.name if engine else None,
-            "embeddingSpace": engine.embedding_space if engine else None,
-            "activeSessions": [s.slot_id for s in self.sessions.sessions] if self.sessions else [],
-            "warnings": self.warnings(),
-        }
-
-    def warnings(self) -> list[str]:
-        """Conditions an operator should see (degraded provider, no model, outbox full...)."""
-        engine = self.models.engine
-        found = (
-            [f"MODEL_NOT_LOADED: {self.models.reason}"]
-            if engine is None
-            else [f"ONNX_PROVIDER_DEGRADED: {w}" for w in engine.provider_warnings()]
-        )
-        if self.supervisor is not None:
-            found.extend(self.supervisor.warnings())
-        if self.models.reload_error:
-            found.append(f"MODEL_RELOAD_FAILED: {self.models.reload_error}")
-        if self.delivery is not None and self.delivery.dead_letters.count:
-            news = self.delivery.dead_letters
-            found.append(
-                f"CALLBACK_DEAD_LETTERS: {news.count} event(s) refused by the backend since "
-                f"start (last: slot {news.last_slot}, {news.last_error}); see "
-                "`python -m agent outbox`, re-send with `python -m agent outbox retry`"
-            )
-        store = self.outbox.store if self.outbox is not None else None
-        if store is not None:
-            if store.busy_for is not None:
-                found.append(f"STORAGE_BUSY: the state file is locked for {store.busy_for:.0f} s")
-            if store.last_error and time.time() - store.last_error[0] < STORAGE_WARN_S:
-                when, error = store.last_error
-                found.append(f"{error.code}: {time.time() - when:.0f} s ago: {error.message}")
-        if self.outbox is not None:
-            if self.outbox.full_reason:
-                found.append(f"OUTBOX_FULL: {self.outbox.full_reason}")
-            oldest = self.outbox.stats()["oldestPending"]
-            if oldest and oldest["ageSeconds"] > OUTBOX_BACKLOG_WARN_S:
-                found.append(
-                    f"OUTBOX_BACKLOG: oldest undelivered event is {oldest['ageSeconds']:.0f} s old"
-                )
-        return found
-
-    def status(self) -> dict[str, Any]:
-        """The agent's state for the status command."""
-        link = self.link
-        return {
-            "agent": {
-                "version": __version__,
-                "siteId": self.cfg.site.id,
-                "state": self.state.value,
-                "uptimeSeconds": round(time.time() - self._started, 1),
-            },
-            "model": {
-                **self.models.describe(),
-                "reloads": self.watcher.describe() if self.watcher else None,
-            },
-            "sessions": [s.summary() for s in self.sessions.sessions] if self.sessions else [],
-            "mqtt": {
-                "connected": link.connected if link else False,
-                "protocol": link.protocol if link else None,
-                "connects": link.connects if link else 0,
-            },
-            "outbox": self.outbox.stats() if self.outbox else None,
-            "tasks": self.supervisor.describe() if self.supervisor else [],
-            "warnings": self.warnings(),
-        }
 
     def _mark_status_dirty(self) -> None:
         self._status_dirty.set()
@@ -195,109 +112,12 @@ class Agent:
             self._status_dirty.clear()
             await link.publish_status()
 
-    # Commands -------------------------------------------------------------------------
-
-    def _handlers(self, sessions: SessionManager, pool: InferencePool) -> dict[str, Any]:
-        async def session_start(command: Command) -> Reply:
-            assert isinstance(command, SessionStart)
-            return Reply.ok("Session started.", await sessions.start(command))
-
-        async def session_stop(command: Command) -> Reply:
-            assert isinstance(command, SessionStop)
-            return Reply.ok("Session stopped.", await sessions.stop(command.slot_id))
-
-        async def embedding_generate(command: Command) -> Reply:
-            assert isinstance(command, EmbeddingGenerate)
-            photo = decode_photo_field(command.photo)
-            if photo is None:
-                raise AgentError(
-                    ErrorCode.PHOTO_FILE_REQUIRED,
-                    "photo is required: send the image base64-encoded.",
-                )
-            engine = self.models.require()
-            result = await pool.run(
-                generate_embedding,
-                engine,
-                self.cfg.enrollment,
-                photo=photo,
-                submission_id=command.submission_id,
-            )
-            return Reply.ok("Embedding generated.", result.as_data())
-
-        async def status(command: Command) -> Reply:
-            return Reply.ok("Agent status.", self.status())
-
-        async def refuse_while_stopping(handler: Any, command: Command) -> Reply:
-            if self.state is not AgentState.RUNNING and handler is not status:
-                raise AgentError(
-                    ErrorCode.AGENT_SHUTTING_DOWN,
-                    "The agent is starting or shutting down; retry in a moment.",
-                    status=503,
-                )
-            result: Reply = await handler(command)
-            return result
-
-        table = {
-            "session/start": session_start,
-            "session/stop": session_stop,
-            "embedding/generate": embedding_generate,
-            "status": status,
-        }
-        return {
-            name: (lambda c, h=handler: refuse_while_stopping(h, c))
-            for name, handler in table.items()
-        }
-
-    def _may_reply_to(self, topic: str, reply: Reply) -> bool:
-        """Whether a reply may go to the request's MQTT v5 response topic. An
-        unauthenticated sender must not make the agent publish wherever it likes (a
-        reflection amplifier on the site's broker): its 401 goes to the site's reply topic
-        unless the topic matches ``[mqtt] unauthenticated_reply_topics``."""
-        if not topic or len(topic) > 1024 or any(c in topic for c in "+#\x00"):
-            log.warning("REPLY_TOPIC_INVALID topic=%s", log_safe(topic))
-            return False
-        if reply.code is not ErrorCode.UNAUTHORIZED:
-            return True
-        allowed = any(
-            topic_matches_sub(f, topic) for f in self.cfg.mqtt.unauthenticated_reply_topics
-        )
-        if not allowed:
-            log.warning("REPLY_TOPIC_REFUSED topic=%s reason=unauthenticated", log_safe(topic))
-        return allowed
-
-    async def _send_reply(self, message: IncomingMessage, reply: Reply) -> None:
-        link = self.link
-        if link is None:
-            return
-        if message.response_topic and self._may_reply_to(message.response_topic, reply):
-            await link.publish(
-                message.response_topic,
-                reply.to_json_dict(),
-                correlation_data=message.correlation_data,
-            )
-        else:
-            await link.publish(link.reply_topic, reply.to_json_dict())
-
     # Lifecycle ------------------------------------------------------------------------
-
-    async def _housekeeping(self, store: Store, outbox: Outbox) -> None:
-        while True:
-            pruned = await store.run(store.prune_replies, self.cfg.mqtt.reply_cache_s)
-            delivered = await store.run(
-                outbox.prune_delivered, self.cfg.callback.delivered_retention_s
-            )
-            if pruned or delivered:
-                log.info("HOUSEKEEPING replies_pruned=%d delivered_pruned=%d", pruned, delivered)
-            await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
 
     async def _autostop(self, slot_id: str, reason: StatusReason) -> None:
         """The delivery rule found the backend unresponsive (or refusing) for this session."""
-        if self.sessions is None:
-            return
-        try:
-            await self.sessions.stop(slot_id, reason)
-        except AgentError as exc:
-            log.info("AUTOSTOP_SKIPPED slot=%s code=%s", slot_id, exc.code)
+        if self.sessions is not None:
+            await self.sessions.autostop(slot_id, reason)
 
     async def _wait_for_stop(self, stop: asyncio.Event, fatal: asyncio.Event) -> None:
         """Return when a stop is requested or a supervised task is beyond repair."""
@@ -382,20 +202,44 @@ class Agent:
                 on_change=self._mark_status_dirty,
                 on_stopped=self._session_stopped,
             )
+            # The link, the status report and the command processor need each other; the
+            # link calls the other two only once it runs, so it takes them late-bound.
+            link = self.link = MqttLink(
+                cfg.mqtt,
+                cfg.site.id,
+                lambda message: processor.handle(message),  # noqa: PLW0108
+                lambda: wire(reporter.online()),
+            )
+            reporter = self.reporter = StatusReporter(
+                site_id=cfg.site.id,
+                state=lambda: self.state.value,
+                started=self._started,
+                models=self.models,
+                watcher=watcher,
+                sessions=sessions,
+                link=link,
+                outbox=outbox,
+                delivery=delivery,
+                supervisor=supervisor,
+            )
             processor = CommandProcessor(
                 command_prefix=f"{cfg.mqtt.topic_prefix}/{cfg.site.id}/cmd",
                 api_keys=api_keys(cfg.auth),
                 max_payload_bytes=cfg.mqtt.max_payload_bytes,
                 reply_cache_s=cfg.mqtt.reply_cache_s,
                 store=store,
-                handlers=self._handlers(sessions, pool),
-                send_reply=self._send_reply,
-            )
-            link = self.link = MqttLink(
-                cfg.mqtt, cfg.site.id, processor.handle, self.online_payload
+                handlers=build_handlers(
+                    sessions=sessions,
+                    models=self.models,
+                    pool=pool,
+                    enrollment=cfg.enrollment,
+                    status=reporter,
+                ),
+                send_reply=ReplyRouter(link, cfg.mqtt.unauthenticated_reply_topics).send,
+                accepting=lambda: self.state is AgentState.RUNNING,
             )
             if cfg.metrics.enabled:
-                self.http = LocalHttp(cfg.metrics, self.metrics, self.status)
+                self.http = LocalHttp(cfg.metrics, self.metrics, reporter.status)
                 await self.http.start()
             # Sessions resume before commands are accepted, so a command never meets a
             # half-restored agent.
@@ -404,7 +248,15 @@ class Agent:
             supervisor.spawn("delivery-scanner", delivery.scan_forever)
             supervisor.spawn("mqtt-link", link.run)
             supervisor.spawn("status-publisher", lambda: self._status_publisher(link))
-            supervisor.spawn("housekeeping", lambda: self._housekeeping(store, outbox))
+            supervisor.spawn(
+                "housekeeping",
+                lambda: housekeeping(
+                    store,
+                    outbox,
+                    reply_cache_s=cfg.mqtt.reply_cache_s,
+                    delivered_retention_s=cfg.callback.delivered_retention_s,
+                ),
+            )
             if cfg.models.watch:
                 supervisor.spawn("model-watcher", watcher.run)
             log.info("AGENT_RUNNING version=%s site=%s", __version__, cfg.site.id)

@@ -31,7 +31,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
 from urllib.parse import unquote
 
 from agent.config import CamerasConfig
@@ -39,6 +38,7 @@ from agent.engine import Image
 
 # redact_url is re-exported: tests/test_camera_units.py imports it from here.
 from agent.redaction import log_safe, redact_text, redact_url
+from agent.status_models import CameraHealth
 from agent.video_source import DecodeMode, SourceError, VideoSource, choose_decoder, open_source
 
 log = logging.getLogger(__name__)
@@ -241,28 +241,28 @@ class CameraReader:
             self._set_state(CameraState.RECONNECTING)
             self.on_state(self.camera_id, CameraState.RECONNECTING, self.loop_counters.stall_error)
 
-    def describe(self) -> dict[str, Any]:
-        """Health for status: state, frame age, rates, counters, last error."""
+    def describe(self) -> CameraHealth:
+        """Health for status: state, frame age, rates, decoding, counters, last error."""
         age = self.frame_age()
         counters, mine = self.counters, self.loop_counters
-        return {
-            "id": self.camera_id,
-            "name": self.name,
-            "state": self.state.value,
-            "frameAgeSeconds": None if age is None else round(age, 2),
-            "framesRead": counters.frames_read,
-            "framesDecoded": counters.frames_decoded,
-            "framesAnalysed": mine.frames_analysed,
-            "framesDropped": max(0, counters.frames_read - mine.frames_analysed),
-            "framesInvalid": counters.frames_invalid + mine.analysis_errors,
-            "analysisRate": round(self.analysis_rate(), 2),
-            "analysesShed": mine.analyses_shed,
-            "decoder": self.decoder,
-            "decodeMode": self.effective_decode_mode.value,
-            "reconnects": counters.reconnects,
-            "lastError": self.last_error or None,
-            "upSeconds": round(self.up_seconds(), 1),
-        }
+        return CameraHealth(
+            id=self.camera_id,
+            name=self.name,
+            state=self.state.value,
+            frame_age_seconds=None if age is None else round(age, 2),
+            frames_read=counters.frames_read,
+            frames_decoded=counters.frames_decoded,
+            frames_analysed=mine.frames_analysed,
+            frames_dropped=max(0, counters.frames_read - mine.frames_analysed),
+            frames_invalid=counters.frames_invalid + mine.analysis_errors,
+            analysis_rate=round(self.analysis_rate(), 2),
+            analyses_shed=mine.analyses_shed,
+            decoder=self.decoder,
+            decode_mode=self.effective_decode_mode.value,
+            reconnects=counters.reconnects,
+            last_error=self.last_error or None,
+            up_seconds=round(self.up_seconds(), 1),
+        )
 
     def _set_state(self, state: CameraState) -> None:
         now = time.monotonic()

@@ -18,6 +18,7 @@ from agent.config import AgentConfig, ConfigError, load_config, masked_dump
 from agent.errors import AgentError, ModelNotLoadedError, ModelPackError
 from agent.logs import setup_logging
 from agent.reply import Reply
+from agent.status_models import AgentStatus, CameraHealth, ModelLoaded, wire
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -184,7 +185,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
         if args.action == "retry":
             print(f"Re-queued {outbox.retry_dead()} dead letter(s).")
         else:
-            print(json.dumps(outbox.stats(), indent=2, default=str))
+            print(json.dumps(wire(outbox.stats()), indent=2, default=str))
     except StoreError as exc:
         print(f"[{exc.code}] {exc.message}", file=sys.stderr)
         return EXIT_FAILED
@@ -214,39 +215,41 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status, indent=2))
         return EXIT_OK
-    agent, model = status["agent"], status["model"]
+    _print_status(AgentStatus.model_validate(status))
+    return EXIT_OK
+
+
+def _print_status(status: AgentStatus) -> None:
+    agent, model = status.agent, status.model
     print(
-        f"agent   {agent['state']}  version {agent['version']}  site {agent['siteId']}  "
-        f"up {agent['uptimeSeconds']:.0f} s"
+        f"agent   {agent.state}  version {agent.version}  site {agent.site_id}  "
+        f"up {agent.uptime_seconds:.0f} s"
     )
-    if model.get("loaded"):
-        print(
-            f"model   {model['pack']}  space {model['embeddingSpace']}  "
-            f"providers {model['providers']}"
-        )
+    if isinstance(model, ModelLoaded):
+        print(f"model   {model.pack}  space {model.embedding_space}  providers {model.providers}")
     else:
-        print(f"model   NOT LOADED: {model.get('reason')}")
-    mqtt = status["mqtt"]
-    print(
-        f"mqtt    {'connected' if mqtt['connected'] else 'DISCONNECTED'} (MQTT {mqtt['protocol']})"
-    )
-    outbox = status.get("outbox") or {}
-    counts = outbox.get("counts", {})
+        print(f"model   NOT LOADED: {model.reason}")
+    mqtt = status.mqtt
+    print(f"mqtt    {'connected' if mqtt.connected else 'DISCONNECTED'} (MQTT {mqtt.protocol})")
+    counts = status.outbox.counts if status.outbox else {}
     print(
         f"outbox  pending {counts.get('pending', 0)}  dead {counts.get('dead', 0)}  "
         f"delivered {counts.get('delivered', 0)}"
     )
-    for session in status["sessions"]:
-        print(f"session {session['slotId']}  {session['mode']}  {session['students']} students")
-        for cam in session["cameras"]:
-            print(
-                f"  camera {cam['id']}  {cam.get('state', '?')}  "
-                f"age {cam.get('frameAgeSeconds')} s  analysed {cam.get('framesAnalysed', 0)}  "
-                f"reconnects {cam.get('reconnects', 0)}  {cam.get('lastError') or ''}".rstrip()
-            )
-    for warning in status["warnings"]:
+    for session in status.sessions:
+        print(f"session {session.slot_id}  {session.mode}  {session.students} students")
+        for cam in session.cameras:
+            if isinstance(cam, CameraHealth):
+                line = (
+                    f"  camera {cam.id}  {cam.state}  age {cam.frame_age_seconds} s  "
+                    f"analysed {cam.frames_analysed}  reconnects {cam.reconnects}  "
+                    f"{cam.last_error or ''}"
+                )
+            else:
+                line = f"  camera {cam.id}  ?  age None s  analysed 0  reconnects 0"
+            print(line.rstrip())
+    for warning in status.warnings:
         print(f"WARNING {warning}")
-    return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -4,8 +4,9 @@ Order of checks: API key **before the payload is parsed** (401, nothing parsed o
 executed: an unauthenticated sender costs a byte scan, never a JSON parse), size, JSON (parsed
 off the event loop when large; too deep a nesting is a 422, not a crash), replay of a
 known ``requestId`` (the same reply again, nothing executed twice), command name (404),
-payload validation (422 with every field error), then the command's handler. Handlers
-raise :class:`AgentError`; anything else becomes a logged 500.
+payload validation (422 with every field error), the agent's readiness (503 while it starts
+or stops; ``status`` is always answered), then the command's handler. Handlers raise
+:class:`AgentError`; anything else becomes a logged 500.
 
 The key is taken from the MQTT v5 user property ``x-api-key`` or, for 3.1.1 backends, from
 the payload's top-level ``apiKey``: candidates are found by a byte scan of the raw payload
@@ -17,7 +18,6 @@ real key), and only a payload with an accepted candidate is parsed; the parsed t
 from __future__ import annotations
 
 import asyncio
-import base64
 import hmac
 import json
 import logging
@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from agent.errors import AgentError, ErrorCode
 from agent.mqtt import IncomingMessage
-from agent.protocol import COMMANDS, Command
+from agent.protocol import COMMANDS, Command, CommandName
 from agent.redaction import log_safe, redact_url
 from agent.reply import Reply
 from agent.store import Store, StoreError
@@ -43,6 +43,7 @@ _REDACTED_KEYS = {"apikey", "password", "token", "name"}
 # A top-level or nested "apiKey": "<value>" in raw JSON bytes (value without escapes).
 _API_KEY_FIELD = re.compile(rb'"apiKey"\s*:\s*"([^"\\]{1,256})"')
 PARSE_OFF_LOOP_BYTES = 256 * 1024  # larger payloads are parsed in a worker thread
+_COMMAND_NAMES = frozenset(c.value for c in CommandName)
 
 
 def redact(value: Any, key: str = "") -> Any:
@@ -83,8 +84,9 @@ class CommandProcessor:
         max_payload_bytes: int,
         reply_cache_s: float,
         store: Store,
-        handlers: Mapping[str, CommandHandler],
+        handlers: Mapping[CommandName, CommandHandler],
         send_reply: ReplySender,
+        accepting: Callable[[], bool] = lambda: True,
     ) -> None:
         self._prefix = command_prefix.rstrip("/") + "/"
         self._keys = [k.encode() for k in api_keys]
@@ -93,6 +95,7 @@ class CommandProcessor:
         self._store = store
         self._handlers = handlers
         self._send = send_reply
+        self._accepting = accepting
         self._in_flight: dict[str, asyncio.Future[Reply]] = {}
         if not self._keys:
             log.warning(
@@ -124,7 +127,7 @@ class CommandProcessor:
         """The reply for one message (without sending it)."""
         name = message.topic[len(self._prefix) :] if message.topic.startswith(self._prefix) else ""
         # The key first: every reply but a 401 then goes to an authenticated sender (only
-        # those may choose where replies are published, see agent.app).
+        # those may choose where replies are published, see agent.replies).
         if not self.authenticated(message):
             return self._unauthorised(name)
         if len(message.payload) > self._max_bytes:
@@ -219,8 +222,9 @@ class CommandProcessor:
         return reply
 
     async def _execute(self, name: str, payload: dict[str, Any], request_id: str | None) -> Reply:
-        model = COMMANDS.get(name)
-        handler = self._handlers.get(name)
+        known = name in _COMMAND_NAMES
+        model = COMMANDS.get(CommandName(name)) if known else None
+        handler = self._handlers.get(CommandName(name)) if known else None
         if model is None or handler is None:
             return self._refuse(
                 name,
@@ -242,6 +246,7 @@ class CommandProcessor:
                 {"errors": errors},
             )
         try:
+            self._check_accepting(name)
             reply = await handler(command)
         except AgentError as exc:
             log.warning(
@@ -263,6 +268,15 @@ class CommandProcessor:
         else:
             log.info("COMMAND_OK command=%s request_id=%s", name, request_id)
         return reply.model_copy(update={"request_id": request_id})
+
+    def _check_accepting(self, name: str) -> None:
+        """The one place of the rule: while the agent starts or stops only ``status`` runs."""
+        if name != CommandName.STATUS and not self._accepting():
+            raise AgentError(
+                ErrorCode.AGENT_SHUTTING_DOWN,
+                "The agent is starting or shutting down; retry in a moment.",
+                status=503,
+            )
 
     def _unauthorised(self, name: str, request_id: str | None = None) -> Reply:
         return self._refuse(
@@ -305,15 +319,3 @@ class CommandProcessor:
             await self._store.run(self._store.save_reply, request_id, name, reply.to_json_dict())
         except StoreError:
             log.exception("REPLY_CACHE_WRITE_FAILED request_id=%s", request_id)
-
-
-def decode_photo_field(photo: str | None) -> bytes | None:
-    """Bytes of a base64 ``photo`` field; invalid base64 is an INVALID_FILE_FORMAT error."""
-    if photo is None or photo == "":
-        return None
-    try:
-        return base64.b64decode("".join(photo.split()), validate=True)
-    except (ValueError, TypeError) as exc:
-        raise AgentError(
-            ErrorCode.INVALID_FILE_FORMAT, "photo is not valid base64; encode the image bytes."
-        ) from exc

@@ -12,6 +12,7 @@ import importlib.util
 import shutil
 from pathlib import Path
 
+from agent.errors import AgentError, ErrorCode
 from agent.modelpack import ModelPack, read_pack, sha256_file, write_manifest
 
 PACK_NAME = "buffalo_sc"
@@ -33,8 +34,11 @@ FILES = {
 }
 
 
-class DefaultPackError(Exception):
+class DefaultPackError(AgentError):
     """The default pack cannot be installed; the message says what to run."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(ErrorCode.MODEL_PACK_INVALID, reason, status=500)
 
 
 def package_dir(package: str) -> Path | None:

@@ -26,6 +26,7 @@ from agent.config import ModelsConfig, RecognitionConfig
 from agent.errors import ModelPackError
 from agent.modelpack import ModelPack
 from agent.onnx_sessions import ProviderReport, create_session, describe_error
+from agent.status_models import EngineInfo
 
 log = logging.getLogger(__name__)
 
@@ -240,16 +241,16 @@ class FaceEngine:
             for i, f in enumerate(found)
         ]
 
-    def describe(self) -> dict[str, object]:
+    def describe(self) -> EngineInfo:
         """Model state for status replies and logs (no weights, no embeddings)."""
-        return {
-            "pack": self.pack.name,
-            "embeddingSpace": self.embedding_space,
-            "embeddingDim": self.embedding_dim,
-            "providers": {role: list(r.active) for role, r in self.providers.items()},
-            "warnings": self.provider_warnings(),
-            "loadSeconds": round(self.load_seconds, 3),
-        }
+        return EngineInfo(
+            pack=self.pack.name,
+            embedding_space=self.embedding_space,
+            embedding_dim=self.embedding_dim,
+            providers={role: list(r.active) for role, r in self.providers.items()},
+            warnings=self.provider_warnings(),
+            load_seconds=round(self.load_seconds, 3),
+        )
 
 
 def load_engine(

@@ -3,7 +3,9 @@
 Every failure the agent reports (an MQTT reply, a callback event, a log line, a CLI
 exit) carries an :class:`ErrorCode` and an HTTP-like status. Third-party exceptions
 are translated into :class:`AgentError` where they enter the agent, so callers above
-that boundary handle one exception type.
+that boundary handle one exception type. Every exception class the agent defines
+(``StoreError``, ``ConfigError``, ``DefaultPackError``, ``SessionStopError``...) derives
+from :class:`AgentError` and carries a code from :class:`ErrorCode`.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ class ErrorCode(StrEnum):
     STORAGE_BUSY = "STORAGE_BUSY"
     STORAGE_FULL = "STORAGE_FULL"
     STORAGE_CORRUPT = "STORAGE_CORRUPT"
+    # Camera streams (reasons in status and CAMERA_DISCONNECTED events).
+    CAMERA_OPEN_FAILED = "CAMERA_OPEN_FAILED"
+    CAMERA_NO_FRAME = "CAMERA_NO_FRAME"
     # Configuration.
     CONFIG_INVALID = "CONFIG_INVALID"
 

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from agent.engine import FaceEngine
 from agent.errors import ModelNotLoadedError
+from agent.status_models import ModelLoaded, ModelNotLoaded, ModelStatus
 
 T = TypeVar("T")
 
@@ -95,14 +96,19 @@ class ModelSlot:
             del self._kept[space]
         return dropped
 
-    def describe(self) -> dict[str, Any]:
-        """Model state for status."""
-        base: dict[str, Any] = (
-            {"loaded": False, "reason": self.reason}
-            if self.engine is None
-            else {"loaded": True, **self.engine.describe()}
+    def describe(self) -> ModelStatus:
+        """Model state for status (``reloads`` is the watcher's, added by the report)."""
+        kept = sorted(self._kept)
+        if self.engine is None:
+            return ModelNotLoaded(
+                reason=self.reason,
+                kept_spaces=kept,
+                reload_error=self.reload_error,
+                swaps=self.swaps,
+            )
+        return ModelLoaded(
+            **dict(self.engine.describe()),
+            kept_spaces=kept,
+            reload_error=self.reload_error,
+            swaps=self.swaps,
         )
-        base["keptSpaces"] = sorted(self._kept)
-        base["reloadError"] = self.reload_error
-        base["swaps"] = self.swaps
-        return base

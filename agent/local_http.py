@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agent.config.sections import MetricsConfig
 from agent.metrics import Metrics
+from agent.status_models import AgentStatus, wire
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ class LocalHttp:
     """Starts and stops the endpoint."""
 
     def __init__(
-        self, cfg: MetricsConfig, metrics: Metrics, status: Callable[[], dict[str, Any]]
+        self, cfg: MetricsConfig, metrics: Metrics, status: Callable[[], AgentStatus]
     ) -> None:
         self.cfg = cfg
         self.metrics = metrics
@@ -34,13 +34,13 @@ class LocalHttp:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _status(self, request: web.Request) -> web.Response:
-        return web.json_response(self.status())
+        return web.json_response(wire(self.status()))
 
     async def _health(self, request: web.Request) -> web.Response:
         status = self.status()
-        healthy = status["agent"]["state"] == "RUNNING"
+        healthy = status.agent.state == "RUNNING"
         return web.json_response(
-            {"state": status["agent"]["state"], "warnings": status["warnings"]},
+            {"state": status.agent.state, "warnings": status.warnings},
             status=200 if healthy else 503,
         )
 

@@ -119,16 +119,16 @@ class _StateCollector(Collector):
             labels=["slot", "camera"],
         )
         counters = {
-            key: CounterMetricFamily(
+            name: CounterMetricFamily(
                 f"edge_agent_camera_{name}", help_text, labels=["slot", "camera"]
             )
-            for key, name, help_text in (
-                ("framesRead", "frames_read", "Frames read from the camera."),
-                ("framesAnalysed", "frames_analysed", "Frames analysed."),
-                ("framesDropped", "frames_dropped", "Frames read but not analysed."),
-                ("reconnects", "reconnects", "Successful reconnects."),
-                ("framesDecoded", "frames_decoded", "Frames decoded (the rest were skipped)."),
-                ("analysesShed", "analyses_shed", "Analyses skipped because the box was busy."),
+            for name, help_text in (
+                ("frames_read", "Frames read from the camera."),
+                ("frames_analysed", "Frames analysed."),
+                ("frames_dropped", "Frames read but not analysed."),
+                ("reconnects", "Successful reconnects."),
+                ("frames_decoded", "Frames decoded (the rest were skipped)."),
+                ("analyses_shed", "Analyses skipped because the box was busy."),
             )
         }
         rate = GaugeMetricFamily(
@@ -143,16 +143,16 @@ class _StateCollector(Collector):
         )
         for session in agent.sessions.sessions if agent.sessions else []:
             for cam in session.camera_health() if session.camera_health else []:
-                labels = [session.slot_id, cam["id"]]
+                labels = [session.slot_id, cam.id]
                 for name in CAMERA_STATES:
-                    state.add_metric([*labels, name], 1.0 if cam["state"] == name else 0.0)
-                if cam["frameAgeSeconds"] is not None:
-                    age.add_metric(labels, float(cam["frameAgeSeconds"]))
-                for key, family in counters.items():
-                    family.add_metric(labels, float(cam[key]))
-                rate.add_metric(labels, float(cam["analysisRate"]))
+                    state.add_metric([*labels, name], 1.0 if cam.state == name else 0.0)
+                if cam.frame_age_seconds is not None:
+                    age.add_metric(labels, cam.frame_age_seconds)
+                for field, family in counters.items():  # field names match the metric names
+                    family.add_metric(labels, float(getattr(cam, field)))
+                rate.add_metric(labels, cam.analysis_rate or 0.0)
                 for name in DECODE_MODES:
-                    mode.add_metric([*labels, name], 1.0 if cam["decodeMode"] == name else 0.0)
+                    mode.add_metric([*labels, name], 1.0 if cam.decode_mode == name else 0.0)
         yield state
         yield age
         yield rate
@@ -166,19 +166,19 @@ class _StateCollector(Collector):
         depth = GaugeMetricFamily(
             "edge_agent_outbox_events", "Outbox rows by state.", labels=["state"]
         )
-        for state, count in stats["counts"].items():
+        for state, count in stats.counts.items():
             depth.add_metric([state], float(count))
         yield depth
         oldest = GaugeMetricFamily(
             "edge_agent_outbox_oldest_pending_seconds", "Age of the oldest undelivered event."
         )
-        pending = stats["oldestPending"]
-        oldest.add_metric([], float(pending["ageSeconds"]) if pending else 0.0)
+        pending = stats.oldest_pending
+        oldest.add_metric([], pending.age_seconds if pending else 0.0)
         yield oldest
         refused = CounterMetricFamily(
             "edge_agent_outbox_refused", "Events refused because the outbox or disk was full."
         )
-        refused.add_metric([], float(stats["refusedSinceStart"]))
+        refused.add_metric([], float(stats.refused_since_start))
         yield refused
 
     def _model(self, agent: Agent) -> Iterator[Any]:

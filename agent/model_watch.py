@@ -22,7 +22,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -36,6 +35,7 @@ from agent.errors import ModelPackError
 from agent.inference import InferencePool, ModelSlot
 from agent.modelpack import ModelPack, list_pack_dirs, read_pack
 from agent.onnx_sessions import describe_error
+from agent.status_models import ReloadStatus
 from agent.tracker import iou_matrix
 
 log = logging.getLogger(__name__)
@@ -324,11 +324,11 @@ class ModelWatcher:
             except TimeoutError:
                 return
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> ReloadStatus:
         """Reload counters for status."""
-        return {
-            "attempts": self.attempts,
-            "failures": self.failures,
-            "lastAttempt": self.last_attempt,
-            "lastError": self.slot.reload_error,
-        }
+        return ReloadStatus(
+            attempts=self.attempts,
+            failures=self.failures,
+            last_attempt=self.last_attempt,
+            last_error=self.slot.reload_error,
+        )

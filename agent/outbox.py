@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 
 from agent.errors import AgentError, ErrorCode
 from agent.events import Event
+from agent.status_models import DeadLetter, OutboxStats, PendingEvent
 from agent.store import Store, StoreBusyError, StoreError, StoreFullError
 
 log = logging.getLogger(__name__)
@@ -293,7 +294,7 @@ class Outbox:
             [EventState.DEAD.value, limit],
         )
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> OutboxStats:
         """Counts per state, the oldest pending event, and recent dead letters.
 
         Reads on the read-only connection (never blocked by a writer); if the file cannot
@@ -314,16 +315,18 @@ class Outbox:
             error = None
         except StoreError as exc:
             oldest, dead, error = [], [], exc.message
-        return {
-            "counts": counts,
-            "oldestPending": (
-                {**oldest[0], "ageSeconds": round(now - oldest[0]["createdAt"], 1)}
+        return OutboxStats(
+            counts=counts,
+            oldest_pending=(
+                PendingEvent.model_validate(
+                    {**oldest[0], "ageSeconds": round(now - oldest[0]["createdAt"], 1)}
+                )
                 if oldest
                 else None
             ),
-            "deadLetters": dead,
-            "maxPending": self.max_pending,
-            "refusedSinceStart": self.refused,
-            "full": self.full_reason,
-            "error": error,
-        }
+            dead_letters=[DeadLetter.model_validate(row) for row in dead],
+            max_pending=self.max_pending,
+            refused_since_start=self.refused,
+            full=self.full_reason,
+            error=error,
+        )

@@ -223,13 +223,24 @@ class StatusRequest(Command):
     """``status``: the agent's state."""
 
 
-COMMANDS: dict[str, type[Command]] = {
-    "session/start": SessionStart,
-    "session/stop": SessionStop,
-    "embedding/generate": EmbeddingGenerate,
-    "status": StatusRequest,
+class CommandName(StrEnum):
+    """Every command the agent answers: the topic suffix after ``cmd/``. The one list of
+    names: the payload models below and the handler table (:mod:`agent.handlers`) are
+    keyed by it."""
+
+    SESSION_START = "session/start"
+    SESSION_STOP = "session/stop"
+    EMBEDDING_GENERATE = "embedding/generate"
+    STATUS = "status"
+
+
+COMMANDS: dict[CommandName, type[Command]] = {
+    CommandName.SESSION_START: SessionStart,
+    CommandName.SESSION_STOP: SessionStop,
+    CommandName.EMBEDDING_GENERATE: EmbeddingGenerate,
+    CommandName.STATUS: StatusRequest,
 }
-"""Command name (topic suffix after ``cmd/``) -> payload model."""
+"""Command name -> payload model."""
 
 
 class StatusReason(StrEnum):
@@ -304,7 +315,10 @@ class RecognitionEvent(WireModel):
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
-    """JSON Schema of every command, the reply and every callback event, by file stem."""
+    """JSON Schema of every command, the reply, every callback event and the agent's own
+    reports (status data, online message), by file stem."""
+    from agent.status_models import AgentStatus, OnlineMessage  # they build on this module
+
     schemas: dict[str, dict[str, Any]] = {
         f"command.{name.replace('/', '.')}": model.model_json_schema(by_alias=True)
         for name, model in COMMANDS.items()
@@ -312,6 +326,8 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     schemas["reply"] = Reply.model_json_schema(by_alias=True)
     schemas["event.session_status"] = SessionStatusEvent.model_json_schema(by_alias=True)
     schemas["event.recognition"] = RecognitionEvent.model_json_schema(by_alias=True)
+    schemas["status"] = AgentStatus.model_json_schema(by_alias=True)
+    schemas["online"] = OnlineMessage.model_json_schema(by_alias=True)
     return schemas
 
 

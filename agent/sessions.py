@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from agent.allowlist import CallbackUrlError, check_callback_url, is_allowed
@@ -25,6 +25,7 @@ from agent.events import EventFactory, EventSink, emit_or_log
 from agent.inference import ModelSlot
 from agent.matching import Roster
 from agent.protocol import CameraUptime, SessionStart, SessionStatus, StatusReason
+from agent.status_models import CameraHealth, CameraRef, SessionSummary
 from agent.store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class ActiveSession:
     task: asyncio.Task[None] | None = None
     stop_reason: StatusReason | None = None
     # Set by the runner while it runs: per-camera health and up-times.
-    camera_health: Callable[[], list[dict[str, Any]]] | None = None
+    camera_health: Callable[[], list[CameraHealth]] | None = None
     uptimes: Callable[[], list[CameraUptime]] | None = None
     # Set by the runner: the last analysed frame of a camera, with its faces.
     camera_view: ViewLookup | None = None
@@ -62,23 +63,24 @@ class ActiveSession:
         """The class slot this session serves."""
         return self.command.slot_id
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> SessionSummary:
         """What replies and status show of the session (no embeddings, no names)."""
         end = self.command.end_time
-        return {
-            "slotId": self.slot_id,
-            "mode": self.command.mode.value,
-            "cameras": (
-                self.camera_health()
-                if self.camera_health is not None
-                else [{"id": c.id, "name": c.name} for c in self.cameras]
-            ),
-            "students": len(self.roster),
-            "embeddingSpace": self.embedding_space,
-            "threshold": self.threshold,
-            "endTime": end.isoformat() if end else None,
-            "startedAt": self.started_at.isoformat(),
-        }
+        cameras: list[CameraHealth | CameraRef] = (
+            list(self.camera_health())
+            if self.camera_health is not None
+            else [CameraRef(id=c.id, name=c.name) for c in self.cameras]
+        )
+        return SessionSummary(
+            slot_id=self.slot_id,
+            mode=self.command.mode,
+            cameras=cameras,
+            students=len(self.roster),
+            embedding_space=self.embedding_space,
+            threshold=self.threshold,
+            end_time=end.isoformat() if end else None,
+            started_at=self.started_at.isoformat(),
+        )
 
 
 def _camera_identity(url: str) -> str:
@@ -95,8 +97,11 @@ def _camera_identity(url: str) -> str:
     return f"{parts.scheme.lower()}://{host}{port}{parts.path or '/'}?{parts.query}"
 
 
-class SessionStopError(RuntimeError):
+class SessionStopError(AgentError):
     """A session's work failed while it was being stopped."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(ErrorCode.STOP_SESSION_FAILED, reason, status=500)
 
 
 class SessionRunner(Protocol):
@@ -218,7 +223,7 @@ class SessionManager:
             started_at=started_at or self._events.now(),
         )
 
-    async def start(self, command: SessionStart) -> dict[str, Any]:
+    async def start(self, command: SessionStart) -> SessionSummary:
         """Start a session (seed start_session); returns its summary."""
         if command.slot_id in self._sessions:
             log.warning("SESSION_EXISTS slot=%s", command.slot_id)
@@ -310,7 +315,7 @@ class SessionManager:
 
     async def stop(
         self, slot_id: str, reason: StatusReason = StatusReason.REQUESTED
-    ) -> dict[str, Any]:
+    ) -> SessionSummary:
         """Stop a session (seed stop_session); returns its final summary."""
         session = self._sessions.get(slot_id)
         if session is None:
@@ -478,6 +483,20 @@ class SessionManager:
             return
         event = self._events.status(command.slot_id, SessionStatus.STOPPED, reason, message=message)
         await emit_or_log(self._sink, event, command.callback_url)
+
+    async def autostop(self, slot_id: str, reason: StatusReason) -> None:
+        """Stop a session on the agent's own initiative (the backend stopped answering or
+        refuses every event); a session already gone is only logged."""
+        try:
+            await self.stop(slot_id, reason)
+        except AgentError as exc:
+            log.info("AUTOSTOP_SKIPPED slot=%s code=%s", slot_id, exc.code)
+
+    def release_unused_models(self) -> None:
+        """Unload recognizers kept for embedding spaces no running session uses now."""
+        dropped = self._models.retain({s.embedding_space for s in self.sessions})
+        if dropped:
+            log.info("MODEL_SPACES_RELEASED spaces=%s", ",".join(dropped))
 
     async def shutdown(self) -> None:
         """Stop every session's work in reverse start order; rows stay for resume."""

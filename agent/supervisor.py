@@ -24,6 +24,7 @@ from typing import Any
 
 from agent.errors import AgentError, ErrorCode
 from agent.redaction import log_safe
+from agent.status_models import TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -160,16 +161,16 @@ class Supervisor:
                 await asyncio.gather(task, return_exceptions=True)
             record.state = "stopped" if record.state != "failed" else record.state
 
-    def describe(self) -> list[dict[str, Any]]:
+    def describe(self) -> list[TaskStatus]:
         """Per task: state, failures, last error and when (for status)."""
         return [
-            {
-                "name": r.name,
-                "state": r.state,
-                "failures": r.failures,
-                "lastError": r.last_error,
-                "lastFailureAt": r.last_failure_at,
-            }
+            TaskStatus(
+                name=r.name,
+                state=r.state,
+                failures=r.failures,
+                last_error=r.last_error,
+                last_failure_at=r.last_failure_at,
+            )
             for r in self._records.values()
         ]
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from agent.config import CamerasConfig
 from agent.engine import Image
+from agent.errors import AgentError, ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,16 @@ class DecodeMode(StrEnum):
     KEYFRAMES = "KEYFRAMES"  # only keyframes that an analysis is waiting for
 
 
-class SourceError(Exception):
-    """Opening or reading a stream failed; ``str()`` is a one-line reason."""
+class SourceError(AgentError):
+    """Opening or reading a stream failed; ``str()`` is a one-line reason (it becomes the
+    camera's ``lastError`` and the CAMERA_DISCONNECTED message)."""
+
+    def __init__(self, reason: str, *, opening: bool = False) -> None:
+        super().__init__(
+            ErrorCode.CAMERA_OPEN_FAILED if opening else ErrorCode.CAMERA_NO_FRAME,
+            reason,
+            status=502,
+        )
 
 
 @dataclass
@@ -122,7 +131,7 @@ class PyAvSource:
                 timeout=(cfg.open_timeout_s, cfg.read_timeout_s),
             )
             if not container.streams.video:
-                raise SourceError("open failed: the stream has no video track")
+                raise SourceError("open failed: the stream has no video track", opening=True)
             stream = container.streams.video[0]
             # One decoder thread: frame threading holds each frame back by (threads - 1)
             # frames for no gain at these sizes (measured with OpenCV's FFmpeg, the same
@@ -135,8 +144,8 @@ class PyAvSource:
         except Exception as exc:  # av.error.*, OSError: a failed open
             _close(container)
             if "Immediate exit requested" in str(exc):
-                raise SourceError("open timed out") from exc
-            raise SourceError(f"open failed: {_describe(exc)}") from exc
+                raise SourceError("open timed out", opening=True) from exc
+            raise SourceError(f"open failed: {_describe(exc)}", opening=True) from exc
         return cls(container, stream)
 
     def grab(self, mode: DecodeMode, wanted: bool) -> Grab:
@@ -219,10 +228,10 @@ class OpenCvSource:
             opened = bool(cap.isOpened())
         except Exception as exc:  # cv2.error or whatever a backend raises: a failed open
             _release(cap)
-            raise SourceError(f"open failed: {_describe(exc)}") from exc
+            raise SourceError(f"open failed: {_describe(exc)}", opening=True) from exc
         if not opened:
             _release(cap)
-            raise SourceError("open refused")
+            raise SourceError("open refused", opening=True)
         try:
             fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         except Exception:  # cv2.error: no rate known

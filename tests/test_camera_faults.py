@@ -95,7 +95,7 @@ async def test_bad_port_with_userinfo_reaches_dead_with_a_reason(
     assert took < 5
     (dead,) = [c for c in changes if c[1] is CameraState.DEAD]
     assert dead[0] == "c1" and dead[2]  # a reason, for CAMERA_DISCONNECTED's message
-    assert reader.describe()["lastError"]
+    assert reader.describe().last_error
     assert "CAMERA_DEAD" in caplog.text
     assert "rtsp://***@127.0.0.1:99999/x" in caplog.text
     assert "secret" not in caplog.text and "user:" not in caplog.text
@@ -141,7 +141,7 @@ async def test_exception_in_reader_thread_is_logged_and_reported_dead(
     reason = next(r for _, s, r in changes if s is CameraState.DEAD)
     assert reason.startswith("reader crashed: RuntimeError: metrics down")
     assert "rtsp://***@10.0.0.9/live" in reason
-    assert reader.describe()["lastError"] == reason
+    assert reader.describe().last_error == reason
     assert "CAMERA_THREAD_CRASHED camera=c1" in caplog.text
     assert "Traceback (most recent call last)" in caplog.text and "broken_observe" in caplog.text
     assert "hunter2" not in caplog.text

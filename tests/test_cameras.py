@@ -18,6 +18,7 @@ import pytest
 
 from agent.app import Agent
 from agent.engine import FaceEngine
+from agent.status_models import wire
 from tests.agent_harness import RecordingSink, agent_config, backend, running_agent, start_payload
 from tests.brokers import Mosquitto
 from tests.rtsp import INSTALL_HINT, RtspServer, gst_rtsp_available
@@ -118,7 +119,7 @@ def _camera(agent: Agent, slot: str, camera_id: str) -> dict[str, Any]:
     assert agent.sessions is not None
     session = agent.sessions.get(slot)
     assert session is not None and session.camera_health is not None
-    return next(c for c in session.camera_health() if c["id"] == camera_id)
+    return next(wire(c) for c in session.camera_health() if c.id == camera_id)
 
 
 async def _until(predicate: Any, timeout: float, step: float = 0.05) -> float:

@@ -262,7 +262,7 @@ async def test_bad_pack_rejected_while_good_pack_serves(
     assert slot.reload_error is not None and slot.reload_error.startswith("pack-b: ")
     assert_reason(slot.reload_error, "pack-b", kind)
     assert watcher.failures == 1
-    assert watcher.describe()["lastError"] == slot.reload_error
+    assert watcher.describe().last_error == slot.reload_error
 
 
 async def test_unexpected_error_in_build_is_a_failed_reload(
@@ -353,7 +353,7 @@ async def test_start_falls_back_to_older_good_pack(
 
     assert slot.require().pack.name == "pack-a"
     assert_reason(slot.reload_error, "pack-b", kind)
-    assert slot.describe()["reloadError"] == slot.reload_error
+    assert slot.describe().reload_error == slot.reload_error
     assert watcher.failures == 1
 
 

@@ -82,7 +82,7 @@ class GapMeter:
         assert self.agent.sessions is not None
         session = self.agent.sessions.get(self.slot)
         assert session is not None and session.camera_health is not None
-        return int(session.camera_health()[0]["framesAnalysed"])
+        return int(session.camera_health()[0].frames_analysed)
 
     async def _run(self) -> None:
         last_count, last_change = self._analysed(), time.monotonic()
@@ -173,7 +173,7 @@ async def test_slow_copy_then_swap_with_running_session(
         mismatch = await b.send("session/start", start | {"slotId": "slot-new"})
         assert (await b.send("session/stop", {"slotId": "slot-hot"}))["status"] == 200
         # The old recognizer is unloaded with the last session that needed it.
-        assert agent.models.describe()["keptSpaces"] == []
+        assert agent.models.describe().kept_spaces == []
     assert swap_seconds < 5
     assert gaps.longest < 1.5, f"analyses stalled for {gaps.longest:.2f} s during the swap"
     assert status["data"]["model"]["pack"] == "pack-b"
@@ -265,7 +265,7 @@ async def test_broken_pack_is_rejected_and_old_keeps_serving(
             lambda: (
                 agent.sessions is not None
                 and agent.sessions.get("slot-b") is not None
-                and agent.sessions.get("slot-b").camera_health()[0]["framesAnalysed"] > 3
+                and agent.sessions.get("slot-b").camera_health()[0].frames_analysed > 3
             ),
             15,
         )  # type: ignore[union-attr]
@@ -320,4 +320,4 @@ async def test_detector_only_change_reaches_running_sessions(
             15,
         )
         assert agent.models.for_space(space) is agent.models.engine
-        assert agent.models.describe()["keptSpaces"] == []
+        assert agent.models.describe().kept_spaces == []

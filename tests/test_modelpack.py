@@ -133,7 +133,7 @@ def test_select_pack_rules(default_pack: ModelPack, tmp_path: Path) -> None:
 def test_engine_reports_providers(engine: FaceEngine) -> None:
     assert engine.providers["recognizer"].active[0] == "CPUExecutionProvider"
     assert engine.provider_warnings() == []
-    assert engine.describe()["embeddingSpace"] == engine.embedding_space
+    assert engine.describe().embedding_space == engine.embedding_space
 
 
 def test_degraded_provider_is_a_warning() -> None:

@@ -57,10 +57,11 @@ def _json_examples() -> list[object]:
 def test_protocol_examples_are_valid() -> None:
     from agent.protocol import RecognitionEvent, SessionStatusEvent
     from agent.reply import Reply
+    from agent.status_models import AgentStatus, OnlineMessage, SessionSummary
 
     examples = _json_examples()
     assert len(examples) >= 20
-    checked = 0
+    checked = reports = 0
     for example in examples:
         if not isinstance(example, dict):
             continue
@@ -68,9 +69,19 @@ def test_protocol_examples_are_valid() -> None:
             RecognitionEvent.model_validate(example)
         elif example.get("type") == "SESSION_STATUS":
             SessionStatusEvent.model_validate(example)
+        elif example.get("state") == "online":
+            OnlineMessage.model_validate(example)
         elif {"status", "code", "message"} <= set(example):
-            Reply.model_validate(example)
+            reply = Reply.model_validate(example)
+            data = reply.data or {}
+            if reply.message == "Agent status.":
+                AgentStatus.model_validate(data)
+                reports += 1
+            elif "startedAt" in data:
+                SessionSummary.model_validate(data)
+                reports += 1
         else:
             continue
         checked += 1
     assert checked >= 10
+    assert reports >= 2  # the status reply and session summaries

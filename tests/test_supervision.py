@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from agent import app as app_module
+from agent import housekeeping as housekeeping_module
 from agent.app import Agent
 from agent.errors import ErrorCode
+from agent.status_models import wire
 from agent.store import DB_NAME
 from agent.supervisor import RestartPolicy, Supervisor
 from tests.agent_harness import (
@@ -50,7 +51,7 @@ async def test_a_failing_task_is_restarted_and_counted() -> None:
     sup = Supervisor(RestartPolicy(limit=5, backoff_min_s=0.01), on_failure=failures.append)
     sup.spawn("flaky", flaky)
     await asyncio.wait_for(healthy.wait(), 5)
-    (record,) = sup.describe()
+    (record,) = [wire(r) for r in sup.describe()]
     assert (record["state"], record["failures"]) == ("running", 2)
     assert record["lastError"] == "OSError: dependency gone #2"
     assert failures == ["flaky", "flaky"]
@@ -59,7 +60,7 @@ async def test_a_failing_task_is_restarted_and_counted() -> None:
     ]
     assert not sup.fatal.is_set()
     await sup.stop()
-    assert sup.describe()[0]["state"] == "stopped"
+    assert sup.describe()[0].state == "stopped"
 
 
 async def test_a_task_that_keeps_failing_is_fatal() -> None:
@@ -76,7 +77,7 @@ async def test_a_task_that_keeps_failing_is_fatal() -> None:
     await sup.stop()
     assert sup.fatal_error is not None
     assert sup.fatal_error.code is ErrorCode.TASK_FAILED
-    states = {r["name"]: r for r in sup.describe()}
+    states = {r.name: wire(r) for r in sup.describe()}
     assert states["returns"]["state"] == "failed" or states["broken"]["state"] == "failed"
     assert "must run until cancelled" in (states["returns"]["lastError"] or "")
 
@@ -138,7 +139,7 @@ async def test_delivery_scanner_recovers_when_its_table_comes_back(
 async def test_housekeeping_recovers_when_its_table_comes_back(
     broker: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(app_module, "HOUSEKEEPING_INTERVAL_S", 0.1)
+    monkeypatch.setattr(housekeeping_module, "HOUSEKEEPING_INTERVAL_S", 0.1)
     cfg = agent_config(
         tmp_path / "agent", broker, runtime={"task_restart_limit": 1000, **FAST_RESTART}
     )
@@ -155,7 +156,7 @@ async def test_housekeeping_recovers_when_its_table_comes_back(
 
 def _task(agent: Agent, name: str) -> dict[str, Any]:
     assert agent.supervisor is not None
-    return next(t for t in agent.supervisor.describe() if t["name"] == name)
+    return next(wire(t) for t in agent.supervisor.describe() if t.name == name)
 
 
 @pytest.mark.parametrize("fault", ["password_file", "ca_file"])

@@ -40,6 +40,7 @@ from agent.config.sections import (
     SiteConfig,
     StorageConfig,
 )
+from agent.errors import AgentError, ErrorCode
 
 __all__ = [
     "SECRET_KEYS",
@@ -151,12 +152,16 @@ class AgentConfig(BaseSettings):
         return (init_settings, env_settings, _TomlSource(settings_cls))
 
 
-class ConfigError(Exception):
+class ConfigError(AgentError):
     """The configuration is invalid; ``errors`` lists ``(key path, problem)`` pairs."""
 
     def __init__(self, errors: list[tuple[str, str]]) -> None:
+        super().__init__(
+            ErrorCode.CONFIG_INVALID,
+            "; ".join(f"{path}: {problem}" for path, problem in errors),
+            details={"errors": [{"path": path, "problem": problem} for path, problem in errors]},
+        )
         self.errors = errors
-        super().__init__("; ".join(f"{path}: {problem}" for path, problem in errors))
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:

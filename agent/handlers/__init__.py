@@ -1,0 +1,40 @@
+"""One handler per command, each in a module named for it, and the table keyed by
+:class:`~agent.protocol.CommandName`.
+
+A handler gets a validated command and returns the reply; it talks to the domain
+(sessions, models, enrollment) it was built with and raises :class:`AgentError` for
+failures. Authentication, validation, idempotency and the "not while starting or
+stopping" rule are the command processor's (:mod:`agent.commands`).
+"""
+
+from __future__ import annotations
+
+from agent.commands import CommandHandler
+from agent.config import EnrollmentConfig
+from agent.handlers.embedding_generate import EmbeddingGenerateHandler
+from agent.handlers.session_start import SessionStartHandler
+from agent.handlers.session_stop import SessionStopHandler
+from agent.handlers.status import StatusHandler
+from agent.inference import InferencePool, ModelSlot
+from agent.protocol import CommandName
+from agent.sessions import SessionManager
+from agent.status import StatusReporter
+
+__all__ = ["build_handlers"]
+
+
+def build_handlers(
+    *,
+    sessions: SessionManager,
+    models: ModelSlot,
+    pool: InferencePool,
+    enrollment: EnrollmentConfig,
+    status: StatusReporter,
+) -> dict[CommandName, CommandHandler]:
+    """The handler of every command, keyed by the protocol's command names."""
+    return {
+        CommandName.SESSION_START: SessionStartHandler(sessions),
+        CommandName.SESSION_STOP: SessionStopHandler(sessions),
+        CommandName.EMBEDDING_GENERATE: EmbeddingGenerateHandler(models, pool, enrollment),
+        CommandName.STATUS: StatusHandler(status),
+    }
