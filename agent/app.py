@@ -38,6 +38,7 @@ from agent.reply import Reply
 from agent.sessions import SessionManager, SessionRunner
 from agent.store import Store
 from agent.supervisor import RestartPolicy, Supervisor
+from agent.webui import UiSources, WebUi
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +394,8 @@ class Agent:
                 cfg.mqtt, cfg.site.id, processor.handle, self.online_payload
             )
             if cfg.metrics.enabled:
-                self.http = LocalHttp(cfg.metrics, self.metrics, self.status)
+                ui = WebUi(cfg, UiSources(self.status, sessions.get)) if cfg.webui.enabled else None
+                self.http = LocalHttp(cfg.metrics, self.metrics, self.status, ui)
                 await self.http.start()
             # Sessions resume before commands are accepted, so a command never meets a
             # half-restored agent.

@@ -38,6 +38,7 @@ from agent.config.sections import (
     Section,
     SiteConfig,
     StorageConfig,
+    WebUiConfig,
 )
 
 __all__ = [
@@ -59,6 +60,7 @@ __all__ = [
     "Section",
     "SiteConfig",
     "StorageConfig",
+    "WebUiConfig",
     "api_keys",
     "load_config",
     "masked_dump",
@@ -69,7 +71,12 @@ ENV_PREFIX = "AGENT_"
 
 
 SECRET_KEYS: frozenset[tuple[str, str]] = frozenset(
-    {("auth", "api_keys"), ("mqtt", "password"), ("callback", "api_key")}
+    {
+        ("auth", "api_keys"),
+        ("mqtt", "password"),
+        ("callback", "api_key"),
+        ("webui", "password"),
+    }
 )
 """(section, key) pairs that must never be written in the TOML file."""
 
@@ -132,6 +139,9 @@ class AgentConfig(BaseSettings):
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logs.")
     metrics: MetricsConfig = Field(
         default_factory=MetricsConfig, description="Local metrics and status endpoint."
+    )
+    webui: WebUiConfig = Field(
+        default_factory=WebUiConfig, description="The technician's status page."
     )
 
     @classmethod

@@ -1,0 +1,225 @@
+"""The technician's camera test: open a stream, read it for a moment, and report whether
+it delivers frames, at what resolution and rate, with one frame to look at.
+
+Opening a stream blocks in OpenCV, so :func:`probe_camera` runs on a worker thread with
+the configured open and read timeouts. Which streams may be opened: the registry's
+cameras always, other URLs only under ``[webui] camera_test_allowed_urls`` (same
+scheme, host and port, path under the entry's path by whole segments) so the page cannot
+be used to make the box connect wherever a visitor likes. Nothing of the URL's
+credentials appears in results or logs.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import cv2
+import numpy as np
+
+# The capture is opened as the camera reader opens it (same backend choice, same
+# credential masking); camera.py keeps those helpers private to its module.
+from agent.camera import _source, _url_secrets
+from agent.config import CamerasConfig
+from agent.errors import ErrorCode
+from agent.redaction import redact_text, redact_url
+from agent.snapshot import encode_jpeg
+
+_DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
+MAX_TEST_FRAMES = 300  # a 60 fps camera read for the longest test (5 s)
+
+
+class CameraUrlError(ValueError):
+    """The camera test may not open this URL; the message says why."""
+
+
+def _key(url: str) -> tuple[str, str, int | None, list[str]]:
+    """Scheme, host, port and path segments of a URL (credentials ignored)."""
+    if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in url):
+        raise CameraUrlError("contains spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise CameraUrlError(f"is not a valid URL ({exc})") from exc
+    scheme = parts.scheme.lower()
+    if not scheme:
+        raise CameraUrlError("has no scheme (rtsp://, http://, ...)")
+    segments = unquote(parts.path).split("/")
+    if any(s in (".", "..") for s in segments) or "\\" in parts.path:
+        raise CameraUrlError("must not contain '.' or '..' segments or backslashes")
+    host = (parts.hostname or "").lower()
+    return scheme, host, port or _DEFAULT_PORTS.get(scheme), [s for s in segments if s]
+
+
+def check_camera_url(url: str, allowed_urls: Iterable[str]) -> None:
+    """Raise :class:`CameraUrlError` unless ``url`` lies under one of ``allowed_urls``:
+    same scheme, host and port, and a path under the entry's path by whole segments."""
+    scheme, host, port, path = _key(url.strip())
+    for allowed in allowed_urls:
+        try:
+            rule = _key(allowed)
+        except CameraUrlError:
+            continue  # never match on an entry that does not parse
+        if (scheme, host, port) == rule[:3] and path[: len(rule[3])] == rule[3]:
+            return
+    raise CameraUrlError("is not a registry camera and not under [webui] camera_test_allowed_urls")
+
+
+@dataclass(frozen=True)
+class CameraTestResult:
+    """What the test found. ``jpeg`` is one frame (scaled down), kept in memory only."""
+
+    source: str  # the URL with its credentials removed
+    ok: bool
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None  # measured over the test
+    reported_fps: float | None = None  # what the stream says
+    frames: int = 0
+    seconds: float = 0.0
+    error_code: ErrorCode | None = None
+    error: str | None = None
+    jpeg: bytes | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The result as the page receives it (the frame separately)."""
+        return {
+            "source": self.source,
+            "ok": self.ok,
+            "width": self.width,
+            "height": self.height,
+            "fps": self.fps,
+            "reportedFps": self.reported_fps,
+            "frames": self.frames,
+            "seconds": self.seconds,
+            "error": None
+            if self.error_code is None
+            else {"code": self.error_code.value, "message": self.error},
+        }
+
+
+def _release(cap: Any) -> None:
+    if cap is not None:
+        try:
+            cap.release()
+        except Exception:  # cv2.error: nothing left to do with a capture that fails to close
+            return
+
+
+def probe_camera(
+    url: str,
+    cameras: CamerasConfig,
+    *,
+    seconds: float,
+    max_width: int,
+    quality: int,
+    cancel: threading.Event,
+) -> CameraTestResult:
+    """Open ``url`` and read it for ``seconds`` (blocking; run it on a worker thread).
+    Never raises: every failure is a result with an error code and what to fix."""
+    secrets = _url_secrets(url)
+    safe = redact_url(url)
+    started = time.monotonic()
+    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = cameras.ffmpeg_options
+    cap: Any = None
+    try:
+        source, backend = _source(url)
+        params = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+            int(cameras.open_timeout_s * 1000),
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+            int(cameras.read_timeout_s * 1000),
+        ]
+        cap = cv2.VideoCapture(source, backend, params)
+        opened = bool(cap.isOpened())
+    except Exception as exc:
+        _release(cap)
+        return CameraTestResult(
+            safe,
+            False,
+            seconds=round(time.monotonic() - started, 2),
+            error_code=ErrorCode.CAMERA_OPEN_FAILED,
+            error=redact_text(f"the stream did not open: {type(exc).__name__}: {exc}", secrets),
+        )
+    if not opened:
+        _release(cap)
+        took = time.monotonic() - started
+        timed_out = took >= cameras.open_timeout_s * 0.9
+        why = (
+            f"no answer within {cameras.open_timeout_s:g} s ([cameras] open_timeout_s): check "
+            "the address, that the camera is powered and on this network, and the port"
+            if timed_out
+            else "the camera refused the stream: check the path, the user and password, "
+            "and that the stream (e.g. H.264) is enabled on the camera"
+        )
+        return CameraTestResult(
+            safe,
+            False,
+            seconds=round(took, 2),
+            error_code=ErrorCode.CAMERA_OPEN_FAILED,
+            error=why,
+        )
+    try:
+        return _read_for(cap, safe, cameras, seconds, max_width, quality, cancel, started)
+    finally:
+        _release(cap)
+
+
+def _read_for(
+    cap: Any,
+    safe: str,
+    cameras: CamerasConfig,
+    seconds: float,
+    max_width: int,
+    quality: int,
+    cancel: threading.Event,
+    started: float,
+) -> CameraTestResult:
+    """Read frames for ``seconds``; keep the last one."""
+    try:
+        reported = float(cap.get(cv2.CAP_PROP_FPS) or 0.0) or None
+    except Exception:  # cv2.error: the stream does not say
+        reported = None
+    times: list[float] = []
+    last: np.ndarray[Any, Any] | None = None
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and len(times) < MAX_TEST_FRAMES and not cancel.is_set():
+        try:
+            ok, image = cap.read()
+        except Exception:  # cv2.error: a failed read like any other
+            ok, image = False, None
+        if not ok or image is None or image.ndim != 3 or image.size == 0:
+            break
+        times.append(time.monotonic())
+        last = image
+    took = round(time.monotonic() - started, 2)
+    if last is None:
+        return CameraTestResult(
+            safe,
+            False,
+            reported_fps=reported,
+            seconds=took,
+            error_code=ErrorCode.CAMERA_NO_FRAME,
+            error=f"the stream opened but delivered no frame within "
+            f"{cameras.read_timeout_s:g} s: check the camera's video codec (H.264, H.265 or "
+            "MJPEG) and its stream settings",
+        )
+    fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else None
+    height, width = last.shape[:2]
+    return CameraTestResult(
+        safe,
+        True,
+        width=int(width),
+        height=int(height),
+        fps=None if fps is None else round(fps, 1),
+        reported_fps=None if reported is None else round(reported, 1),
+        frames=len(times),
+        seconds=took,
+        jpeg=encode_jpeg(last, max_width, quality),
+    )
