@@ -71,8 +71,8 @@ class LocalHttp:
             status=200 if healthy else 503,
         )
 
-    async def start(self) -> None:
-        """Listen on the configured address (a failure is logged, never fatal)."""
+    def build_app(self) -> web.Application:
+        """The application with every route (``start`` serves it; tests may serve it)."""
         app = web.Application(middlewares=self.ui.middlewares() if self.ui else ())
         app.on_response_prepare.append(_security_headers)
         app.router.add_get("/metrics", self._metrics)
@@ -80,7 +80,11 @@ class LocalHttp:
         app.router.add_get("/healthz", self._health)
         if self.ui is not None:
             self.ui.mount(app)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        return app
+
+    async def start(self) -> None:
+        """Listen on the configured address (a failure is logged, never fatal)."""
+        runner = web.AppRunner(self.build_app(), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, self.cfg.host, self.cfg.port)
         try:

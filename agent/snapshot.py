@@ -64,7 +64,7 @@ def render_snapshot(
     """
     image, scale = _scaled(np.asarray(view.image), max_width)
     height, width = image.shape[:2]
-    thickness = max(1, round(width / 400))
+    thickness = max(2, round(width / 400))
     font_scale = max(0.4, width / 1400)
     for face, label in zip(view.faces, labels, strict=True):
         x1, y1, x2, y2 = (round(v * scale) for v in face.bbox)

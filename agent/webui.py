@@ -243,8 +243,9 @@ class WebUi:
         app.router.add_get("/ui/api/snapshot", self._snapshot)
         app.router.add_post("/ui/api/camera-test", self._camera_test)
         app.router.add_get("/ui/api/models", self._models)
-        self._pool = ThreadPoolExecutor(2, thread_name_prefix="webui")
-        self._test_pool = ThreadPoolExecutor(1, thread_name_prefix="webui-camera-test")
+        if self._pool is None:  # threads start with the first task
+            self._pool = ThreadPoolExecutor(2, thread_name_prefix="webui")
+            self._test_pool = ThreadPoolExecutor(1, thread_name_prefix="webui-camera-test")
         if self._refused is None:
             log.info(
                 "WEBUI_LISTENING host=%s password=%s",
