@@ -64,8 +64,8 @@ def render_snapshot(
     """
     image, scale = _scaled(np.asarray(view.image), max_width)
     height, width = image.shape[:2]
-    thickness = max(2, round(width / 400))
-    font_scale = max(0.4, width / 1400)
+    thickness = max(2, round(width / 320))
+    font_scale = max(0.5, width / 1000)
     for face, label in zip(view.faces, labels, strict=True):
         x1, y1, x2, y2 = (round(v * scale) for v in face.bbox)
         x1, x2 = sorted((min(max(x1, 0), width - 1), min(max(x2, 0), width - 1)))
