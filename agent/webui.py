@@ -155,7 +155,11 @@ def page_state(status: Mapping[str, Any]) -> dict[str, Any]:
             "pending": counts.get("pending"),
             "dead": counts.get("dead"),
             "delivered": counts.get("delivered"),
-            "oldestPendingSeconds": oldest.get("ageSeconds") if oldest else None,
+            "oldestPending": {
+                k: oldest.get(k) for k in ("ageSeconds", "type", "slotId", "attempts")
+            }
+            if oldest
+            else None,
             "full": outbox.get("full"),
             "error": outbox.get("error"),
         }

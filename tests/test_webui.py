@@ -5,9 +5,11 @@ local HTTP endpoint; sessions are built from a real photo and the real detector.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from agent.sessions import ActiveSession, SessionCamera
 from agent.snapshot import RECOGNISED, UNKNOWN, ascii_label, render_snapshot
 from agent.webui import UiSources, WebUi, page_state
 from tests.agent_harness import MODELS_DIR, start_payload
+from tests.cli import run_cli
 from tests.rtsp import RtspServer
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
@@ -236,6 +239,26 @@ async def test_state_adapts_the_status(serve: Serve, tmp_path: Path) -> None:
     richer["sessions"][0]["cameras"][0].update(
         state="LIVE", analysisRate=4.1, decodeMode="all", shed=3
     )
+    richer["outbox"] = {
+        "counts": {"pending": 2, "delivered": 5, "dead": 1},
+        "oldestPending": {
+            "eventId": "e",
+            "slotId": "slot-1",
+            "type": "RECOGNITION",
+            "createdAt": 1.0,
+            "attempts": 3,
+            "lastError": "HTTP 500",
+            "ageSeconds": 42.0,
+        },
+    }
+    outbox = page_state(richer)["outbox"]
+    assert (outbox["pending"], outbox["dead"]) == (2, 1)
+    assert outbox["oldestPending"] == {
+        "ageSeconds": 42.0,
+        "type": "RECOGNITION",
+        "slotId": "slot-1",
+        "attempts": 3,
+    }
     (cam,) = page_state(richer)["sessions"][0]["cameras"]
     assert (cam["display"], cam["analysisRate"], cam["decodeMode"], cam["shed"]) == (
         "LIVE",
@@ -336,3 +359,6 @@ async def test_models_view_prints_what_models_verify_prints(serve: Serve, tmp_pa
     (pack,) = [p for p in data["packs"] if p["folder"] == "buffalo_sc"]
     assert pack["ok"] and pack["line"].startswith("OK buffalo_sc: space arcface-")
     assert data["active"]["pack"] == "buffalo_sc"
+    env = {**os.environ, "AGENT_MODELS__DIR": str(MODELS_DIR)}
+    cli = await asyncio.to_thread(run_cli, "models", "verify", env=env)
+    assert cli.stdout.splitlines() == [p["line"] for p in data["packs"]]

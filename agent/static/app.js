@@ -59,6 +59,12 @@ async function getJson(url, options = {}) {
   return body;
 }
 
+function oldestText(box) {
+  const e = box && box.oldestPending;
+  if (!e) return "none";
+  return `${duration(e.ageSeconds)} old (${e.type}, slot ${e.slotId}, ${e.attempts} attempts)`;
+}
+
 // Agent and model -------------------------------------------------------------------
 
 function renderAgent(state) {
@@ -88,10 +94,7 @@ function renderAgent(state) {
     ],
     ["Outbox: pending events", box ? String(box.pending ?? "—") : "—"],
     ["Outbox: dead letters", box ? String(box.dead ?? "—") : "—", box && box.dead ? "bad" : null],
-    [
-      "Oldest pending event",
-      box && box.oldestPendingSeconds !== null ? `${duration(box.oldestPendingSeconds)} old` : "none",
-    ],
+    ["Oldest pending event", oldestText(box)],
   ]);
   const warnings = [...m.providerWarnings.map((w) => `ONNX_PROVIDER_DEGRADED: ${w}`), ...state.warnings];
   const unique = [...new Set(warnings)];
