@@ -48,7 +48,7 @@ from agent.camera_view import CameraView
 from agent.config import AgentConfig, read_secret
 from agent.errors import ErrorCode
 from agent.modelpack import verify_packs
-from agent.redaction import redact_url
+from agent.redaction import log_safe, redact_url
 from agent.sessions import ActiveSession
 from agent.snapshot import render_snapshot
 
@@ -65,6 +65,8 @@ STATIC = {
 DISCONNECTED = frozenset({"RECONNECTING", "DEAD"})
 OPTIONAL_CAMERA_FIELDS = ("analysisRate", "decodeMode", "shed")
 MAX_LABELS = 100
+AUTH_FAILURES_ALLOWED = 10  # wrong passwords from one address within AUTH_WINDOW_S
+AUTH_WINDOW_S = 60.0
 
 
 def is_loopback(host: str) -> bool:
@@ -204,6 +206,7 @@ class WebUi:
         self._cancel = threading.Event()
         self._inflight: set[Future[Any]] = set()
         self._snapshots: dict[tuple[str, str], tuple[CameraView, str, bytes]] = {}
+        self._auth_failures: dict[str, list[float]] = {}
 
     # Mounting -------------------------------------------------------------------------
 
@@ -293,13 +296,24 @@ class WebUi:
                 "The page answers requests addressed to this machine only: open "
                 "http://127.0.0.1:<port>/ (over an SSH tunnel from elsewhere).",
             )
-        if self._password is not None and not self._authorised(request):
-            return _error(
-                401,
-                ErrorCode.UNAUTHORIZED,
-                "This page needs the password set in [webui] (any user name).",
-                **{"WWW-Authenticate": 'Basic realm="edge-agent", charset="UTF-8"'},
-            )
+        if self._password is not None:
+            remote = request.remote or "?"
+            if self._throttled(remote):
+                return _error(
+                    429,
+                    ErrorCode.LIMIT_EXCEEDED,
+                    "Too many wrong passwords from this address; try again in a minute.",
+                    **{"Retry-After": str(int(AUTH_WINDOW_S))},
+                )
+            if not self._authorised(request):
+                if "Authorization" in request.headers:
+                    self._failed_auth(remote)
+                return _error(
+                    401,
+                    ErrorCode.UNAUTHORIZED,
+                    "This page needs the password set in [webui] (any user name).",
+                    **{"WWW-Authenticate": 'Basic realm="edge-agent", charset="UTF-8"'},
+                )
         if request.method == "POST":
             origin = request.headers.get("Origin")
             site = request.headers.get("Sec-Fetch-Site", "same-origin")
@@ -311,6 +325,29 @@ class WebUi:
             if request.content_type != "application/json":
                 return _error(415, ErrorCode.VALIDATION_ERROR, "Send a JSON body.")
         return await handler(request)
+
+    def _throttled(self, remote: str) -> bool:
+        """Whether ``remote`` gave a wrong password too often within the window."""
+        now = time.monotonic()
+        recent = [t for t in self._auth_failures.get(remote, []) if now - t < AUTH_WINDOW_S]
+        if recent:
+            self._auth_failures[remote] = recent
+        else:
+            self._auth_failures.pop(remote, None)
+        return len(recent) >= AUTH_FAILURES_ALLOWED
+
+    def _failed_auth(self, remote: str) -> None:
+        if len(self._auth_failures) >= 1024 and remote not in self._auth_failures:
+            self._auth_failures.clear()  # bounded memory; an attacker gains nothing by it
+        failures = self._auth_failures.setdefault(remote, [])
+        failures.append(time.monotonic())
+        if len(failures) == AUTH_FAILURES_ALLOWED:
+            log.warning(
+                "WEBUI_AUTH_THROTTLED remote=%s failures=%d window=%.0fs",
+                log_safe(remote),
+                len(failures),
+                AUTH_WINDOW_S,
+            )
 
     def _authorised(self, request: web.Request) -> bool:
         assert self._password is not None

@@ -362,3 +362,16 @@ async def test_models_view_prints_what_models_verify_prints(serve: Serve, tmp_pa
     env = {**os.environ, "AGENT_MODELS__DIR": str(MODELS_DIR)}
     cli = await asyncio.to_thread(run_cli, "models", "verify", env=env)
     assert cli.stdout.splitlines() == [p["line"] for p in data["packs"]]
+
+
+async def test_wrong_passwords_are_throttled(
+    serve: Serve, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="agent.webui")
+    base = await serve(_config(tmp_path, webui={"password": PASSWORD}), _session(None))
+    for _ in range(10):
+        assert (await _get(f"{base}/ui/api/state", headers=_basic("guess")))[0] == 401
+    status, got, body = await _get(f"{base}/ui/api/state", headers=_basic(PASSWORD))
+    assert status == 429 and json.loads(body)["code"] == "LIMIT_EXCEEDED"
+    assert got["Retry-After"] == "60" and got["Cache-Control"] == "no-store"
+    assert "WEBUI_AUTH_THROTTLED" in caplog.text and PASSWORD not in caplog.text

@@ -271,6 +271,14 @@ async function snapshots() {
 
 // Polling ---------------------------------------------------------------------------
 
+function announce(text, cls) {
+  // A status region: screen readers read it when it changes, so it changes only when the
+  // link to the agent does (the update time is shown beside it, outside the region).
+  const node = $("connection");
+  if (node.textContent !== text) node.textContent = text;
+  node.className = cls || "";
+}
+
 async function refresh() {
   try {
     const state = await getJson("/ui/api/state");
@@ -280,11 +288,10 @@ async function refresh() {
     renderCameras(state);
     renderTestChoices(state);
     document.body.dataset.loaded = "true";
-    $("connection").textContent = `Live: updated ${new Date().toLocaleTimeString()}`;
-    $("connection").className = "connection";
+    announce("Live: updating every few seconds.", null);
+    $("updated").textContent = `Last update ${new Date().toLocaleTimeString()}.`;
   } catch (err) {
-    $("connection").textContent = `The agent does not answer (${err.message}); retrying…`;
-    $("connection").className = "connection bad";
+    announce(`The agent does not answer (${err.message}); retrying…`, "bad");
   } finally {
     setTimeout(refresh, settings.refreshSeconds * 1000);
   }
