@@ -33,7 +33,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.resources import files
@@ -51,6 +51,7 @@ from agent.modelpack import verify_packs
 from agent.redaction import log_safe, redact_url
 from agent.sessions import ActiveSession
 from agent.snapshot import render_snapshot
+from agent.status_view import page_state
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,6 @@ STATIC = {
     "/ui/app.js": ("app.js", "text/javascript"),
     "/ui/style.css": ("style.css", "text/css"),
 }
-DISCONNECTED = frozenset({"RECONNECTING", "DEAD"})
-OPTIONAL_CAMERA_FIELDS = ("analysisRate", "decodeMode", "shed")
 MAX_LABELS = 100
 AUTH_FAILURES_ALLOWED = 10  # wrong passwords from one address within AUTH_WINDOW_S
 AUTH_WINDOW_S = 60.0
@@ -85,91 +84,6 @@ def _host_name(host_header: str) -> str:
     if host_header.startswith("["):
         return host_header[1 : host_header.find("]")] if "]" in host_header else host_header
     return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
-
-
-def display_state(state: object) -> str:
-    """What the page calls a camera state: RECONNECTING and DEAD are DISCONNECTED."""
-    text = str(state or "UNKNOWN")
-    return "DISCONNECTED" if text in DISCONNECTED else text
-
-
-def page_state(status: Mapping[str, Any]) -> dict[str, Any]:
-    """The page's view of the agent's status: the one place that reads the status dict
-    (its JSON shape, as ``/status`` serves it). Optional camera fields (analysisRate,
-    decodeMode, shed) are passed on when present."""
-    agent = status.get("agent") or {}
-    model = status.get("model") or {}
-    mqtt = status.get("mqtt") or {}
-    outbox = status.get("outbox") or {}
-    counts = outbox.get("counts") or {}
-    oldest = outbox.get("oldestPending")
-    reloads = model.get("reloads") or {}
-    sessions = []
-    for session in status.get("sessions") or []:
-        cameras = []
-        for cam in session.get("cameras") or []:
-            card = {
-                key: cam.get(key)
-                for key in (
-                    "id",
-                    "name",
-                    "state",
-                    "frameAgeSeconds",
-                    "framesRead",
-                    "framesAnalysed",
-                    "reconnects",
-                    "lastError",
-                    "upSeconds",
-                )
-            }
-            card["display"] = display_state(cam.get("state"))
-            card.update({k: cam[k] for k in OPTIONAL_CAMERA_FIELDS if k in cam})
-            cameras.append(card)
-        sessions.append(
-            {
-                "slotId": session.get("slotId"),
-                "mode": session.get("mode"),
-                "students": session.get("students"),
-                "endTime": session.get("endTime"),
-                "startedAt": session.get("startedAt"),
-                "cameras": cameras,
-            }
-        )
-    return {
-        "agent": {k: agent.get(k) for k in ("version", "siteId", "state", "uptimeSeconds")},
-        "model": {
-            "loaded": bool(model.get("loaded")),
-            "pack": model.get("pack"),
-            "embeddingSpace": model.get("embeddingSpace"),
-            "providers": model.get("providers") or {},
-            "providerWarnings": model.get("warnings") or [],
-            "reason": model.get("reason"),
-            "swaps": model.get("swaps"),
-            "reload": {
-                "attempts": reloads.get("attempts"),
-                "failures": reloads.get("failures"),
-                "lastAttempt": reloads.get("lastAttempt"),
-                "lastError": reloads.get("lastError", model.get("reloadError")),
-            },
-        },
-        "mqtt": {k: mqtt.get(k) for k in ("connected", "protocol", "connects")},
-        "outbox": {
-            "pending": counts.get("pending"),
-            "dead": counts.get("dead"),
-            "delivered": counts.get("delivered"),
-            "oldestPending": {
-                k: oldest.get(k) for k in ("ageSeconds", "type", "slotId", "attempts")
-            }
-            if oldest
-            else None,
-            "full": outbox.get("full"),
-            "error": outbox.get("error"),
-        }
-        if outbox
-        else None,
-        "warnings": list(status.get("warnings") or []),
-        "sessions": sessions,
-    }
 
 
 def _error(status: int, code: ErrorCode, message: str, **headers: str) -> web.Response:

@@ -23,14 +23,15 @@ from aiohttp.test_utils import TestServer
 
 from agent.camera_test import CameraUrlError, check_camera_url
 from agent.camera_view import CameraView, FaceBox
-from agent.config import AgentConfig
+from agent.config import AgentConfig, ConfigError, load_config, masked_dump
 from agent.engine import FaceEngine
 from agent.local_http import LocalHttp
 from agent.metrics import Metrics
 from agent.protocol import SessionStart
 from agent.sessions import ActiveSession, SessionCamera
 from agent.snapshot import RECOGNISED, UNKNOWN, ascii_label, render_snapshot
-from agent.webui import UiSources, WebUi, page_state
+from agent.status_view import page_state
+from agent.webui import UiSources, WebUi
 from tests.agent_harness import MODELS_DIR, start_payload
 from tests.cli import run_cli
 from tests.rtsp import RtspServer
@@ -375,3 +376,14 @@ async def test_wrong_passwords_are_throttled(
     assert status == 429 and json.loads(body)["code"] == "LIMIT_EXCEEDED"
     assert got["Retry-After"] == "60" and got["Cache-Control"] == "no-store"
     assert "WEBUI_AUTH_THROTTLED" in caplog.text and PASSWORD not in caplog.text
+
+
+def test_config_keeps_secrets_and_credentials_out(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[webui]\npassword = "in-the-file"\n')
+    with pytest.raises(ConfigError, match="AGENT_WEBUI__PASSWORD"):
+        load_config(path)
+    with pytest.raises(ValueError, match="without user:password@"):
+        AgentConfig(webui={"camera_test_allowed_urls": ["rtsp://admin:pw@192.0.2.10/"]})
+    masked = masked_dump(AgentConfig(webui={"password": PASSWORD}))
+    assert masked["webui"]["password"] == "***"

@@ -582,10 +582,7 @@ class WebUiConfig(Section):
         2.0, ge=0.5, le=60.0, description="How often the open page fetches the agent's state."
     )
     snapshot_interval_s: float = Field(
-        3.0,
-        ge=1.0,
-        le=60.0,
-        description="How often the open page (while visible) fetches each camera's snapshot.",
+        3.0, ge=1.0, le=60.0, description="How often the visible page fetches each snapshot."
     )
     snapshot_max_width: int = Field(
         800, ge=160, le=3840, description="Snapshots wider than this are scaled down (pixels)."
@@ -596,10 +593,7 @@ class WebUiConfig(Section):
     @classmethod
     def _no_userinfo(cls, urls: tuple[str, ...]) -> tuple[str, ...]:
         for url in urls:
-            try:
-                parts = urlsplit(url)
-            except ValueError as exc:
-                raise ValueError(f"{url!r} is not a URL") from exc
+            parts = urlsplit(url)  # a ValueError is reported as this key's error too
             if not parts.scheme or "@" in parts.netloc:
                 raise ValueError(f"{url!r} must be an absolute URL without user:password@")
         return urls
