@@ -83,6 +83,16 @@ async def test_page_shows_live_camera_with_faces_then_disconnected(
         assert live["badge"] == "LIVE"
         assert "stu-1" in live["alt"]  # the snapshot's text alternative names the faces
         assert await browser.evaluate("document.getElementById('connection').textContent")
+        # The camera test, as a technician runs it from the card.
+        await browser.evaluate(f"{CARD}.querySelector('.actions button').click()")
+        tested = await browser.wait_for(
+            "(() => { const r = document.getElementById('test-result'); "
+            "const img = r.querySelector('img'); return img && img.complete && "
+            "img.naturalWidth > 0 ? r.textContent : null; })()",
+            timeout=30,
+            what="camera test result with a frame",
+        )
+        assert "DELIVERS FRAMES" in tested and "640 × 480" in tested
         png = await browser.screenshot()
         await browser.evaluate("window.notReloaded = true")
 

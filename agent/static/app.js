@@ -312,6 +312,7 @@ function renderTestChoices(state) {
     select.value = wanted.includes(current) ? current : "";
   }
   $("test-url-field").hidden = !settings.urlTest;
+  select.options[0].textContent = settings.urlTest ? "(none: use the URL below)" : "(choose a camera)";
 }
 
 async function runTest(body) {
