@@ -10,6 +10,7 @@ import base64
 import json
 import logging
 import os
+import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -387,3 +388,28 @@ def test_config_keeps_secrets_and_credentials_out(tmp_path: Path) -> None:
         AgentConfig(webui={"camera_test_allowed_urls": ["rtsp://admin:pw@192.0.2.10/"]})
     masked = masked_dump(AgentConfig(webui={"password": PASSWORD}))
     assert masked["webui"]["password"] == "***"
+
+
+async def test_one_camera_test_at_a_time(serve: Serve, tmp_path: Path) -> None:
+    with socket.socket() as silent:  # accepts connections, never answers: a hung camera
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        cfg = _config(
+            tmp_path,
+            cameras={"open_timeout_s": 1.0, "read_timeout_s": 1.0},
+            webui={"camera_test_allowed_urls": [f"rtsp://127.0.0.1:{port}/"]},
+        )
+        base = await serve(cfg, _session(None))
+        body = {"url": f"rtsp://127.0.0.1:{port}/stream"}
+        json_type = {"Content-Type": "application/json"}
+        results = await asyncio.gather(
+            _post(f"{base}/ui/api/camera-test", body, **json_type),
+            _post(f"{base}/ui/api/camera-test", body, **json_type),
+        )
+    by_status = dict(results)
+    assert set(by_status) == {200, 429}, results
+    assert by_status[429]["code"] == "LIMIT_EXCEEDED"
+    hung = by_status[200]
+    assert not hung["ok"] and hung["error"]["code"] == "CAMERA_OPEN_FAILED"
+    assert "open_timeout_s" in hung["error"]["message"]  # says what to check
