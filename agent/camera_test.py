@@ -28,7 +28,7 @@ from agent.camera import _source, _url_secrets
 from agent.config import CamerasConfig
 from agent.errors import ErrorCode
 from agent.redaction import redact_text, redact_url
-from agent.snapshot import encode_jpeg
+from agent.snapshot import SnapshotError, encode_jpeg
 
 _DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
 MAX_TEST_FRAMES = 300  # a 60 fps camera read for the longest test (5 s)
@@ -221,5 +221,13 @@ def _read_for(
         reported_fps=None if reported is None else round(reported, 1),
         frames=len(times),
         seconds=took,
-        jpeg=encode_jpeg(last, max_width, quality),
+        jpeg=_jpeg_or_none(last, max_width, quality),
     )
+
+
+def _jpeg_or_none(image: np.ndarray[Any, Any], max_width: int, quality: int) -> bytes | None:
+    """The frame to show, or None when it cannot be encoded (the test result stands)."""
+    try:
+        return encode_jpeg(image, max_width, quality)
+    except SnapshotError:
+        return None

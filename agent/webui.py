@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import functools
 import hmac
 import ipaddress
@@ -50,7 +51,7 @@ from agent.errors import ErrorCode
 from agent.modelpack import verify_packs
 from agent.redaction import log_safe, redact_url
 from agent.sessions import ActiveSession
-from agent.snapshot import render_snapshot
+from agent.snapshot import SnapshotError, render_snapshot
 from agent.status_view import page_state
 
 log = logging.getLogger(__name__)
@@ -190,9 +191,15 @@ class WebUi:
     async def _run(self, pool: ThreadPoolExecutor | None, func: Callable[[], Any]) -> Any:
         """Run ``func`` on a worker thread of ``pool`` and await it."""
         assert pool is not None, "mount() first"
+        loop = asyncio.get_running_loop()
         future = pool.submit(func)
         self._inflight.add(future)
-        future.add_done_callback(self._inflight.discard)
+
+        def done(finished: Future[Any]) -> None:  # on the worker thread: hand it to the loop
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to tidy
+                loop.call_soon_threadsafe(self._inflight.discard, finished)
+
+        future.add_done_callback(done)
         return await asyncio.wrap_future(future)
 
     # Guard ----------------------------------------------------------------------------
@@ -344,7 +351,16 @@ class WebUi:
                 self.cfg.snapshot_max_width,
                 self.cfg.snapshot_jpeg_quality,
             )
-            jpeg = await self._run(self._pool, render)
+            try:
+                jpeg = await self._run(self._pool, render)
+            except SnapshotError as exc:
+                log.error(
+                    "SNAPSHOT_FAILED slot=%s camera=%s error=%s",
+                    log_safe(slot),
+                    log_safe(camera),
+                    exc,
+                )
+                return _error(500, ErrorCode.INTERNAL_ERROR, "The snapshot could not be made.")
             self._snapshots = {
                 key: value
                 for key, value in self._snapshots.items()
