@@ -37,6 +37,7 @@ from agent.status import StatusReporter
 from agent.status_models import wire
 from agent.store import Store
 from agent.supervisor import RestartPolicy, Supervisor
+from agent.webui import UiSources, WebUi
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +240,12 @@ class Agent:
                 accepting=lambda: self.state is AgentState.RUNNING,
             )
             if cfg.metrics.enabled:
-                self.http = LocalHttp(cfg.metrics, self.metrics, reporter.status)
+                ui = (
+                    WebUi(cfg, UiSources(lambda: wire(reporter.status()), sessions.get))
+                    if cfg.webui.enabled
+                    else None
+                )
+                self.http = LocalHttp(cfg.metrics, self.metrics, reporter.status, ui)
                 await self.http.start()
             # Sessions resume before commands are accepted, so a command never meets a
             # half-restored agent.

@@ -90,7 +90,7 @@ class LoopCounters:
     analysed_at: deque[float] = field(default_factory=lambda: deque(maxlen=256))
 
 
-def _url_secrets(url: str) -> list[str]:
+def url_secrets(url: str) -> list[str]:
     """The credentials inside a camera URL, raw and percent-decoded, so they can be masked
     in error text that might quote them (an exception message, a traceback)."""
     scheme_end = url.find("://")
@@ -306,10 +306,10 @@ class CameraReader:
     def _thread_failure(self, what: str, exc: BaseException) -> str:
         """A one-line reason for an exception, safe to log and report (credentials masked:
         FFmpeg and OpenCV messages may quote the URL)."""
-        return redact_text(f"{what}: {type(exc).__name__}: {exc}", _url_secrets(self.url), 300)
+        return redact_text(f"{what}: {type(exc).__name__}: {exc}", url_secrets(self.url), 300)
 
     def _thread_mask(self, text: str) -> str:
-        return redact_text(text, _url_secrets(self.url), 300)
+        return redact_text(text, url_secrets(self.url), 300)
 
     def _thread_open(self) -> VideoSource | None:
         started = time.monotonic()
@@ -337,7 +337,7 @@ class CameraReader:
         try:
             self._thread_read_loop()
         except Exception as exc:
-            secrets = _url_secrets(self.url)
+            secrets = url_secrets(self.url)
             reason = self._thread_failure("reader crashed", exc)
             trace = "\n".join(
                 redact_text(line, secrets, 1000)

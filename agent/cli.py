@@ -103,7 +103,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """Install the default pack or verify packs."""
-    from agent.modelpack import list_pack_dirs, read_pack
+    from agent.modelpack import verify_packs
 
     cfg = _load(args.config)
     if args.action == "install-default":
@@ -116,23 +116,13 @@ def cmd_models(args: argparse.Namespace) -> int:
             return EXIT_FAILED
         print(f"Installed {pack.name} in {pack.path} (space {pack.embedding_space})")
         return EXIT_OK
-    failures = 0
-    folders = [cfg.models.dir / args.pack] if args.pack else list_pack_dirs(cfg.models.dir)
-    if not folders:
+    checks = verify_packs(cfg.models.dir, args.pack)
+    if not checks:
         print(f"No model pack in {cfg.models.dir}", file=sys.stderr)
         return EXIT_FAILED
-    for folder in folders:
-        try:
-            pack = read_pack(folder)
-        except ModelPackError as exc:
-            failures += 1
-            print(f"INVALID {folder.name}: {exc.reason}")
-        else:
-            origin = "computed" if pack.manifest_computed else "manifest"
-            print(
-                f"OK {pack.name}: space {pack.embedding_space}, dim {pack.embedding_dim} ({origin})"
-            )
-    return EXIT_FAILED if failures else EXIT_OK
+    for check in checks:
+        print(check.line())
+    return EXIT_FAILED if any(c.pack is None for c in checks) else EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -51,9 +51,15 @@ class ErrorCode(StrEnum):
     STORAGE_BUSY = "STORAGE_BUSY"
     STORAGE_FULL = "STORAGE_FULL"
     STORAGE_CORRUPT = "STORAGE_CORRUPT"
-    # Camera streams (reasons in status and CAMERA_DISCONNECTED events).
+    # Camera streams (reasons in status and CAMERA_DISCONNECTED events; the status page's
+    # camera test) and the technician's status page (local HTTP only, never sent to the
+    # backend).
     CAMERA_OPEN_FAILED = "CAMERA_OPEN_FAILED"
     CAMERA_NO_FRAME = "CAMERA_NO_FRAME"
+    SNAPSHOT_NOT_READY = "SNAPSHOT_NOT_READY"
+    CAMERA_URL_NOT_ALLOWED = "CAMERA_URL_NOT_ALLOWED"
+    WEBUI_PASSWORD_REQUIRED = "WEBUI_PASSWORD_REQUIRED"
+    REQUEST_FORBIDDEN = "REQUEST_FORBIDDEN"
     # Configuration.
     CONFIG_INVALID = "CONFIG_INVALID"
 

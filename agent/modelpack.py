@@ -313,3 +313,35 @@ def select_pack(models_dir: Path, configured: str) -> ModelPack:
         except ModelPackError as exc:
             errors.append(exc.message)
     raise ModelPackError("(none)", "no valid pack: " + "; ".join(errors))
+
+
+@dataclass(frozen=True)
+class PackCheck:
+    """The verdict of ``models verify`` on one pack folder."""
+
+    folder: str
+    pack: ModelPack | None  # None when the folder is not a usable pack
+    reason: str | None  # why not
+
+    def line(self) -> str:
+        """The line ``models verify`` prints for this folder."""
+        if self.pack is None:
+            return f"INVALID {self.folder}: {self.reason}"
+        origin = "computed" if self.pack.manifest_computed else "manifest"
+        return (
+            f"OK {self.pack.name}: space {self.pack.embedding_space}, "
+            f"dim {self.pack.embedding_dim} ({origin})"
+        )
+
+
+def verify_packs(models_dir: Path, pack: str = "") -> list[PackCheck]:
+    """Verify one pack folder (``pack``) or every pack folder of ``models_dir`` (blocking:
+    it hashes the files). An empty list means no pack folder was found."""
+    folders = [models_dir / pack] if pack else list_pack_dirs(models_dir)
+    checks = []
+    for folder in folders:
+        try:
+            checks.append(PackCheck(folder.name, read_pack(folder), None))
+        except ModelPackError as exc:
+            checks.append(PackCheck(folder.name, None, exc.reason))
+    return checks

@@ -39,6 +39,7 @@ from agent.config.sections import (
     Section,
     SiteConfig,
     StorageConfig,
+    WebUiConfig,
 )
 from agent.errors import AgentError, ErrorCode
 
@@ -62,6 +63,7 @@ __all__ = [
     "Section",
     "SiteConfig",
     "StorageConfig",
+    "WebUiConfig",
     "api_keys",
     "load_config",
     "masked_dump",
@@ -72,7 +74,12 @@ ENV_PREFIX = "AGENT_"
 
 
 SECRET_KEYS: frozenset[tuple[str, str]] = frozenset(
-    {("auth", "api_keys"), ("mqtt", "password"), ("callback", "api_key")}
+    {
+        ("auth", "api_keys"),
+        ("mqtt", "password"),
+        ("callback", "api_key"),
+        ("webui", "password"),
+    }
 )
 """(section, key) pairs that must never be written in the TOML file."""
 
@@ -138,6 +145,9 @@ class AgentConfig(BaseSettings):
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logs.")
     metrics: MetricsConfig = Field(
         default_factory=MetricsConfig, description="Local metrics and status endpoint."
+    )
+    webui: WebUiConfig = Field(
+        default_factory=WebUiConfig, description="The technician's status page."
     )
 
     @classmethod

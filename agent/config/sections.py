@@ -596,3 +596,54 @@ class MetricsConfig(Section):
         "by default; status shows session and camera ids).",
     )
     port: int = Field(9108, ge=0, le=65535, description="Listen port (0: any free port).")
+
+
+class WebUiConfig(Section):
+    """The technician's status page, served on the ``[metrics]`` address and port."""
+
+    enabled: bool = Field(
+        True,
+        description="Serve the status page at / (needs [metrics] enabled). On an address "
+        "other than loopback it is served only with a password.",
+    )
+    password: SecretStr | None = Field(
+        None,
+        description="Password of the page (HTTP Basic, any user name, or 'Authorization: "
+        "Bearer'); environment AGENT_WEBUI__PASSWORD only. Required off loopback.",
+    )
+    password_file: Path | None = Field(None, description="File holding the page's password.")
+    face_labels: Literal["id", "code", "name"] = Field(
+        "id",
+        description="What recognised faces are labelled with on snapshots: the student id, "
+        "the roster's student code, or the student's name (personal data: only where the "
+        "school allows it).",
+    )
+    camera_test_allowed_urls: tuple[str, ...] = Field(
+        (),
+        max_length=64,
+        description="Stream URLs the camera test may open besides the registry's cameras: "
+        "same scheme, host and port as an entry and a path under its path by whole segments "
+        "(e.g. 'rtsp://192.0.2.10:554/'). Empty: registry cameras only.",
+    )
+    camera_test_seconds: float = Field(
+        2.0, ge=0.5, le=10.0, description="How long the camera test reads to measure the rate."
+    )
+    refresh_s: float = Field(
+        2.0, ge=0.5, le=60.0, description="How often the open page fetches the agent's state."
+    )
+    snapshot_interval_s: float = Field(
+        3.0, ge=1.0, le=60.0, description="How often the visible page fetches each snapshot."
+    )
+    snapshot_max_width: int = Field(
+        800, ge=160, le=3840, description="Snapshots wider than this are scaled down (pixels)."
+    )
+    snapshot_jpeg_quality: int = Field(80, ge=30, le=95, description="JPEG quality of snapshots.")
+
+    @field_validator("camera_test_allowed_urls")
+    @classmethod
+    def _no_userinfo(cls, urls: tuple[str, ...]) -> tuple[str, ...]:
+        for url in urls:
+            parts = urlsplit(url)  # a ValueError is reported as this key's error too
+            if not parts.scheme or "@" in parts.netloc:
+                raise ValueError(f"{url!r} must be an absolute URL without user:password@")
+        return urls
