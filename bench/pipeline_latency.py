@@ -343,7 +343,7 @@ def latency_timeline(
     people: list[Identity], boxes: dict[str, Any]
 ) -> tuple[list[Any], list[Appearance], float]:
     """People of the latency clip, the appearances to time, and the clip length."""
-    from tests.synthetic_video import Person
+    from agent.devkit.classroom import Person
 
     targets = [p for p in people if p.name != "astronaut"]
     anchor = next(p for p in people if p.name == "astronaut")
@@ -391,7 +391,7 @@ def make_clips(
     workdir: Path, people: list[Identity], engine: Any
 ) -> tuple[Any, list[Appearance], Any]:
     """The latency clip (people pop in one by one) and the CPU clip (2-3 faces)."""
-    from tests.synthetic_video import Person, face_box_of, make_classroom_frames
+    from agent.devkit.classroom import Person, face_box_of, make_classroom_frames
 
     boxes = {p.name: face_box_of(p.photo, engine) for p in people}
     timeline, appearances, seconds = latency_timeline(people, boxes)

@@ -18,14 +18,16 @@ import aiomqtt
 
 from agent.app import Agent, AgentState
 from agent.config import AgentConfig
+from agent.devkit.backend import Backend
+from agent.devkit.brokers import Mosquitto
 from agent.events import Event
 from agent.protocol import StatusReason
 from agent.sessions import ActiveSession, SessionRunner
-from tests.brokers import API_KEY, Backend, Mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = ROOT / "models"
 CALLBACK = "http://127.0.0.1:9/callback"
+API_KEY = "test-key-0123456789"  # the key of the test backend (agent_config, spawn_agent)
 
 
 class HoldRunner:
@@ -166,7 +168,7 @@ async def backend(
     async with aiomqtt.Client(
         "127.0.0.1", broker.port, protocol=protocol, socket_options=nodelay
     ) as client:
-        async with Backend(client, site=site) as b:
+        async with Backend(client, site=site, api_key=API_KEY) as b:
             yield b
 
 

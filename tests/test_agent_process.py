@@ -14,9 +14,9 @@ import aiomqtt
 import cv2
 import pytest
 
+from agent.devkit.brokers import Mosquitto
 from agent.engine import FaceEngine
-from tests.agent_harness import backend, spawn_agent, start_payload
-from tests.brokers import API_KEY, Mosquitto
+from tests.agent_harness import API_KEY, backend, spawn_agent, start_payload
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 

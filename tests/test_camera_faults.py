@@ -17,8 +17,8 @@ import pytest
 
 from agent.camera import CameraReader, CameraState
 from agent.config import CamerasConfig, load_config
+from agent.devkit.brokers import Mosquitto
 from tests.agent_harness import RecordingSink, agent_config, backend, running_agent, start_payload
-from tests.brokers import Mosquitto
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 from agent.app import Agent
+from agent.devkit.brokers import Mosquitto
+from agent.devkit.classroom import ClassroomPlan, Person, face_box_of, make_classroom_frames
 from agent.engine import FaceEngine
 from tests.agent_harness import RecordingSink, agent_config, backend, running_agent, start_payload
-from tests.brokers import Mosquitto
 from tests.rtsp import INSTALL_HINT, RtspServer, gst_rtsp_available
-from tests.synthetic_video import ClassroomPlan, Person, face_box_of, make_classroom_frames
 
 FPS = 10
 SIZE = (640, 480)

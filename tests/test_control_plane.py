@@ -13,8 +13,15 @@ import aiomqtt
 import numpy as np
 import pytest
 
-from tests.agent_harness import RecordingSink, agent_config, backend, running_agent, start_payload
-from tests.brokers import API_KEY, Mosquitto
+from agent.devkit.brokers import Mosquitto
+from tests.agent_harness import (
+    API_KEY,
+    RecordingSink,
+    agent_config,
+    backend,
+    running_agent,
+    start_payload,
+)
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from agent.devkit.brokers import Mosquitto
+from agent.devkit.callback_receiver import CallbackServer, Received
 from tests.agent_harness import (
     agent_config,
     backend,
@@ -22,8 +24,6 @@ from tests.agent_harness import (
     start_payload,
     wait_until,
 )
-from tests.brokers import Mosquitto
-from tests.callback_server import CallbackServer, Received
 from tests.cli import run_cli
 
 FAST_CALLBACK = {"timeout_s": 0.5, "first_retry_s": 0.05, "retry_max_s": 0.3}

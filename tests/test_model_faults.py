@@ -25,6 +25,7 @@ import pytest
 from onnx import helper
 
 from agent.config import AgentConfig
+from agent.devkit.brokers import Mosquitto
 from agent.engine import FaceEngine
 from agent.errors import ModelNotLoadedError, ModelPackError
 from agent.inference import InferencePool, ModelSlot
@@ -38,7 +39,6 @@ from agent.modelpack import (
     sha256_file,
 )
 from tests.agent_harness import agent_config, backend, running_agent
-from tests.brokers import Mosquitto
 
 DETECTOR = "scrfd_500m_bnkps.onnx"
 RECOGNIZER = "w600k_mbf.onnx"

@@ -12,8 +12,9 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from tests.agent_harness import agent_config, running_agent
-from tests.brokers import API_KEY, Backend, Mosquitto
+from agent.devkit.backend import Backend
+from agent.devkit.brokers import Mosquitto
+from tests.agent_harness import API_KEY, agent_config, running_agent
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 
@@ -123,7 +124,7 @@ async def test_agent_over_tls_with_password_file(
                 tls_context=context,
                 protocol=aiomqtt.ProtocolVersion.V5,
             ) as client,
-            Backend(client) as b,
+            Backend(client, api_key=API_KEY) as b,
         ):
             reply = await b.send("status", {})
     assert reply["status"] == 200

@@ -12,6 +12,7 @@ import aiohttp
 import cv2
 import pytest
 
+from agent.devkit.brokers import Mosquitto
 from agent.engine import FaceEngine
 from tests.agent_harness import (
     RecordingSink,
@@ -20,7 +21,6 @@ from tests.agent_harness import (
     running_agent,
     start_payload,
 )
-from tests.brokers import Mosquitto
 from tests.cli import run_cli
 from tests.rtsp import RtspServer
 

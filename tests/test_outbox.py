@@ -10,11 +10,11 @@ import pytest
 
 from agent.config import CallbackConfig
 from agent.delivery import Delivery, OutboxSink, parse_retry_after
+from agent.devkit.callback_receiver import CallbackServer
 from agent.events import EventFactory
 from agent.outbox import Outbox, OutboxFullError
 from agent.protocol import SessionStatus
 from agent.store import Store
-from tests.callback_server import CallbackServer
 
 FAST = {
     "timeout_s": 0.5,

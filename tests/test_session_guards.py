@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from agent.devkit.brokers import Mosquitto
 from agent.protocol import StatusReason
 from agent.sessions import ActiveSession
 from tests.agent_harness import RecordingSink, agent_config, backend, running_agent, start_payload
-from tests.brokers import Mosquitto
 from tests.rtsp import RtspServer
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")

@@ -14,6 +14,8 @@ import pytest
 
 from agent import app as app_module
 from agent.app import Agent
+from agent.devkit.brokers import Mosquitto
+from agent.devkit.callback_receiver import CallbackServer
 from agent.errors import ErrorCode
 from agent.store import DB_NAME
 from agent.supervisor import RestartPolicy, Supervisor
@@ -26,8 +28,6 @@ from tests.agent_harness import (
     start_payload,
     wait_until,
 )
-from tests.brokers import Mosquitto
-from tests.callback_server import CallbackServer
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 
