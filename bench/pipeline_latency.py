@@ -3,7 +3,7 @@
 Everything runs against real RTSP servers (``tests/rtsp.py``: GStreamer's RTSP server in its
 own process under Debian's Python, x264 ``ultrafast``/``zerolatency``, one keyframe a second)
 serving synthetic 1280x720, 10 fps classrooms made from real face photos
-(``tests/synthetic_video.py``). Every frame carries its clip frame index as a row of black and
+(``agent/devkit/classroom.py``). Every frame carries its clip frame index as a row of black and
 white squares in its top-right corner (12 bits, 20 px cells: H.264 at 2 Mbit/s keeps them
 exact), so whoever reads a frame knows which clip frame it is. The agent side is the real
 ``agent.pipeline.RecognitionRunner`` with the default configuration (``analysis_fps`` 4,
@@ -101,7 +101,7 @@ import numpy.typing as npt
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PACK_DIR = PROJECT_ROOT / "models" / "buffalo_sc"
 FACES_DIR = PROJECT_ROOT.parent / "shared" / "faces"
-if str(PROJECT_ROOT) not in sys.path:  # ``tests.*`` helpers (RTSP server, synthetic video)
+if str(PROJECT_ROOT) not in sys.path:  # ``tests.*`` helpers (the RTSP server)
     sys.path.insert(0, str(PROJECT_ROOT))
 
 FPS = 10

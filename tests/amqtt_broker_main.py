@@ -1,5 +1,5 @@
-"""An MQTT 3.1.1-only broker (amqtt) for the protocol fallback test: `python
-tests/amqtt_broker_main.py PORT` prints READY once it listens, and runs until killed."""
+"""An MQTT 3.1.1-only broker (amqtt) for the protocol fallback test: `python -m
+tests.amqtt_broker_main PORT` prints READY once it listens, and runs until killed."""
 
 from __future__ import annotations
 

@@ -144,7 +144,7 @@ def yao_camera(tmp_path: Path, engine: FaceEngine, photos: dict[str, Path]) -> I
 
 @pytest.fixture
 async def server() -> AsyncIterator[CallbackServer]:
-    """A real HTTP backend receiving callbacks (see tests/callback_server.py)."""
+    """A real HTTP backend receiving callbacks (``agent.devkit.callback_receiver``)."""
     srv = CallbackServer()
     await srv.start()
     yield srv
