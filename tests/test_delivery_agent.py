@@ -22,9 +22,9 @@ from tests.agent_harness import (
     running_agent,
     spawn_agent,
     start_payload,
-    wait_until,
 )
 from tests.cli import run_cli
+from tests.waiting import wait_until
 
 FAST_CALLBACK = {"timeout_s": 0.5, "first_retry_s": 0.05, "retry_max_s": 0.3}
 

@@ -18,8 +18,8 @@ from tests.agent_harness import (
     running_agent,
     scrape_metrics,
     start_payload,
-    wait_until,
 )
+from tests.waiting import wait_until
 
 FAST = {"timeout_s": 0.5, "first_retry_s": 0.05, "retry_max_s": 0.3}
 

@@ -19,7 +19,8 @@ from agent.inference import ModelSlot
 from agent.protocol import SessionStart, StatusReason
 from agent.sessions import ActiveSession, SessionManager
 from agent.store import Store
-from tests.agent_harness import RecordingSink, start_payload, wait_until
+from tests.agent_harness import RecordingSink, start_payload
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 

@@ -26,8 +26,8 @@ from tests.agent_harness import (
     scrape_metrics,
     spawn_agent,
     start_payload,
-    wait_until,
 )
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 
