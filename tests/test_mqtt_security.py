@@ -15,6 +15,7 @@ import pytest
 from agent.devkit.backend import Backend
 from agent.devkit.brokers import Mosquitto
 from tests.agent_harness import API_KEY, agent_config, running_agent
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 
@@ -152,7 +153,10 @@ async def test_wrong_password_keeps_retrying_and_says_so(
     agent = Agent(cfg)
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
-    await asyncio.sleep(2.0)
+    # Refused, then refused again on the retry (reconnect_max_s is 1 s).
+    await wait_until(
+        lambda: caplog.text.count("MQTT_CONNECT_FAILED") >= 2, 15, "two refused connections"
+    )
     assert agent.link is not None and not agent.link.connected
     stop.set()
     async with asyncio.timeout(15):
