@@ -13,6 +13,7 @@ import cv2
 import pytest
 
 from agent.devkit.brokers import Mosquitto
+from agent.devkit.ports import free_port
 from agent.engine import FaceEngine
 from tests.agent_harness import (
     RecordingSink,
@@ -99,12 +100,7 @@ async def test_metrics_status_and_health_during_a_session(
 
 
 def test_status_cli_without_agent(tmp_path: Path) -> None:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    result = run_cli("status", "--port", str(port), timeout=60)
+    result = run_cli("status", "--port", str(free_port()), timeout=60)
     assert result.returncode == 1
     assert "does not answer" in result.stderr
 
