@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from agent.config import RecognitionConfig
-from agent.engine import FaceEngine, Image
 from agent.events import EventFactory, EventSink, emit_or_log
+from agent.faces import Image
 from agent.inference import InferencePool
 from agent.metrics import Metrics
 from agent.protocol import RecognitionEvent, SessionMode
 from agent.recognition import Sighting, face_jpeg
 from agent.sessions import ActiveSession
 from agent.store import Store, StoreError
+
+if TYPE_CHECKING:  # the engine pulls in ONNX Runtime; it arrives as an argument
+    from agent.engine import FaceEngine
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from enum import StrEnum
 from urllib.parse import unquote
 
 from agent.config import CamerasConfig
-from agent.engine import Image
+from agent.faces import Image
 
 # redact_url is re-exported: tests/test_camera_units.py imports it from here.
 from agent.redaction import log_safe, redact_text, redact_url

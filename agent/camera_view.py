@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.engine import Image
+from agent.faces import Image
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
-import shutil
-import socket
-import subprocess
+import math
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -29,15 +25,19 @@ import aiomqtt
 import cv2
 import numpy as np
 from aiohttp import web
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from agent.app import Agent
 from agent.config import AgentConfig, EnrollmentConfig
 from agent.defaultpack import package_dir, sample_photo
+from agent.devkit.backend import Backend
+from agent.devkit.brokers import BrokerError, Mosquitto, amqtt_broker, find_mosquitto
+from agent.devkit.callback_receiver import CallbackServer, Received
+from agent.devkit.classroom import Box, Person, make_classroom_frames
+from agent.devkit.ports import free_port
 from agent.embedding import generate_embedding
-from agent.engine import FaceEngine, Image
+from agent.engine import FaceEngine
 from agent.errors import AgentError
+from agent.faces import Image
 from agent.modelpack import select_pack
 
 API_KEY = "demo-key"
@@ -52,19 +52,14 @@ def say(message: str) -> None:
 
 @dataclass(frozen=True)
 class Student:
-    """A demo student: an enrollment photo, and a face to paste into the video."""
+    """A demo student: an enrollment photo, and where their face is in a source photo
+    (what the video shows)."""
 
     student_id: str
     name: str
     photo: bytes
-    face: Image
-    in_video: bool
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    source: Path
+    face_box: Box
 
 
 def _crop(image: Image, box: np.ndarray, margin: float) -> Image:
@@ -73,6 +68,11 @@ def _crop(image: Image, box: np.ndarray, margin: float) -> Image:
     xa, ya = max(0, int(x1 - w * margin)), max(0, int(y1 - h * margin))
     xb, yb = min(image.shape[1], int(x2 + w * margin)), min(image.shape[0], int(y2 + h * margin))
     return np.ascontiguousarray(image[ya:yb, xa:xb])
+
+
+def _box(bbox: np.ndarray) -> Box:
+    x1, y1, x2, y2 = (float(v) for v in bbox)
+    return (x1, y1, x2, y2)
 
 
 def demo_students(engine: FaceEngine) -> list[Student]:
@@ -86,9 +86,7 @@ def demo_students(engine: FaceEngine) -> list[Student]:
     for student_id, name, path in singles:
         image = np.asarray(cv2.imread(str(path), cv2.IMREAD_COLOR), np.uint8)
         (face,) = sorted(engine.detect(image), key=lambda f: -f.area)[:1]
-        students.append(
-            Student(student_id, name, path.read_bytes(), _crop(image, face.bbox, 0.3), True)
-        )
+        students.append(Student(student_id, name, path.read_bytes(), path, _box(face.bbox)))
     # Three more people cut out of group photos: the two best for enrollment (pose,
     # sharpness...) are enrolled; the third is a visitor who must never be reported.
     candidates = []
@@ -102,48 +100,43 @@ def demo_students(engine: FaceEngine) -> list[Student]:
                 result = generate_embedding(engine, EnrollmentConfig(), photo=buf.tobytes())
             except AgentError:
                 continue  # not a usable enrollment photo (a neighbour, a turned head...)
-            candidates.append((result.quality.score, buf.tobytes(), _crop(group, face.bbox, 0.3)))
-    candidates.sort(key=lambda c: -c[0])
-    for index, (_, photo_bytes, face_image) in enumerate(candidates[:3]):
-        students.append(
-            Student(
-                f"stu-group-{index + 1}", f"Group person {index + 1}", photo_bytes, face_image, True
+            candidates.append(
+                (result.quality.score, buf.tobytes(), sample_photo(photo), _box(face.bbox))
             )
+    candidates.sort(key=lambda c: -c[0])
+    for index, (_, photo_bytes, source, box) in enumerate(candidates[:3]):
+        students.append(
+            Student(f"stu-group-{index + 1}", f"Group person {index + 1}", photo_bytes, source, box)
         )
     return students
 
 
-def classroom_frames(students: list[Student], seconds: float) -> list[bytes]:
-    """JPEG frames: a plain classroom, each face drifting slowly in its own seat."""
+def classroom_frames(students: list[Student], seconds: float, workdir: Path) -> list[bytes]:
+    """JPEG frames of a classroom where the students come in one after another, each face
+    drifting slowly in its own seat."""
     width, height = SIZE
-    background = np.zeros((height, width, 3), np.uint8)
-    background[:] = np.linspace(70, 150, width, dtype=np.uint8)[None, :, None]
-    cv2.rectangle(background, (40, 20), (width - 40, 110), (40, 70, 40), -1)  # the board
-    frames = []
     seats = [(0.15, 0.45), (0.4, 0.4), (0.65, 0.45), (0.85, 0.5), (0.3, 0.75), (0.6, 0.75)]
-    for i in range(int(seconds * FPS)):
-        frame = background.copy()
-        for k, student in enumerate(students):
-            if i < k * 1.5 * FPS:
-                continue  # people come in one after another
-            scale = 130 / student.face.shape[1]
-            face = cv2.resize(student.face, (130, int(student.face.shape[0] * scale)))
-            cx = int(seats[k][0] * width + 20 * np.sin(i / 15 + k))
-            cy = int(seats[k][1] * height)
-            x, y = max(0, cx - face.shape[1] // 2), max(0, cy - face.shape[0] // 2)
-            h, w = min(face.shape[0], height - y), min(face.shape[1], width - x)
-            frame[y : y + h, x : x + w] = face[:h, :w]
-        ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 85])
-        assert ok
-        frames.append(buf.tobytes())
-    return frames
+    people = [
+        Person(
+            name=student.student_id,
+            photo=student.source,
+            enter_s=k * 1.5,
+            leave_s=math.inf,
+            start_xy=(seats[k][0] * width, seats[k][1] * height),
+            velocity_xy=(4.0 if k % 2 else -4.0, 0.0),
+            face_width=130,
+            face_box=student.face_box,
+            margin=0.3,
+        )
+        for k, student in enumerate(students)
+    ]
+    plan = make_classroom_frames(workdir, people, seconds=seconds, fps=FPS, size=SIZE)
+    return [plan.path(i).read_bytes() for i in range(plan.n_frames)]
 
 
 @asynccontextmanager
-async def http_services(
-    frames: list[bytes], received: asyncio.Queue[dict[str, Any]]
-) -> AsyncIterator[int]:
-    """The MJPEG camera (``/camera``) and the callback receiver (``/callback``)."""
+async def mjpeg_camera(frames: list[bytes]) -> AsyncIterator[str]:
+    """An MJPEG camera over HTTP looping ``frames`` at FPS; yields its URL."""
 
     async def camera(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(
@@ -166,131 +159,65 @@ async def http_services(
         except (ConnectionResetError, asyncio.CancelledError):
             return response
 
-    async def callback(request: web.Request) -> web.Response:
-        await received.put(await request.json())
-        return web.json_response({"ok": True})
-
     app = web.Application()
     app.router.add_get("/camera", camera)
-    app.router.add_post("/callback", callback)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
-    port = _free_port()
+    port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        yield port
+        yield f"http://127.0.0.1:{port}/camera"
     finally:
         await runner.cleanup()
 
 
 @asynccontextmanager
-async def mosquitto(workdir: Path, binary: str) -> AsyncIterator[int]:
-    """A Mosquitto broker process on a free port."""
-    port = _free_port()
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "set_tcp_nodelay true\nlog_dest none\n"
-    )
-    proc = subprocess.Popen(  # noqa: ASYNC220 - starts instantly; waited for below
-        [binary, "-c", str(conf)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+async def callback_receiver(received: asyncio.Queue[dict[str, Any]]) -> AsyncIterator[str]:
+    """The backend's callback receiver, queueing each event's body; yields its URL."""
+
+    def arrived(request: Received) -> None:
+        received.put_nowait(request.body)
+
+    server = CallbackServer(on_request=arrived)
+    await server.start()
     try:
-        for _ in range(200):
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                await asyncio.sleep(0.02)
-        yield port
+        yield server.url("/callback")
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-@asynccontextmanager
-async def amqtt_broker() -> AsyncIterator[int]:
-    """An in-process amqtt broker (MQTT 3.1.1 only), for machines without Mosquitto."""
-    try:
-        from amqtt.broker import Broker
-    except ImportError as exc:
-        raise SystemExit(
-            "No MQTT broker for the demo: install Mosquitto (apt-get install mosquitto) or "
-            "amqtt (pip install amqtt)"
-        ) from exc
-
-    port = _free_port()
-    broker = Broker(
-        {
-            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
-            "plugins": {
-                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
-            },
-        }
-    )
-    await broker.start()
-    try:
-        yield port
-    finally:
-        await broker.shutdown()
+        await server.stop()
 
 
 @asynccontextmanager
 async def embedded_broker(workdir: Path, choice: str) -> AsyncIterator[tuple[int, str]]:
     """Mosquitto when installed (MQTT 5), else amqtt in-process (MQTT 3.1.1)."""
-    binary = shutil.which("mosquitto") or shutil.which("/usr/sbin/mosquitto")
-    if choice == "mosquitto" and binary is None:
+    installed = find_mosquitto() is not None
+    if choice == "mosquitto" and not installed:
         raise SystemExit("mosquitto is not installed: `make demo` installs it")
-    if binary is not None and choice != "amqtt":
-        async with mosquitto(workdir, binary) as port:
-            yield port, "5"
-    else:
+    if installed and choice != "amqtt":
+        broker = Mosquitto(workdir / "broker", persistence=False)
+        await asyncio.to_thread(broker.start)  # blocks until it listens
+        try:
+            yield broker.port, "5"
+        finally:
+            await asyncio.to_thread(broker.stop)
+        return
+    try:
         async with amqtt_broker() as port:
             yield port, "3.1.1"
+    except BrokerError as exc:
+        raise SystemExit(
+            "No MQTT broker for the demo: install Mosquitto (apt-get install mosquitto) or "
+            "amqtt (pip install amqtt)"
+        ) from exc
 
 
-class Backend:
-    """The backend's MQTT side. With MQTT 5 replies come to a response topic; with 3.1.1
-    to the site's reply topic. Either way they are matched by requestId."""
+@dataclass(frozen=True)
+class _Services:
+    """Where the demo's stand-ins listen."""
 
-    def __init__(self, client: aiomqtt.Client, protocol: str) -> None:
-        self.client = client
-        self.v5 = protocol == "5"
-        self.topic = f"demo-backend/{uuid.uuid4().hex}" if self.v5 else "attendance/demo-site/reply"
-        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
-
-    async def listen(self) -> None:
-        await self.client.subscribe(self.topic, qos=1)
-        async for message in self.client.messages:
-            reply = json.loads(bytes(message.payload))
-            future = self._waiting.pop(str(reply.get("requestId")), None)
-            if future is not None and not future.done():
-                future.set_result(reply)
-
-    async def send(self, command: str, payload: dict[str, Any]) -> dict[str, Any]:
-        request_id = uuid.uuid4().hex
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._waiting[request_id] = future
-        body = {**payload, "requestId": request_id}
-        props = None
-        if self.v5:
-            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            props.ResponseTopic = self.topic
-            props.CorrelationData = request_id.encode()
-            props.UserProperty = [("x-api-key", API_KEY)]
-        else:
-            body["apiKey"] = API_KEY  # MQTT 3.1.1 has no user properties
-        await self.client.publish(
-            f"attendance/demo-site/cmd/{command}",
-            json.dumps(body).encode(),
-            qos=1,
-            properties=props,
-        )
-        async with asyncio.timeout(60):
-            return await future
+    broker_port: int
+    protocol: str
+    camera_url: str
+    callback_url: str
 
 
 async def run_demo(base: AgentConfig, session_seconds: float, broker: str = "auto") -> int:
@@ -302,43 +229,39 @@ async def run_demo(base: AgentConfig, session_seconds: float, broker: str = "aut
     say(f"model {pack.name} ready ({engine.embedding_space}, {engine.load_seconds:.2f} s)")
     students = demo_students(engine)
     enrolled = students[:-1]  # the last person in the video is a visitor, not enrolled
-    say(f"building a 12 s classroom video with {len(students)} people ...")
-    # The visitor walks in second, well before the session ends.
-    frames = classroom_frames([enrolled[0], students[-1], *enrolled[1:]], seconds=12)
     received: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     with tempfile.TemporaryDirectory(prefix="edge-agent-demo-") as tmp:
         workdir = Path(tmp)
+        say(f"building a 12 s classroom video with {len(students)} people ...")
+        # The visitor walks in second, well before the session ends.
+        frames = classroom_frames(
+            [enrolled[0], students[-1], *enrolled[1:]], seconds=12, workdir=workdir / "video"
+        )
         async with (
             embedded_broker(workdir, broker) as (broker_port, protocol),
-            http_services(frames, received) as http_port,
+            mjpeg_camera(frames) as camera_url,
+            callback_receiver(received) as callback_url,
         ):
+            services = _Services(broker_port, protocol, camera_url, callback_url)
             data = base.model_dump()
             data["site"]["id"] = "demo-site"
             data["mqtt"]["port"] = broker_port
             data["mqtt"]["protocol"] = protocol
             data["storage"]["data_dir"] = workdir / "data"
             data["auth"] = {"api_keys": API_KEY}
-            data["callback"]["allowed_urls"] = [f"http://127.0.0.1:{http_port}/"]
+            data["callback"]["allowed_urls"] = [callback_url]
             data["metrics"]["port"] = 0
             cfg = AgentConfig(**data)
             say(
-                f"broker on port {broker_port} (MQTT {protocol}), camera and callback receiver "
-                f"on port {http_port}"
+                f"broker on port {broker_port} (MQTT {protocol}), camera at {camera_url}, "
+                f"callback receiver at {callback_url}"
             )
             agent = Agent(cfg)
             stop = asyncio.Event()
             agent_task = asyncio.create_task(agent.run(stop), name="demo-agent")
             try:
                 return await _session(
-                    agent,
-                    broker_port,
-                    protocol,
-                    http_port,
-                    enrolled,
-                    students,
-                    received,
-                    session_seconds,
-                    started,
+                    agent, services, enrolled, students, received, session_seconds, started
                 )
             finally:
                 stop.set()
@@ -348,69 +271,73 @@ async def run_demo(base: AgentConfig, session_seconds: float, broker: str = "aut
 
 async def _session(
     agent: Agent,
-    broker_port: int,
-    protocol: str,
-    http_port: int,
+    services: _Services,
     enrolled: list[Student],
     students: list[Student],
     received: asyncio.Queue[dict[str, Any]],
     session_seconds: float,
     started: float,
 ) -> int:
-    version = aiomqtt.ProtocolVersion.V5 if protocol == "5" else aiomqtt.ProtocolVersion.V311
-    async with aiomqtt.Client("127.0.0.1", broker_port, protocol=version) as client:
-        backend = Backend(client, protocol)
-        listener = asyncio.create_task(backend.listen(), name="demo-backend")
-        try:
-            while agent.link is None or not agent.link.connected:
-                await asyncio.sleep(0.05)
-            roster = []
-            for student in enrolled:
-                reply = await backend.send(
-                    "embedding/generate",
-                    {
-                        "submissionId": student.student_id,
-                        "photo": base64.b64encode(student.photo).decode(),
-                    },
-                )
-                if reply["status"] != 200:
-                    say(f"enrolling {student.name} failed: {reply['code']} {reply['message']}")
-                    continue
-                roster.append(
-                    {
-                        "id": student.student_id,
-                        "name": student.name,
-                        "embeddings": [reply["data"]["embedding"]],
-                        "embeddingSpace": reply["data"]["embeddingSpace"],
-                    }
-                )
-                say(f"enrolled {student.name} (quality {reply['data']['quality']['score']})")
+    v5 = services.protocol == "5"
+    version = aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311
+    async with (
+        aiomqtt.Client("127.0.0.1", services.broker_port, protocol=version) as client,
+        Backend(
+            client,
+            site="demo-site",
+            api_key=API_KEY,
+            protocol=services.protocol,
+            reply_prefix="demo-backend",
+        ) as backend,
+    ):
+        while agent.link is None or not agent.link.connected:
+            await asyncio.sleep(0.05)
+        roster = []
+        for student in enrolled:
             reply = await backend.send(
-                "session/start",
+                "embedding/generate",
                 {
-                    "slotId": "demo-slot",
-                    "mode": "ATTENDANCE",
-                    "callbackUrl": f"http://127.0.0.1:{http_port}/callback",
-                    "cameras": [
-                        {
-                            "id": "cam-1",
-                            "name": "Demo classroom",
-                            "rtspUrl": f"http://127.0.0.1:{http_port}/camera",
-                        }
-                    ],
-                    "students": roster,
+                    "submissionId": student.student_id,
+                    "photo": base64.b64encode(student.photo).decode(),
                 },
+                timeout=60,
             )
             if reply["status"] != 200:
-                say(f"session/start failed: {reply['code']} {reply['message']}")
-                return 1
-            say(f"session started with {len(roster)} students; watching the camera ...")
-            seen = await _watch(received, {s["id"] for s in roster}, session_seconds)
-            await backend.send("session/stop", {"slotId": "demo-slot"})
-            await asyncio.sleep(0.5)
-        finally:
-            listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
+                say(f"enrolling {student.name} failed: {reply['code']} {reply['message']}")
+                continue
+            roster.append(
+                {
+                    "id": student.student_id,
+                    "name": student.name,
+                    "embeddings": [reply["data"]["embedding"]],
+                    "embeddingSpace": reply["data"]["embeddingSpace"],
+                }
+            )
+            say(f"enrolled {student.name} (quality {reply['data']['quality']['score']})")
+        reply = await backend.send(
+            "session/start",
+            {
+                "slotId": "demo-slot",
+                "mode": "ATTENDANCE",
+                "callbackUrl": services.callback_url,
+                "cameras": [
+                    {
+                        "id": "cam-1",
+                        "name": "Demo classroom",
+                        "rtspUrl": services.camera_url,
+                    }
+                ],
+                "students": roster,
+            },
+            timeout=60,
+        )
+        if reply["status"] != 200:
+            say(f"session/start failed: {reply['code']} {reply['message']}")
+            return 1
+        say(f"session started with {len(roster)} students; watching the camera ...")
+        seen = await _watch(received, {s["id"] for s in roster}, session_seconds)
+        await backend.send("session/stop", {"slotId": "demo-slot"}, timeout=60)
+        await asyncio.sleep(0.5)
     names = {s.student_id: s.name for s in students}
     print("\nSummary")
     print(f"{'student':<16} {'recognised at':<34} {'camera':<16} confidence")

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import EnrollmentConfig
-from agent.engine import DetectedFace, FaceEngine
+from agent.engine import FaceEngine
 from agent.errors import AgentError, ErrorCode
+from agent.faces import DetectedFace
 from agent.photo import decode_photo, read_photo_file
 from agent.quality import QualityReport, assess
 

@@ -14,16 +14,15 @@ import math
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
-import numpy.typing as npt
 from insightface.model_zoo.arcface_onnx import ArcFaceONNX
 from insightface.model_zoo.scrfd import SCRFD
 from insightface.utils import face_align
 
 from agent.config import ModelsConfig, RecognitionConfig
 from agent.errors import ModelPackError
+from agent.faces import DetectedFace, Face, FloatArray, Image
 from agent.modelpack import ModelPack
 from agent.onnx_sessions import ProviderReport, create_session, describe_error
 from agent.status_models import EngineInfo
@@ -34,37 +33,8 @@ log = logging.getLogger(__name__)
 # scikit-image 0.26 with an identical result; the warning would repeat on every face.
 warnings.filterwarnings("ignore", message="`estimate` is deprecated", category=FutureWarning)
 
-Image = npt.NDArray[np.uint8]
-FloatArray = npt.NDArray[np.float32]
-
 STRIDE = 32  # the coarsest SCRFD feature stride: detector inputs are multiples of it
 EMBED_BATCH = 4  # faces per recognizer call (see FaceEngine.embed)
-
-
-@dataclass(frozen=True)
-class DetectedFace:
-    """One face found by the detector, in source-image pixels."""
-
-    bbox: FloatArray  # x1, y1, x2, y2
-    score: float
-    kps: FloatArray  # 5 x 2: left eye, right eye, nose, left mouth, right mouth
-
-    @property
-    def area(self) -> float:
-        """Box area in square pixels."""
-        return float(max(0.0, self.bbox[2] - self.bbox[0]) * max(0.0, self.bbox[3] - self.bbox[1]))
-
-    @property
-    def inter_eye_px(self) -> float:
-        """Distance between the two eye landmarks."""
-        return float(np.linalg.norm(self.kps[1] - self.kps[0]))
-
-
-@dataclass(frozen=True)
-class Face(DetectedFace):
-    """A detected face with its L2-normalised embedding."""
-
-    embedding: FloatArray = field(default_factory=lambda: np.zeros(0, np.float32))
 
 
 def detector_input_size(width: int, height: int, long_side: int) -> tuple[int, int]:

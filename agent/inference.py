@@ -11,11 +11,13 @@ import contextvars
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from agent.engine import FaceEngine
 from agent.errors import ModelNotLoadedError
 from agent.status_models import ModelLoaded, ModelNotLoaded, ModelStatus
+
+if TYPE_CHECKING:  # the engine pulls in ONNX Runtime; the slot only holds one
+    from agent.engine import FaceEngine
 
 T = TypeVar("T")
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.engine import FloatArray
 from agent.errors import AgentError, ErrorCode
+from agent.faces import FloatArray
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,9 @@ from watchdog.observers import Observer
 
 from agent.config import ModelsConfig, RecognitionConfig
 from agent.defaultpack import DefaultPackError, sample_photo
-from agent.engine import FaceEngine, Image
+from agent.engine import FaceEngine
 from agent.errors import ModelPackError
+from agent.faces import Image
 from agent.inference import InferencePool, ModelSlot
 from agent.modelpack import ModelPack, list_pack_dirs, read_pack
 from agent.onnx_sessions import describe_error

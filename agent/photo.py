@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
 
-from agent.engine import Image as BgrImage
 from agent.errors import AgentError, ErrorCode
+from agent.faces import Image as BgrImage
 
 # Pillow's own bomb guard is replaced by the configured pixel limit checked below.
 Image.MAX_IMAGE_PIXELS = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from agent.attendance import AttendanceReporter
 from agent.camera import CameraReader, CameraState
@@ -24,13 +25,16 @@ from agent.events import EventFactory, EventSink, emit_or_log
 from agent.inference import InferencePool, ModelSlot
 from agent.metrics import Metrics
 from agent.protocol import CameraUptime, SessionMode, SessionStatus, StatusReason
-from agent.recognition import analyse_frame
+from agent.recognition import AnalysisResult, analyse_frame
 from agent.scheduler import AnalysisScheduler, ScheduledCamera
 from agent.sessions import ActiveSession
 from agent.store import Store
 from agent.tracker import FaceTracker
 
 log = logging.getLogger(__name__)
+
+AnalyseFn = Callable[..., AnalysisResult]
+"""The analysis run in the inference pool (:func:`agent.recognition.analyse_frame`)."""
 
 DEFAULT_MPX_S = 1920 * 1080 * 15 / 1e6  # a camera's decoding cost until its size is known
 DEAD_POLL_S = 1.0
@@ -51,7 +55,11 @@ class RecognitionRunner:
         store: Store,
         metrics: Metrics | None = None,
         scheduler: AnalysisScheduler | None = None,
+        reader_type: type[CameraReader] = CameraReader,
+        analyse: AnalyseFn = analyse_frame,
     ) -> None:
+        """``reader_type`` and ``analyse`` are seams for measuring (a benchmark passes
+        recording versions); the agent uses the defaults."""
         self.metrics = metrics
         self.cameras_cfg = cameras
         self.cfg = recognition
@@ -61,13 +69,15 @@ class RecognitionRunner:
         self.events = events
         self.store = store
         self.scheduler = scheduler or AnalysisScheduler(AnalysisConfig(), cameras, pool.workers)
+        self.reader_type = reader_type
+        self.analyse = analyse
 
     async def run(self, session: ActiveSession) -> StatusReason | None:
         """Run the session's cameras until cancelled, or until all of them are dead."""
         loop = asyncio.get_running_loop()
         changes: asyncio.Queue[tuple[str, CameraState, str]] = asyncio.Queue()
         readers = [
-            CameraReader(
+            self.reader_type(
                 camera_id=cam.id,
                 name=cam.name,
                 url=cam.url,
@@ -227,7 +237,7 @@ class RecognitionRunner:
             try:
                 async with scheduler.turn(camera):
                     result = await self.pool.run(
-                        analyse_frame,
+                        self.analyse,
                         engine,
                         frame.image,
                         tracker,

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from agent.config import EnrollmentConfig
-from agent.engine import DetectedFace, Image
+from agent.faces import DetectedFace, Image
 
 _NOSE_DROP = 0.494  # nose height between eye line (0) and mouth line (1) on a frontal face
 

@@ -10,16 +10,20 @@ from __future__ import annotations
 import base64
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import cv2
 
 from agent.camera_view import FaceBox
 from agent.config import RecognitionConfig
-from agent.engine import DetectedFace, FaceEngine, Image
+from agent.faces import DetectedFace, Image
 from agent.matching import Roster
 from agent.metrics import StageObserver
 from agent.scheduler import EmbedBudget, Priority
 from agent.tracker import FaceTracker, Track
+
+if TYPE_CHECKING:  # the engine pulls in ONNX Runtime; it arrives as an argument
+    from agent.engine import FaceEngine
 
 
 @dataclass(frozen=True)

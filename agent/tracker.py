@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.engine import DetectedFace, FloatArray
+from agent.faces import DetectedFace, FloatArray
 
 
 def iou_matrix(a: FloatArray, b: FloatArray) -> FloatArray:

@@ -26,8 +26,8 @@ import cv2
 import numpy as np
 
 from agent.config import CamerasConfig
-from agent.engine import Image
 from agent.errors import AgentError, ErrorCode
+from agent.faces import Image
 
 log = logging.getLogger(__name__)
 

@@ -48,7 +48,6 @@ from agent.camera_test import CameraUrlError, check_camera_url, probe_camera
 from agent.camera_view import CameraView
 from agent.config import AgentConfig, read_secret
 from agent.errors import ErrorCode
-from agent.modelpack import verify_packs
 from agent.redaction import log_safe, redact_url
 from agent.sessions import ActiveSession
 from agent.snapshot import SnapshotError, render_snapshot
@@ -450,6 +449,10 @@ class WebUi:
     async def _models(self, request: web.Request) -> web.Response:
         if self._verify_lock.locked():
             return _error(429, ErrorCode.LIMIT_EXCEEDED, "Packs are being verified; wait.")
+        # Imported here: pack verification loads ONNX Runtime, which the page's other
+        # routes never need.
+        from agent.modelpack import verify_packs
+
         async with self._verify_lock:
             checks = await self._run(self._pool, lambda: verify_packs(self.models_dir))
         model = page_state(self.sources.status())["model"]

@@ -4,7 +4,7 @@ Set-up, as a new user would measure it:
 
 * **One RTSP server** (``tests/rtsp.py``: GStreamer, x264 ``ultrafast``, one encoder, one
   keyframe a second) serving a 1920x1080, 15 fps synthetic classroom made from real face
-  photos (``tests/synthetic_video.py``): 16 enrolled students present (4 of them come in
+  photos (``agent/devkit/classroom.py``): 16 enrolled students present (4 of them come in
   late, at 10, 20, 30 and 40 s), 3 strangers, and 4 enrolled students who are absent;
   faces 36-80 px wide, drifting slowly. Every camera connects to the same stream, so the
   server's cost stays flat as N grows.
@@ -69,12 +69,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from agent.config import load_config  # noqa: E402
+from agent.devkit.backend import Backend  # noqa: E402
+from agent.devkit.brokers import Mosquitto  # noqa: E402
+from agent.devkit.callback_receiver import CallbackServer  # noqa: E402
+from agent.devkit.classroom import Person, face_box_of, make_classroom_frames  # noqa: E402
+from agent.devkit.ports import free_port  # noqa: E402
 from agent.engine import FaceEngine  # noqa: E402
 from agent.modelpack import read_pack  # noqa: E402
-from tests.brokers import API_KEY, Backend, Mosquitto, free_port  # noqa: E402
-from tests.callback_server import CallbackServer  # noqa: E402
+from tests.agent_harness import API_KEY  # noqa: E402
 from tests.rtsp import RtspServer  # noqa: E402
-from tests.synthetic_video import Person, face_box_of, make_classroom_frames  # noqa: E402
 
 SIZE = (1920, 1080)
 FPS = 15
@@ -362,7 +365,7 @@ async def agent_run(
         await wait_healthy(port, proc)
         async with (
             aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as c,
-            Backend(c) as backend,
+            Backend(c, api_key=API_KEY) as backend,
         ):
             clock = await asyncio.to_thread(Clock, server.url)
             starts: dict[str, float] = {}

@@ -68,7 +68,6 @@ import logging
 import math
 import os
 import platform
-import socket
 import sqlite3
 import statistics
 import sys
@@ -91,6 +90,7 @@ if importlib.util.find_spec("agent") is None:  # run from a checkout without ins
 
 from agent.config import CallbackConfig  # noqa: E402
 from agent.delivery import Delivery, OutboxSink  # noqa: E402
+from agent.devkit.ports import free_port  # noqa: E402
 from agent.events import Event, EventFactory  # noqa: E402
 from agent.outbox import EventState, Outbox, OutboxEvent  # noqa: E402
 from agent.protocol import SessionStatus  # noqa: E402
@@ -302,13 +302,6 @@ async def serve(port: int) -> None:
         else:
             reply(f"unknown command {command!r}")
     await receiver.stop()
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def make_backend(kind: str) -> Backend:

@@ -3,7 +3,7 @@
 Everything runs against real RTSP servers (``tests/rtsp.py``: GStreamer's RTSP server in its
 own process under Debian's Python, x264 ``ultrafast``/``zerolatency``, one keyframe a second)
 serving synthetic 1280x720, 10 fps classrooms made from real face photos
-(``tests/synthetic_video.py``). Every frame carries its clip frame index as a row of black and
+(``agent/devkit/classroom.py``). Every frame carries its clip frame index as a row of black and
 white squares in its top-right corner (12 bits, 20 px cells: H.264 at 2 Mbit/s keeps them
 exact), so whoever reads a frame knows which clip frame it is. The agent side is the real
 ``agent.pipeline.RecognitionRunner`` with the default configuration (``analysis_fps`` 4,
@@ -89,7 +89,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,7 +101,7 @@ import numpy.typing as npt
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PACK_DIR = PROJECT_ROOT / "models" / "buffalo_sc"
 FACES_DIR = PROJECT_ROOT.parent / "shared" / "faces"
-if str(PROJECT_ROOT) not in sys.path:  # ``tests.*`` helpers (RTSP server, synthetic video)
+if str(PROJECT_ROOT) not in sys.path:  # ``tests.*`` helpers (the RTSP server)
     sys.path.insert(0, str(PROJECT_ROOT))
 
 FPS = 10
@@ -343,7 +343,7 @@ def latency_timeline(
     people: list[Identity], boxes: dict[str, Any]
 ) -> tuple[list[Any], list[Appearance], float]:
     """People of the latency clip, the appearances to time, and the clip length."""
-    from tests.synthetic_video import Person
+    from agent.devkit.classroom import Person
 
     targets = [p for p in people if p.name != "astronaut"]
     anchor = next(p for p in people if p.name == "astronaut")
@@ -391,7 +391,7 @@ def make_clips(
     workdir: Path, people: list[Identity], engine: Any
 ) -> tuple[Any, list[Appearance], Any]:
     """The latency clip (people pop in one by one) and the CPU clip (2-3 faces)."""
-    from tests.synthetic_video import Person, face_box_of, make_classroom_frames
+    from agent.devkit.classroom import Person, face_box_of, make_classroom_frames
 
     boxes = {p.name: face_box_of(p.photo, engine) for p in people}
     timeline, appearances, seconds = latency_timeline(people, boxes)
@@ -466,31 +466,28 @@ class CountingEngine:
         return out
 
 
-@contextlib.contextmanager
-def instrumented(recorder: Recorder) -> Iterator[None]:
-    """Patch ``agent.pipeline``'s CameraReader and analyse_frame with recording versions."""
-    from agent import pipeline
+def instrumented(recorder: Recorder) -> dict[str, Any]:
+    """Recording versions of the runner's camera reader and analysis (its two seams)."""
     from agent.camera import CameraReader
+    from agent.recognition import analyse_frame
 
     class RecordingReader(CameraReader):
-        def _open(self) -> Any:
+        def _thread_open(self) -> Any:
             before = time.time()
-            cap = super()._open()
-            if cap is not None:
+            source = super()._thread_open()
+            if source is not None:
                 recorder.opens.setdefault(self.camera_id, []).append((before, time.time()))
-            return cap
+            return source
 
-        def _deliver(self, frame: Any) -> None:
+        def _thread_deliver(self, frame: Any) -> None:
             index = read_counter(frame.image)
             recorder.delivered.setdefault(self.camera_id, []).append((index, frame.wall))
-            super()._deliver(frame)
-
-    original = pipeline.analyse_frame
+            super()._thread_deliver(frame)
 
     def analyse(engine: Any, image: Image, tracker: Any, *args: Any, **kwargs: Any) -> Any:
         before = {t.track_id: t.confirmed for t in tracker.tracks}
         wall, cpu = time.time(), time.thread_time()
-        result = original(engine, image, tracker, *args, **kwargs)
+        result = analyse_frame(engine, image, tracker, *args, **kwargs)
         embedded = [t for t in tracker.tracks if t.missed == 0 and t.since_embed == 0]
         recheck = sum(1 for t in embedded if before.get(t.track_id) is not None)
         recorder.analyses.append(
@@ -508,13 +505,7 @@ def instrumented(recorder: Recorder) -> Iterator[None]:
         )
         return result
 
-    names = vars(pipeline)  # the runner looks both names up in its module at call time
-    saved = {name: names[name] for name in ("CameraReader", "analyse_frame")}
-    names.update(CameraReader=RecordingReader, analyse_frame=analyse)
-    try:
-        yield
-    finally:
-        names.update(saved)
+    return {"reader_type": RecordingReader, "analyse": analyse}
 
 
 class TimedSink:
@@ -589,6 +580,7 @@ async def running_session(
         sink=TimedSink(recorder),
         events=EventFactory("bench", "UTC"),
         store=store,
+        **instrumented(recorder),
     )
     ids = [s for s in agent.roster if s not in exclude]
     command = SessionStart.model_validate(
@@ -630,15 +622,14 @@ async def latency_run(
 ) -> dict[str, Any]:
     """One session on the latency clip; one row per appearance."""
     recorder = Recorder()
-    with instrumented(recorder):
-        async with running_session(agent, [server.url], recorder, f"latency-{run}"):
-            deadline = time.monotonic() + clip.duration_s + 3.0
-            while time.monotonic() < deadline:
-                await asyncio.sleep(0.2)
-                if recorder.opens and time.time() > recorder.opens["cam-0"][0][0] + (
-                    clip.duration_s - 0.3
-                ):
-                    break  # the clip is about to loop: stop before frame 0 comes again
+    async with running_session(agent, [server.url], recorder, f"latency-{run}"):
+        deadline = time.monotonic() + clip.duration_s + 3.0
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            if recorder.opens and time.time() > recorder.opens["cam-0"][0][0] + (
+                clip.duration_s - 0.3
+            ):
+                break  # the clip is about to loop: stop before frame 0 comes again
     opens = recorder.opens.get("cam-0", [])
     frames = [(i, w) for i, w in recorder.delivered.get("cam-0", []) if i >= 0]
     if not opens or not frames:
@@ -708,24 +699,23 @@ async def pipeline_cpu(
     """Run a session on ``servers`` and measure one CPU window after the warm-up."""
     recorder = Recorder()
     pids = [s.pid for s in servers]
-    with instrumented(recorder):
-        async with running_session(
-            agent, [s.url for s in servers], recorder, "cpu", frozenset({"astronaut"})
-        ) as session:
-            await asyncio.sleep(warmup_s)
-            health0 = {c["id"]: c for c in session.camera_health()}
-            recorder.reset_counters()
-            start = CpuSnapshot.take(pids)
-            await asyncio.sleep(window_s)
-            end = CpuSnapshot.take(pids)
-            analyses = list(recorder.analyses)
-            detect_cpu, embed_cpu = list(recorder.detect_cpu), list(recorder.embed_cpu)
-            health1 = {c["id"]: c for c in session.camera_health()}
+    async with running_session(
+        agent, [s.url for s in servers], recorder, "cpu", frozenset({"astronaut"})
+    ) as session:
+        await asyncio.sleep(warmup_s)
+        health0 = {c.id: c for c in session.camera_health()}
+        recorder.reset_counters()
+        start = CpuSnapshot.take(pids)
+        await asyncio.sleep(window_s)
+        end = CpuSnapshot.take(pids)
+        analyses = list(recorder.analyses)
+        detect_cpu, embed_cpu = list(recorder.detect_cpu), list(recorder.embed_cpu)
+        health1 = {c.id: c for c in session.camera_health()}
     n = len(servers)
     window = cpu_window(start, end)
     wall = window["wall_s"]
-    read = [(health1[c]["framesRead"] - health0[c]["framesRead"]) / wall for c in health1]
-    done = [(health1[c]["framesAnalysed"] - health0[c]["framesAnalysed"]) / wall for c in health1]
+    read = [(health1[c].frames_read - health0[c].frames_read) / wall for c in health1]
+    done = [(health1[c].frames_analysed - health0[c].frames_analysed) / wall for c in health1]
     embedded = sum(a["embedded"] for a in analyses)
     recheck = sum(a["recheck"] for a in analyses)
     ages = analysed_frame_ages(recorder, analyses)
@@ -747,8 +737,8 @@ async def pipeline_cpu(
         "analysis_wall_ms_p95": 1000 * _pct([a["wall_s"] for a in analyses], 95),
         "analysed_frame_age_ms_p50": 1000 * _pct(ages, 50),
         "analysed_frame_age_ms_p95": 1000 * _pct(ages, 95),
-        "reconnects": sum(c["reconnects"] for c in health1.values()),
-        "states": sorted({c["state"] for c in health1.values()}),
+        "reconnects": sum(c.reconnects for c in health1.values()),
+        "states": sorted({c.state for c in health1.values()}),
     }
 
 

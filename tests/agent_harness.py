@@ -9,7 +9,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +18,17 @@ import aiomqtt
 
 from agent.app import Agent, AgentState
 from agent.config import AgentConfig
+from agent.devkit.backend import Backend
+from agent.devkit.brokers import Mosquitto
 from agent.events import Event
 from agent.protocol import StatusReason
 from agent.sessions import ActiveSession, SessionRunner
-from tests.brokers import API_KEY, Backend, Mosquitto
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = ROOT / "models"
 CALLBACK = "http://127.0.0.1:9/callback"
+API_KEY = "test-key-0123456789"  # the key of the test backend (agent_config, spawn_agent)
 
 
 class HoldRunner:
@@ -62,18 +65,6 @@ class RecordingSink:
             while status not in self.statuses(slot_id):
                 self.changed.clear()
                 await self.changed.wait()
-
-
-async def wait_until(
-    predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition"
-) -> None:
-    """Poll ``predicate`` (every 20 ms) until it is true; fail after ``timeout`` seconds."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"{what} not reached within {timeout:g} s") from None
 
 
 async def scrape_metrics(agent: Agent) -> str:
@@ -141,11 +132,13 @@ async def running_agent(
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop), name="agent-under-test")
     try:
-        async with asyncio.timeout(30):
-            while not (agent.state is AgentState.RUNNING and agent.link and agent.link.connected):
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.02)
+
+        def up() -> bool:
+            if task.done():
+                task.result()  # it failed to start: raise its error
+            return bool(agent.state is AgentState.RUNNING and agent.link and agent.link.connected)
+
+        await wait_until(up, 30, "the agent to run and connect")
         yield agent
     finally:
         stop.set()
@@ -166,7 +159,7 @@ async def backend(
     async with aiomqtt.Client(
         "127.0.0.1", broker.port, protocol=protocol, socket_options=nodelay
     ) as client:
-        async with Backend(client, site=site) as b:
+        async with Backend(client, site=site, api_key=API_KEY) as b:
             yield b
 
 

@@ -12,12 +12,12 @@ import pytest
 
 from agent.config import AgentConfig, load_config
 from agent.defaultpack import sample_photo
+from agent.devkit.brokers import Mosquitto
+from agent.devkit.callback_receiver import CallbackServer
+from agent.devkit.classroom import Person, face_box_of, make_classroom_frames
 from agent.engine import FaceEngine
 from agent.modelpack import ModelPack, read_pack
-from tests.brokers import Mosquitto
-from tests.callback_server import CallbackServer
 from tests.rtsp import INSTALL_HINT, RtspServer, gst_rtsp_available
-from tests.synthetic_video import Person, face_box_of, make_classroom_frames
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = ROOT / "models"
@@ -144,7 +144,7 @@ def yao_camera(tmp_path: Path, engine: FaceEngine, photos: dict[str, Path]) -> I
 
 @pytest.fixture
 async def server() -> AsyncIterator[CallbackServer]:
-    """A real HTTP backend receiving callbacks (see tests/callback_server.py)."""
+    """A real HTTP backend receiving callbacks (``agent.devkit.callback_receiver``)."""
     srv = CallbackServer()
     await srv.start()
     yield srv

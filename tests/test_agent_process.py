@@ -14,9 +14,9 @@ import aiomqtt
 import cv2
 import pytest
 
+from agent.devkit.brokers import Mosquitto
 from agent.engine import FaceEngine
-from tests.agent_harness import backend, spawn_agent, start_payload
-from tests.brokers import API_KEY, Mosquitto
+from tests.agent_harness import API_KEY, backend, spawn_agent, start_payload
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 
@@ -26,20 +26,15 @@ def _start_agent(tmp_path: Path, broker: Mosquitto) -> subprocess.Popen[bytes]:
 
 
 async def _wait_online(broker: Mosquitto, timeout: float = 30) -> dict[str, Any]:
-    async with asyncio.timeout(timeout):
-        while True:
-            async with aiomqtt.Client("127.0.0.1", broker.port) as client:
-                await client.subscribe("attendance/site-1/status", qos=1)
-                try:
-                    async with asyncio.timeout(0.5):
-                        async for message in client.messages:
-                            body = json.loads(message.payload)  # type: ignore[arg-type]
-                            if body["state"] == "online":
-                                return dict(body)
-                            break
-                except TimeoutError:
-                    pass
-            await asyncio.sleep(0.1)
+    """The agent's status once it says online (retained, or published while we listen)."""
+    async with aiomqtt.Client("127.0.0.1", broker.port) as client:
+        await client.subscribe("attendance/site-1/status", qos=1)
+        async with asyncio.timeout(timeout):
+            async for message in client.messages:
+                body = json.loads(message.payload)  # type: ignore[arg-type]
+                if body["state"] == "online":
+                    return dict(body)
+    raise AssertionError("the agent never said it was online")
 
 
 def _stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> int:
@@ -104,16 +99,29 @@ async def test_killed_agent_leaves_last_will(broker: Mosquitto, tmp_path: Path) 
     try:
         await _wait_online(broker)
         proc.kill()
-        proc.wait()
+        returncode = proc.wait()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    # Killed, it could not say goodbye itself: an offline status now is the broker's
+    # publication of its last will, retained for whoever subscribes later.
+    assert returncode == -signal.SIGKILL
+    assert "AGENT_STOPPED" not in (tmp_path / "agent.log").read_text()
     # The broker publishes the will once it notices the dead connection (keepalive 30 s,
     # but a closed socket is noticed at once).
     async with aiomqtt.Client("127.0.0.1", broker.port) as client:
         await client.subscribe("attendance/site-1/status", qos=1)
         async with asyncio.timeout(10):
             async for message in client.messages:
-                if json.loads(message.payload)["state"] == "offline":  # type: ignore[arg-type]
+                will = json.loads(message.payload)  # type: ignore[arg-type]
+                if will["state"] == "offline":
                     break
+    assert will["siteId"] == "site-1" and will["clientId"]
+    async with aiomqtt.Client("127.0.0.1", broker.port) as client:
+        await client.subscribe("attendance/site-1/status", qos=1)
+        async with asyncio.timeout(5):
+            async for message in client.messages:
+                assert message.retain
+                assert json.loads(message.payload) == will  # type: ignore[arg-type]
+                break

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +15,9 @@ import pytest
 
 from agent.camera import CameraReader, CameraState
 from agent.config import CamerasConfig, load_config
+from agent.devkit.brokers import Mosquitto
 from tests.agent_harness import RecordingSink, agent_config, backend, running_agent, start_payload
-from tests.brokers import Mosquitto
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 
@@ -52,14 +51,6 @@ def _reader(url: str, changes: list[Change], **kwargs: Any) -> CameraReader:
     )
 
 
-async def _until(predicate: Callable[[], bool], timeout: float) -> float:
-    started = time.monotonic()
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.02)
-    return time.monotonic() - started
-
-
 def _states(changes: list[Change]) -> list[CameraState]:
     return [state for _, state, _ in changes]
 
@@ -89,7 +80,7 @@ async def test_bad_port_with_userinfo_reaches_dead_with_a_reason(
     reader = _reader(BAD_URL, changes)
     reader.start()
     try:
-        took = await _until(lambda: reader.state is CameraState.DEAD, timeout=5)
+        took = await wait_until(lambda: reader.state is CameraState.DEAD, timeout=5)
     finally:
         await reader.stop()
     assert took < 5
@@ -108,7 +99,7 @@ async def test_camera_id_cannot_forge_log_lines(caplog: pytest.LogCaptureFixture
     reader.camera_id = "c1\n2030-01-01 INFO agent FAKE_EVENT"
     reader.start()
     try:
-        await _until(lambda: reader.state is CameraState.DEAD, timeout=5)
+        await wait_until(lambda: reader.state is CameraState.DEAD, timeout=5)
     finally:
         await reader.stop()
     messages = [r.getMessage() for r in caplog.records if r.name == "agent.camera"]
@@ -131,11 +122,11 @@ async def test_exception_in_reader_thread_is_logged_and_reported_dead(
     reader = _reader(video, changes, observe=broken_observe)
     reader.start()
     try:
-        await _until(lambda: reader.state is CameraState.LIVE, timeout=5)
+        await wait_until(lambda: reader.state is CameraState.LIVE, timeout=5)
         assert await reader.next_frame(timeout=2) is None  # the thread died on it
-        await _until(lambda: reader.state is CameraState.DEAD, timeout=5)
+        await wait_until(lambda: reader.state is CameraState.DEAD, timeout=5)
         assert reader._thread is not None
-        await _until(lambda: not reader._thread.is_alive(), timeout=5)  # type: ignore[union-attr]
+        await wait_until(lambda: not reader._thread.is_alive(), timeout=5)  # type: ignore[union-attr]
     finally:
         await reader.stop()
     reason = next(r for _, s, r in changes if s is CameraState.DEAD)
@@ -162,7 +153,7 @@ async def test_open_raising_anything_is_an_open_failure(
     reader = _reader(BAD_URL, changes, cfg=_cameras_cfg(decoder="opencv"))
     reader.start()
     try:
-        await _until(lambda: reader.state is CameraState.DEAD, timeout=5)
+        await wait_until(lambda: reader.state is CameraState.DEAD, timeout=5)
     finally:
         await reader.stop()
     reason = next(r for _, s, r in changes if s is CameraState.DEAD)
@@ -203,8 +194,8 @@ async def test_opencv_error_while_reading_reconnects(
     reader = _reader(video, changes, cfg=_cameras_cfg(reconnect_attempts=3, decoder="opencv"))
     reader.start()
     try:
-        await _until(lambda: CameraState.RECONNECTING in _states(changes), timeout=5)
-        await _until(lambda: _states(changes).count(CameraState.LIVE) >= 2, timeout=5)
+        await wait_until(lambda: CameraState.RECONNECTING in _states(changes), timeout=5)
+        await wait_until(lambda: _states(changes).count(CameraState.LIVE) >= 2, timeout=5)
         assert await reader.next_frame(timeout=2) is not None  # reading again
     finally:
         await reader.stop()

@@ -3,7 +3,6 @@ classroom made from real photos, the real models, a real agent and broker."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import time
@@ -17,12 +16,13 @@ import numpy as np
 import pytest
 
 from agent.app import Agent
+from agent.devkit.brokers import Mosquitto
+from agent.devkit.classroom import ClassroomPlan, Person, face_box_of, make_classroom_frames
 from agent.engine import FaceEngine
 from agent.status_models import wire
 from tests.agent_harness import RecordingSink, agent_config, backend, running_agent, start_payload
-from tests.brokers import Mosquitto
 from tests.rtsp import INSTALL_HINT, RtspServer, gst_rtsp_available
-from tests.synthetic_video import ClassroomPlan, Person, face_box_of, make_classroom_frames
+from tests.waiting import wait_until
 
 FPS = 10
 SIZE = (640, 480)
@@ -122,25 +122,29 @@ def _camera(agent: Agent, slot: str, camera_id: str) -> dict[str, Any]:
     return next(wire(c) for c in session.camera_health() if c.id == camera_id)
 
 
-async def _until(predicate: Any, timeout: float, step: float = 0.05) -> float:
-    """Wait until ``predicate()`` is true; returns the seconds it took."""
-    started = time.monotonic()
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(step)
-    return time.monotonic() - started
-
-
 async def test_attendance_reports_enrolled_students_once(
-    broker: Mosquitto, cam_a: RtspServer, tmp_path: Path, roster: list[dict[str, Any]]
+    broker: Mosquitto,
+    cam_a: RtspServer,
+    tmp_path: Path,
+    roster: list[dict[str, Any]],
+    classroom: ClassroomPlan,
 ) -> None:
     sink = RecordingSink()
     cfg = agent_config(tmp_path, broker, cameras=FAST_CAMERAS, recognition={"face_jpeg": True})
     async with running_agent(cfg, sink, cameras=True) as agent, backend(broker) as b:
         reply = await b.send("session/start", _payload("slot-att", roster, cam_a))
         assert reply["status"] == 200, reply
-        await _until(lambda: _recognitions(sink), timeout=20)
-        await asyncio.sleep(7)  # the clip loops: Yao Ming comes back and must not be re-reported
+        await wait_until(lambda: _recognitions(sink), timeout=20)
+        # The clip loops: Yao Ming comes back and must not be re-reported. Wait until the
+        # camera has read a whole loop (and a second more) past the first report.
+        read = _camera(agent, "slot-att", "cam-0")["framesRead"]
+        await wait_until(
+            lambda: (
+                _camera(agent, "slot-att", "cam-0")["framesRead"] >= read + classroom.n_frames + FPS
+            ),
+            20,
+            "the clip to loop once",
+        )
         health = _camera(agent, "slot-att", "cam-0")
         status = await b.send("status", {})
     events = _recognitions(sink)
@@ -165,10 +169,12 @@ async def test_attendance_survives_agent_restart(
     first = RecordingSink()
     async with running_agent(cfg, first, cameras=True), backend(broker) as b:
         await b.send("session/start", _payload("slot-rs", roster, cam_a))
-        await _until(lambda: _recognitions(first), timeout=20)
+        await wait_until(lambda: _recognitions(first), timeout=20)
     second = RecordingSink()
     async with running_agent(cfg, second, cameras=True) as agent:
-        await _until(lambda: _camera(agent, "slot-rs", "cam-0")["framesAnalysed"] > 30, timeout=20)
+        await wait_until(
+            lambda: _camera(agent, "slot-rs", "cam-0")["framesAnalysed"] > 30, timeout=20
+        )
     assert second.statuses("slot-rs") == ["RESUMED"]
     assert _recognitions(second) == []
 
@@ -182,7 +188,7 @@ async def test_continuous_mode_re_reports(
     )
     async with running_agent(cfg, sink, cameras=True), backend(broker) as b:
         await b.send("session/start", _payload("slot-c", roster, cam_a, mode="CONTINUOUS"))
-        await _until(lambda: len(_recognitions(sink)) >= 3, timeout=25)
+        await wait_until(lambda: len(_recognitions(sink)) >= 3, timeout=25)
     events = _recognitions(sink)
     assert {e.student_id for e in events} == {"stu-yao"}
     gaps = [(b.recognized_at - a.recognized_at).total_seconds() for a, b in pairwise(events)]
@@ -202,10 +208,10 @@ async def test_killed_camera_disconnects_and_reconnects(
     cfg = agent_config(tmp_path, broker, cameras=FAST_CAMERAS)
     async with running_agent(cfg, sink, cameras=True) as agent, backend(broker) as b:
         await b.send("session/start", _payload("slot-k", roster, cam_a, cam_b))
-        await _until(lambda: _camera(agent, "slot-k", "cam-1")["state"] == "LIVE", timeout=10)
+        await wait_until(lambda: _camera(agent, "slot-k", "cam-1")["state"] == "LIVE", timeout=10)
         cam_b.kill()
-        noticed = await _until(
-            lambda: _camera(agent, "slot-k", "cam-1")["state"] != "LIVE", 5, 0.01
+        noticed = await wait_until(
+            lambda: _camera(agent, "slot-k", "cam-1")["state"] != "LIVE", 5, interval=0.01
         )
         assert noticed < 1.0
         await sink.wait_for("CAMERA_DISCONNECTED", "slot-k", timeout=10)
@@ -213,7 +219,9 @@ async def test_killed_camera_disconnects_and_reconnects(
         analysed = _camera(agent, "slot-k", "cam-1")["framesAnalysed"]
         cam_b.restart()
         await sink.wait_for("CAMERA_RECONNECTED", "slot-k", timeout=15)
-        await _until(lambda: _camera(agent, "slot-k", "cam-1")["framesAnalysed"] > analysed + 5, 10)
+        await wait_until(
+            lambda: _camera(agent, "slot-k", "cam-1")["framesAnalysed"] > analysed + 5, 10
+        )
         health = _camera(agent, "slot-k", "cam-1")
     disconnected = next(
         e for e, _ in sink.events if getattr(e, "status", None) == "CAMERA_DISCONNECTED"
@@ -242,10 +250,10 @@ async def test_frozen_camera_detected_by_frame_age(
     cfg = agent_config(tmp_path, broker, cameras=FAST_CAMERAS)
     async with running_agent(cfg, sink, cameras=True) as agent, backend(broker) as b:
         await b.send("session/start", _payload("slot-f", roster, cam_a, cam_b))
-        await _until(lambda: _camera(agent, "slot-f", "cam-1")["state"] == "LIVE", timeout=10)
+        await wait_until(lambda: _camera(agent, "slot-f", "cam-1")["state"] == "LIVE", timeout=10)
         cam_b.freeze()
-        noticed = await _until(
-            lambda: _camera(agent, "slot-f", "cam-1")["state"] != "LIVE", 10, 0.01
+        noticed = await wait_until(
+            lambda: _camera(agent, "slot-f", "cam-1")["state"] != "LIVE", 10, interval=0.01
         )
         assert noticed <= FAST_CAMERAS["max_frame_age_s"] + 0.5
         await sink.wait_for("CAMERA_DISCONNECTED", "slot-f", timeout=20)
@@ -264,8 +272,14 @@ async def test_all_cameras_dead_stops_the_session(
     cfg = agent_config(tmp_path, broker, cameras=FAST_CAMERAS)
     async with running_agent(cfg, sink, cameras=True) as agent, backend(broker) as b:
         await b.send("session/start", _payload("slot-d", roster, cam_a, cam_b))
-        await _until(lambda: _camera(agent, "slot-d", "cam-0")["state"] == "LIVE", timeout=10)
-        await asyncio.sleep(1.0)
+        await wait_until(lambda: _camera(agent, "slot-d", "cam-0")["state"] == "LIVE", timeout=10)
+        await wait_until(
+            lambda: all(
+                _camera(agent, "slot-d", c)["upSeconds"] >= 1.0 for c in ("cam-0", "cam-1")
+            ),
+            10,
+            "both cameras up for a second",
+        )
         cam_a.kill()
         cam_b.kill()
         await sink.wait_for("STOPPED", "slot-d", timeout=20)
@@ -284,9 +298,9 @@ async def test_stop_during_reconnect_is_prompt(
     cfg = agent_config(tmp_path, broker, cameras={**FAST_CAMERAS, "reconnect_attempts": 50})
     async with running_agent(cfg, RecordingSink(), cameras=True) as agent, backend(broker) as b:
         await b.send("session/start", _payload("slot-s", roster, cam_a))
-        await _until(lambda: _camera(agent, "slot-s", "cam-0")["state"] == "LIVE", timeout=10)
+        await wait_until(lambda: _camera(agent, "slot-s", "cam-0")["state"] == "LIVE", timeout=10)
         cam_a.kill()
-        await _until(lambda: _camera(agent, "slot-s", "cam-0")["state"] == "RECONNECTING", 5)
+        await wait_until(lambda: _camera(agent, "slot-s", "cam-0")["state"] == "RECONNECTING", 5)
         started = time.monotonic()
         reply = await b.send("session/stop", {"slotId": "slot-s"})
         took = time.monotonic() - started

@@ -17,8 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.app import Agent, AgentState
-from tests.agent_harness import agent_config, backend, running_agent, start_payload
-from tests.brokers import API_KEY, Backend, Mosquitto
+from agent.devkit.backend import Backend
+from agent.devkit.brokers import Mosquitto
+from tests.agent_harness import API_KEY, agent_config, backend, running_agent, start_payload
 
 STATUSES = {200, 400, 401, 404, 409, 422, 500, 503}
 COMMAND_NAMES = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,16 @@ import aiomqtt
 import numpy as np
 import pytest
 
-from tests.agent_harness import RecordingSink, agent_config, backend, running_agent, start_payload
-from tests.brokers import API_KEY, Mosquitto
+from agent.devkit.brokers import Mosquitto
+from tests.agent_harness import (
+    API_KEY,
+    RecordingSink,
+    agent_config,
+    backend,
+    running_agent,
+    start_payload,
+)
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 
@@ -330,8 +339,10 @@ async def test_command_sent_while_agent_offline_is_executed(
         pass  # the broker now holds the agent's persistent session
     async with backend(broker) as b:
         pending = await b.publish_only("status", {"requestId": "while-offline"})
-        await asyncio.sleep(0.3)
-        assert not pending.done()
+        # Nobody can answer yet: a short window in which the reply must NOT come (a wait
+        # for an absence, not a synchronisation).
+        done, _ = await asyncio.wait({pending}, timeout=0.3)
+        assert not done
         async with running_agent(cfg):
             reply = await b.reply_for_future(pending)
     assert (reply["requestId"], reply["status"]) == ("while-offline", 200)
@@ -342,14 +353,13 @@ async def test_broker_restart_reconnects_and_resubscribes(tmp_path: Path) -> Non
     server.start()
     try:
         async with running_agent(agent_config(tmp_path, server)) as agent:
+            link = agent.link
+            assert link is not None
             server.stop()
-            await asyncio.sleep(0.5)
-            assert agent.link is not None and not agent.link.connected
+            await wait_until(lambda: not link.connected, 10, "the agent noticing the broker left")
             server.start()
-            async with asyncio.timeout(15):
-                while not agent.link.connected:
-                    await asyncio.sleep(0.05)
-            assert agent.link.connects == 2
+            await wait_until(lambda: link.connected, 15, "the agent reconnecting")
+            assert link.connects == 2
             async with backend(server) as b:
                 reply = await b.send("status", {})
             assert reply["status"] == 200
@@ -360,19 +370,21 @@ async def test_broker_restart_reconnects_and_resubscribes(tmp_path: Path) -> Non
 async def test_retained_status_online_then_offline(
     broker: Mosquitto, tmp_path: Path, yao_embedding: list[float]
 ) -> None:
-    async def retained() -> dict[str, Any]:
+    async def retained(until: Callable[[dict[str, Any]], bool] = lambda _: True) -> dict[str, Any]:
+        """The retained status, or (``until``) the first status published that matches."""
         async with aiomqtt.Client("127.0.0.1", broker.port) as client:
             await client.subscribe("attendance/site-1/status", qos=1)
             async with asyncio.timeout(5):
                 async for message in client.messages:
-                    return dict(json.loads(message.payload))  # type: ignore[arg-type]
-        raise AssertionError("no retained status")
+                    status = dict(json.loads(message.payload))  # type: ignore[arg-type]
+                    if until(status):
+                        return status
+        raise AssertionError("no matching status")
 
     async with running_agent(agent_config(tmp_path, broker)), backend(broker) as b:
         online = await retained()
         await b.send("session/start", start_payload("slot-s", yao_embedding))
-        await asyncio.sleep(0.3)
-        with_session = await retained()
+        with_session = await retained(lambda s: bool(s.get("activeSessions")))
     offline = await retained()
     assert online["state"] == "online" and online["modelPack"] == "buffalo_sc"
     assert with_session["activeSessions"] == ["slot-s"]
@@ -416,10 +428,9 @@ async def test_command_published_while_broker_restarts_is_executed(tmp_path: Pat
         cfg = agent_config(tmp_path, server, mqtt={"reconnect_min_s": 3.0, "reconnect_max_s": 3.0})
         async with running_agent(cfg) as agent:
             assert agent.link is not None
+            link = agent.link
             server.stop()  # SIGTERM: the broker saves the agent's session and subscription
-            async with asyncio.timeout(5):
-                while agent.link.connected:
-                    await asyncio.sleep(0.02)
+            await wait_until(lambda: not link.connected, 5, "the agent noticing the broker left")
             server.start()
             async with backend(server) as b:
                 pending = await b.publish_only("status", {"requestId": "during-outage"})

@@ -14,17 +14,17 @@ from typing import Any
 
 import pytest
 
+from agent.devkit.brokers import Mosquitto
+from agent.devkit.callback_receiver import CallbackServer, Received
 from tests.agent_harness import (
     agent_config,
     backend,
     running_agent,
     spawn_agent,
     start_payload,
-    wait_until,
 )
-from tests.brokers import Mosquitto
-from tests.callback_server import CallbackServer, Received
 from tests.cli import run_cli
+from tests.waiting import wait_until
 
 FAST_CALLBACK = {"timeout_s": 0.5, "first_retry_s": 0.05, "retry_max_s": 0.3}
 
@@ -94,9 +94,12 @@ async def test_autostop_on_unresponsive_backend(
         assert (await b.send("session/start", _start("slot-u", yao_embedding, server)))[
             "status"
         ] == 200
-        async with asyncio.timeout(15):
-            while agent.sessions.get("slot-u") is not None:
-                await asyncio.sleep(0.01)
+        await wait_until(
+            lambda: agent.sessions.get("slot-u") is None,  # type: ignore[union-attr]
+            15,
+            "the session to stop itself",
+            interval=0.01,
+        )
         stopped_after = time.monotonic() - started
         failures_seen = len(server.received)
         server.on_request = None
@@ -143,9 +146,8 @@ async def test_dead_letter_visible_and_requeued_by_cli(
     async with running_agent(cfg, outbox=True) as agent, backend(broker) as b:
         await b.send("session/start", _start("slot-400", yao_embedding, server))
         assert agent.outbox is not None
-        async with asyncio.timeout(10):
-            while agent.outbox.stats().counts["dead"] != 1:
-                await asyncio.sleep(0.05)
+        outbox = agent.outbox
+        await wait_until(lambda: outbox.stats().counts["dead"] == 1, 10, "a dead letter")
         shown = await asyncio.to_thread(_outbox_cli, cfg.storage.data_dir)
         assert shown.returncode == 0, shown.stderr
         stats = json.loads(shown.stdout)
@@ -204,9 +206,7 @@ async def test_sigkill_loses_nothing(
                 ] == 200
             await b.send("session/stop", {"slotId": "slot-k0"})
         # Deliveries are in flight (the backend hangs) when the agent is killed.
-        async with asyncio.timeout(10):
-            while len(server.received) < 4:
-                await asyncio.sleep(0.05)
+        await wait_until(lambda: len(server.received) >= 4, 10, "four deliveries in flight")
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
     finally:

@@ -10,6 +10,8 @@ import pytest
 
 from agent.allowlist import CallbackUrlError, check_callback_url, is_allowed
 from agent.app import Agent
+from agent.devkit.brokers import Mosquitto
+from agent.devkit.callback_receiver import CallbackServer
 from agent.status_models import wire
 from tests.agent_harness import (
     agent_config,
@@ -17,10 +19,8 @@ from tests.agent_harness import (
     running_agent,
     scrape_metrics,
     start_payload,
-    wait_until,
 )
-from tests.brokers import Mosquitto
-from tests.callback_server import CallbackServer
+from tests.waiting import wait_until
 
 FAST = {"timeout_s": 0.5, "first_retry_s": 0.05, "retry_max_s": 0.3}
 

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from pydantic import BaseModel
 from agent.config import AgentConfig
 from agent.config.sections import RuntimeConfig
 from agent.defaultpack import FILES, PACK_NAME
+from agent.devkit.ports import free_port
 from agent.modelpack import read_pack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,13 +112,6 @@ def _unit_environment(staged: Staged) -> dict[str, str]:
             setting = str(staged.real(setting))
         env[name] = setting
     return env
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
@@ -279,8 +272,8 @@ def test_installed_agent_checks_config_and_runs(
     env = {
         **agent_env,
         # No broker listens there: the agent must run anyway, retrying the connection.
-        "AGENT_MQTT__PORT": str(_free_port()),
-        "AGENT_METRICS__PORT": str(_free_port()),
+        "AGENT_MQTT__PORT": str(free_port()),
+        "AGENT_METRICS__PORT": str(free_port()),
     }
     log_path = tmp_path / "agent.log"
     with log_path.open("w") as log:

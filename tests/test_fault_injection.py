@@ -23,12 +23,13 @@ from typing import Any
 import cv2
 import pytest
 
+from agent.devkit.backend import Backend
+from agent.devkit.brokers import Mosquitto
+from agent.devkit.callback_receiver import CallbackServer
 from agent.engine import FaceEngine
 from agent.modelpack import ModelPack
 from agent.store import DB_NAME
 from tests.agent_harness import backend, spawn_agent, start_payload
-from tests.brokers import Backend, Mosquitto
-from tests.callback_server import CallbackServer
 from tests.rtsp import RtspServer
 from tests.test_model_faults import drop_in, make_pack
 from tests.test_store_faults import Locker

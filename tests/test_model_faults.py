@@ -25,6 +25,7 @@ import pytest
 from onnx import helper
 
 from agent.config import AgentConfig
+from agent.devkit.brokers import Mosquitto
 from agent.engine import FaceEngine
 from agent.errors import ModelNotLoadedError, ModelPackError
 from agent.inference import InferencePool, ModelSlot
@@ -38,7 +39,7 @@ from agent.modelpack import (
     sha256_file,
 )
 from tests.agent_harness import agent_config, backend, running_agent
-from tests.brokers import Mosquitto
+from tests.waiting import wait_until
 
 DETECTOR = "scrfd_500m_bnkps.onnx"
 RECOGNIZER = "w600k_mbf.onnx"
@@ -217,12 +218,6 @@ def watcher_for(
     return ModelWatcher(models, config.recognition, slot, pool), slot
 
 
-async def _until(predicate: Callable[[], bool], timeout: float) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.05)
-
-
 # The engine boundary --------------------------------------------------------------------
 
 
@@ -313,14 +308,14 @@ async def test_watcher_survives_bad_pack_and_loads_a_later_valid_one(
     try:
         await asyncio.sleep(0.1)  # the observer is watching
         drop_in(bad, models_dir / "pack-b")
-        await _until(lambda: watcher.failures >= 1 or task.done(), 20)
+        await wait_until(lambda: watcher.failures >= 1 or task.done(), 20)
         await asyncio.sleep(SETTLE_S * 2)  # a crashed watcher would show by now
         assert not task.done(), task
         assert slot.require().pack.name == "pack-a"
         assert_reason(slot.reload_error, "pack-b", "unknown-op-detector")
 
         drop_in(valid, models_dir / "pack-c")
-        await _until(
+        await wait_until(
             lambda: task.done() or (slot.engine is not None and slot.engine.pack.name == "pack-c"),
             20,
         )

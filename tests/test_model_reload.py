@@ -15,11 +15,12 @@ import onnx
 import pytest
 
 from agent.app import Agent
+from agent.devkit.brokers import Mosquitto
 from agent.modelpack import MANIFEST_NAME, ModelPack, read_pack, write_manifest
 from tests.agent_harness import RecordingSink, agent_config, backend, running_agent
-from tests.brokers import Mosquitto
 from tests.rtsp import RtspServer
 from tests.test_model_pack_tools import perturbed_recognizer, wrong_size_recognizer
+from tests.waiting import wait_until
 
 SETTLE = {"settle_s": 0.5}
 FAST_CAMERAS = {"open_timeout_s": 1.0, "read_timeout_s": 1.0, "analysis_fps": 5.0}
@@ -62,12 +63,6 @@ def other_space(tmp_path_factory: pytest.TempPathFactory, default_pack: ModelPac
     return perturbed_recognizer(
         default_pack.recognizer_path, tmp_path_factory.mktemp("r") / "r.onnx"
     )
-
-
-async def _until(predicate: Any, timeout: float) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.05)
 
 
 class GapMeter:
@@ -142,7 +137,7 @@ async def test_slow_copy_then_swap_with_running_session(
             ],
         }
         assert (await b.send("session/start", start))["status"] == 200
-        await _until(lambda: any(e.type == "RECOGNITION" for e, _ in sink.events), 20)
+        await wait_until(lambda: any(e.type == "RECOGNITION" for e, _ in sink.events), 20)
         async with GapMeter(agent, "slot-hot") as gaps:
             copier = asyncio.create_task(
                 asyncio.to_thread(slow_copy, staging, models_dir / "pack-b")
@@ -153,7 +148,7 @@ async def test_slow_copy_then_swap_with_running_session(
                 await asyncio.sleep(0.05)
             await copier
             copied_at = time.monotonic()
-            await _until(
+            await wait_until(
                 lambda: (
                     agent.models.engine is not None
                     and agent.models.engine.embedding_space != old_space
@@ -162,7 +157,7 @@ async def test_slow_copy_then_swap_with_running_session(
             )
             swap_seconds = time.monotonic() - copied_at
             recognitions_before = sum(e.type == "RECOGNITION" for e, _ in sink.events)
-            await _until(
+            await wait_until(
                 lambda: (
                     sum(e.type == "RECOGNITION" for e, _ in sink.events) >= recognitions_before + 2
                 ),
@@ -261,7 +256,7 @@ async def test_broken_pack_is_rejected_and_old_keeps_serving(
         }
         assert (await b.send("session/start", start))["status"] == 200
         assert agent.watcher is not None
-        await _until(
+        await wait_until(
             lambda: (
                 agent.sessions is not None
                 and agent.sessions.get("slot-b") is not None
@@ -271,7 +266,7 @@ async def test_broken_pack_is_rejected_and_old_keeps_serving(
         )  # type: ignore[union-attr]
         async with GapMeter(agent, "slot-b") as gaps:
             shutil.copytree(staging, models_dir / staging.name)
-            await _until(lambda: agent.watcher is not None and agent.watcher.failures >= 1, 15)
+            await wait_until(lambda: agent.watcher is not None and agent.watcher.failures >= 1, 15)
             await asyncio.sleep(0.5)
         status = await b.send("status", {})
     assert agent.models.engine is not None and agent.models.engine.pack.name == "pack-a"
@@ -292,7 +287,7 @@ async def test_empty_models_dir_then_pack_arrives(
         assert (before["status"], before["code"]) == (503, "MODEL_NOT_LOADED")
         copy_pack(default_pack, tmp_path / "staging" / "late")
         shutil.copytree(tmp_path / "staging" / "late", empty / "late")
-        await _until(lambda: agent.models.engine is not None, 15)
+        await wait_until(lambda: agent.models.engine is not None, 15)
         after = await b.send("embedding/generate", photo)
     assert after["status"] == 200
     assert agent.models.engine is not None and agent.models.engine.pack.name == "late"
@@ -315,7 +310,7 @@ async def test_detector_only_change_reaches_running_sessions(
         assert agent.models.engine is not None
         space = agent.models.engine.embedding_space
         shutil.copytree(staging, models_dir / "pack-d")
-        await _until(
+        await wait_until(
             lambda: agent.models.engine is not None and agent.models.engine.pack.name == "pack-d",
             15,
         )

@@ -13,8 +13,9 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from tests.agent_harness import agent_config, running_agent
-from tests.brokers import API_KEY, Mosquitto, free_port
+from agent.devkit.brokers import Mosquitto
+from agent.devkit.ports import free_port
+from tests.agent_harness import API_KEY, agent_config, running_agent
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 
@@ -30,7 +31,8 @@ class Amqtt(Mosquitto):
 def v311_broker() -> Iterator[Amqtt]:
     broker = Amqtt()
     proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("amqtt_broker_main.py")), str(broker.port)],
+        [sys.executable, "-m", "tests.amqtt_broker_main", str(broker.port)],
+        cwd=Path(__file__).resolve().parent.parent,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -15,8 +15,9 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from tests.agent_harness import agent_config, backend, running_agent, start_payload
-from tests.brokers import API_KEY, Mosquitto, v5_request_properties
+from agent.devkit.backend import v5_request_properties
+from agent.devkit.brokers import Mosquitto
+from tests.agent_harness import API_KEY, agent_config, backend, running_agent, start_payload
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 

@@ -12,8 +12,10 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from tests.agent_harness import agent_config, running_agent
-from tests.brokers import API_KEY, Backend, Mosquitto
+from agent.devkit.backend import Backend
+from agent.devkit.brokers import Mosquitto
+from tests.agent_harness import API_KEY, agent_config, running_agent
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 
@@ -123,7 +125,7 @@ async def test_agent_over_tls_with_password_file(
                 tls_context=context,
                 protocol=aiomqtt.ProtocolVersion.V5,
             ) as client,
-            Backend(client) as b,
+            Backend(client, api_key=API_KEY) as b,
         ):
             reply = await b.send("status", {})
     assert reply["status"] == 200
@@ -151,7 +153,10 @@ async def test_wrong_password_keeps_retrying_and_says_so(
     agent = Agent(cfg)
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
-    await asyncio.sleep(2.0)
+    # Refused, then refused again on the retry (reconnect_max_s is 1 s).
+    await wait_until(
+        lambda: caplog.text.count("MQTT_CONNECT_FAILED") >= 2, 15, "two refused connections"
+    )
     assert agent.link is not None and not agent.link.connected
     stop.set()
     async with asyncio.timeout(15):

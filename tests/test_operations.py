@@ -12,6 +12,8 @@ import aiohttp
 import cv2
 import pytest
 
+from agent.devkit.brokers import Mosquitto
+from agent.devkit.ports import free_port
 from agent.engine import FaceEngine
 from tests.agent_harness import (
     RecordingSink,
@@ -20,9 +22,9 @@ from tests.agent_harness import (
     running_agent,
     start_payload,
 )
-from tests.brokers import Mosquitto
 from tests.cli import run_cli
 from tests.rtsp import RtspServer
+from tests.waiting import wait_until
 
 
 def _samples(text: str, family: str) -> dict[str, float]:
@@ -54,10 +56,19 @@ async def test_metrics_status_and_health_during_a_session(
             cameras=[{"id": "cam-9", "rtspUrl": yao_camera.url}],
         )
         assert (await b.send("session/start", payload))["status"] == 200
-        async with asyncio.timeout(20):
-            while not any(e.type == "RECOGNITION" for e, _ in sink.events):
-                await asyncio.sleep(0.1)
-        await asyncio.sleep(2.0)  # a confirmed face is followed, not embedded again
+        await wait_until(
+            lambda: any(e.type == "RECOGNITION" for e, _ in sink.events), 20, "a recognition"
+        )
+
+        def analysed() -> int:
+            assert agent.sessions is not None
+            session = agent.sessions.get("slot-m")
+            assert session is not None and session.camera_health is not None
+            return session.camera_health()[0].frames_analysed
+
+        # A confirmed face is followed, not embedded again: let a few analyses show it.
+        confirmed_at = analysed()
+        await wait_until(lambda: analysed() >= confirmed_at + 5, 20, "five more analyses")
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{base}/metrics") as response:
                 assert response.status == 200
@@ -89,12 +100,7 @@ async def test_metrics_status_and_health_during_a_session(
 
 
 def test_status_cli_without_agent(tmp_path: Path) -> None:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    result = run_cli("status", "--port", str(port), timeout=60)
+    result = run_cli("status", "--port", str(free_port()), timeout=60)
     assert result.returncode == 1
     assert "does not answer" in result.stderr
 

@@ -10,12 +10,13 @@ import pytest
 
 from agent.config import CallbackConfig
 from agent.delivery import Delivery, OutboxSink, parse_retry_after
+from agent.devkit.callback_receiver import CallbackServer
 from agent.events import EventFactory
 from agent.outbox import Outbox, OutboxFullError
 from agent.protocol import SessionStatus
 from agent.status_models import wire
 from agent.store import Store
-from tests.callback_server import CallbackServer
+from tests.waiting import wait_until
 
 FAST = {
     "timeout_s": 0.5,
@@ -88,8 +89,8 @@ async def test_outage_500_then_down_then_hang_then_back(
             await sink.emit(
                 event, server.url("/a") if event.slot_id == "slot-a" else server.url("/b")
             )
-        await asyncio.sleep(0.5)
-        assert server.received and not server.delivered()
+        await wait_until(lambda: server.received, 10, "a first attempt")
+        assert not server.delivered()
         await server.stop()  # not listening
         for event in events[3:6]:
             await sink.emit(
@@ -153,7 +154,9 @@ async def test_retry_after_is_honoured(store: Store, server: CallbackServer) -> 
         server.mode = {"": 503}
         server.retry_after = "1"
         await sink.emit(_events("slot-r", 1)[0], server.url())
-        await asyncio.sleep(0.5)
+        await wait_until(
+            lambda: [r.answered for r in server.received] == [503], 10, "the first attempt refused"
+        )
         server.mode = {"": "ok"}
         await server.wait_delivered(1, timeout=5)
     finally:

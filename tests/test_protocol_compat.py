@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from agent.devkit.brokers import Mosquitto
 from agent.protocol import EmbeddingGenerate, SessionStart, SessionStop, json_schemas
 from tests.agent_harness import (
     CALLBACK,
@@ -20,7 +21,6 @@ from tests.agent_harness import (
     running_agent,
     start_payload,
 )
-from tests.brokers import Mosquitto
 
 ISO_HINT = "ISO 8601 date-time string with a UTC offset"
 

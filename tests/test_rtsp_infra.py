@@ -12,15 +12,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.engine import FaceEngine
-from tests.rtsp import INSTALL_HINT, RtspServer, gst_rtsp_available, open_capture
-from tests.synthetic_video import (
+from agent.devkit.classroom import (
     ClassroomPlan,
     Person,
     face_box_of,
     make_classroom_frames,
     read_photo,
 )
+from agent.engine import FaceEngine
+from tests.rtsp import INSTALL_HINT, RtspServer, gst_rtsp_available, open_capture
 
 FPS = 10
 SIZE = (640, 480)

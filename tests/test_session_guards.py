@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from agent.devkit.brokers import Mosquitto
 from agent.protocol import StatusReason
 from agent.sessions import ActiveSession
 from tests.agent_harness import RecordingSink, agent_config, backend, running_agent, start_payload
-from tests.brokers import Mosquitto
 from tests.rtsp import RtspServer
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 
@@ -85,7 +86,10 @@ async def test_a_model_swap_during_a_slow_stop_does_not_revive_the_session(
         sessions, store = agent.sessions, agent.outbox
         assert sessions is not None and store is not None
         stopping = asyncio.create_task(b.send("session/stop", {"slotId": "s1"}))
-        await asyncio.sleep(0.3)  # the stop is under way, its work still winding down
+        # The stop is under way (the session is no longer running), its work still winding
+        # down (SlowStopRunner takes a second).
+        await wait_until(lambda: sessions.get("s1") is None, 10, "the stop to begin")
+        assert not stopping.done()
         engine = agent.models.engine
         assert engine is not None
         await agent._on_swap(engine)  # what a model swap does: resume persisted sessions
@@ -104,13 +108,26 @@ async def test_one_attendance_event_per_student_across_cameras(
     sink = RecordingSink()
     cfg = agent_config(tmp_path, broker, recognition={"face_jpeg": True})
     cameras = [{"id": f"cam-{i}", "rtspUrl": yao_camera.url} for i in range(3)]
-    async with running_agent(cfg, sink, cameras=True), backend(broker) as b:
+    async with running_agent(cfg, sink, cameras=True) as agent, backend(broker) as b:
         reply = await b.send("session/start", start_payload("s1", yao_embedding, cameras=cameras))
         assert reply["status"] == 200
-        async with asyncio.timeout(30):
-            while not any(e.type == "RECOGNITION" for e, _ in sink.events):
-                await asyncio.sleep(0.05)
-        await asyncio.sleep(4)  # every camera has seen Yao by now
+        await wait_until(
+            lambda: any(e.type == "RECOGNITION" for e, _ in sink.events), 30, "a recognition"
+        )
+
+        def analysed() -> list[int]:
+            assert agent.sessions is not None
+            session = agent.sessions.get("s1")
+            assert session is not None and session.camera_health is not None
+            return [c.frames_analysed for c in session.camera_health()]
+
+        # Every camera has seen Yao by now: each analysed him several more times.
+        first = analysed()
+        await wait_until(
+            lambda: all(n >= f + 4 for n, f in zip(analysed(), first, strict=True)),
+            30,
+            "four more analyses on every camera",
+        )
         await b.send("session/stop", {"slotId": "s1"})
     recognitions = [e for e, _ in sink.events if e.type == "RECOGNITION"]
     assert len(recognitions) == 1, [getattr(e, "camera_id", "") for e in recognitions]

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from agent.devkit.brokers import Mosquitto
 from tests.agent_harness import ROOT, agent_config, backend, running_agent, start_payload
-from tests.brokers import Mosquitto
 from tests.chromium import INSTALL_HINT, Chromium, chromium_path
 from tests.rtsp import RtspServer
 

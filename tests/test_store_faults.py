@@ -29,6 +29,7 @@ from agent.store import (
     StoreFullError,
     translate,
 )
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -139,7 +140,10 @@ async def test_locked_file_delays_the_event_never_the_loop(tmp_path: Path, locke
     try:
         locker.hold(30)
         add = asyncio.create_task(outbox.add(_event(), "http://127.0.0.1/cb"))  # type: ignore[arg-type]
-        await asyncio.sleep(2.5)
+        # Past the first attempt's own 1 s wait for the lock, then retrying for a while.
+        await wait_until(
+            lambda: add.done() or (store.busy_for or 0.0) > 1.5, 15, "a long wait for the lock"
+        )
         assert not add.done()  # waiting for the lock, not failed, not dropped
         assert store.busy_for is not None and store.busy_for > 1
         locker.release()

@@ -14,6 +14,8 @@ import pytest
 
 from agent import housekeeping as housekeeping_module
 from agent.app import Agent
+from agent.devkit.brokers import Mosquitto
+from agent.devkit.callback_receiver import CallbackServer
 from agent.errors import ErrorCode
 from agent.status_models import wire
 from agent.store import DB_NAME
@@ -25,10 +27,8 @@ from tests.agent_harness import (
     scrape_metrics,
     spawn_agent,
     start_payload,
-    wait_until,
 )
-from tests.brokers import Mosquitto
-from tests.callback_server import CallbackServer
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 

@@ -1,22 +1,18 @@
 """Synthetic classroom videos made from real face photos, with per-frame ground truth.
 
-``make_classroom_frames`` writes JPEG frames ``%04d.jpg`` (what ``tests/rtsp_server_main.py``
-serves): a fixed, deterministic classroom-like background (gradient, board, desks, texture)
-with each person's face photo composited at a chosen size, moving at a constant velocity
-during a time window. The returned ``ClassroomPlan`` says, for each frame, who is on it and
-where their face box is.
+``make_classroom_frames`` writes JPEG frames ``%04d.jpg`` (what the demo's MJPEG camera and
+the tests' RTSP server serve): a fixed, deterministic classroom-like background (gradient,
+board, desks, texture) with each person's face photo composited at a chosen size, moving at a
+constant velocity during a time window. The returned ``ClassroomPlan`` says, for each frame,
+who is on it and where their face box is.
 
-Photos are read in place (``../shared/faces`` must not be copied into the repository). A
-person's ``face_box`` (the face in the photo) sets the scale and the ground-truth box; get it
-with ``face_box_of(photo, engine)``, which runs the project's detector. Without a face box the
-whole photo is pasted and counts as the face.
-
-Only OpenCV and NumPy here; ``agent`` is imported lazily by the detector helpers.
+Photos are read in place. A person's ``face_box`` (the face in the photo) sets the scale and
+the ground-truth box; get it with ``face_box_of(photo, engine)``, which runs the project's
+detector. Without a face box the whole photo is pasted and counts as the face.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,7 +29,6 @@ if TYPE_CHECKING:
 Image = npt.NDArray[np.uint8]
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2
 
-ROOT = Path(__file__).resolve().parent.parent
 JPEG_QUALITY = 92
 
 
@@ -70,6 +65,7 @@ class Person:
         )
 
     def visible_at(self, t: float) -> bool:
+        """Whether the person is in the scene at ``t``."""
         return self.enter_s <= t < self.leave_s
 
 
@@ -83,10 +79,12 @@ class Appearance:
 
     @property
     def centre(self) -> tuple[float, float]:
+        """Centre of the face box."""
         return ((self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2)
 
     @property
     def width(self) -> float:
+        """Width of the face box in pixels."""
         return self.box[2] - self.box[0]
 
 
@@ -102,13 +100,16 @@ class ClassroomPlan:
 
     @property
     def n_frames(self) -> int:
+        """Number of frames written."""
         return len(self.frames)
 
     @property
     def duration_s(self) -> float:
+        """Length of the clip in seconds."""
         return self.n_frames / self.fps
 
     def path(self, index: int) -> Path:
+        """The JPEG file of frame ``index``."""
         return self.frames_dir / f"{index:04d}.jpg"
 
     def image(self, index: int) -> Image:
@@ -119,6 +120,7 @@ class ClassroomPlan:
         return np.asarray(img, dtype=np.uint8)
 
     def time_of(self, index: int) -> float:
+        """Time of frame ``index`` from the start of the clip, in seconds."""
         return index / self.fps
 
     def index_at(self, t: float) -> int:
@@ -126,9 +128,11 @@ class ClassroomPlan:
         return math.floor(t * self.fps + 1e-9) % self.n_frames
 
     def visible(self, index: int) -> list[Appearance]:
+        """Who is on frame ``index`` (the clip loops), and where."""
         return self.frames[index % self.n_frames]
 
     def names_at(self, index: int) -> set[str]:
+        """Names of the people on frame ``index``."""
         return {a.name for a in self.visible(index)}
 
     def frames_with(self, *names: str, fully_inside: bool = True) -> list[int]:
@@ -331,33 +335,11 @@ def make_classroom_frames(
     return plan
 
 
-@functools.cache
-def default_engine() -> FaceEngine:
-    """The project's engine on ``models/buffalo_sc`` with the default configuration."""
-    from agent.config import load_config
-    from agent.engine import FaceEngine
-    from agent.modelpack import read_pack
-
-    cfg = load_config(None)
-    return FaceEngine(read_pack(ROOT / "models" / "buffalo_sc"), cfg.models, cfg.recognition)
-
-
-def face_box_of(photo: Path, engine: FaceEngine | None = None) -> Box:
-    """Box (x1, y1, x2, y2) of the largest face the project's detector finds in ``photo``."""
-    faces = (engine or default_engine()).detect(read_photo(photo))
+def face_box_of(photo: Path, engine: FaceEngine) -> Box:
+    """Box (x1, y1, x2, y2) of the largest face ``engine`` finds in ``photo``."""
+    faces = engine.detect(read_photo(photo))
     if not faces:
         raise ValueError(f"no face found in {photo}")
     best = max(faces, key=lambda f: f.area)
     x1, y1, x2, y2 = (float(v) for v in best.bbox)
     return (x1, y1, x2, y2)
-
-
-def crop_face(photo: Path, engine: FaceEngine | None = None, *, margin: float = 0.6) -> Image:
-    """The largest face of ``photo`` with ``margin`` (fraction of the box) around it."""
-    img = read_photo(photo)
-    x1, y1, x2, y2 = face_box_of(photo, engine)
-    w, h = x2 - x1, y2 - y1
-    ih, iw = img.shape[:2]
-    cx1, cy1 = max(0, int(x1 - margin * w)), max(0, int(y1 - margin * h))
-    cx2, cy2 = min(iw, math.ceil(x2 + margin * w)), min(ih, math.ceil(y2 + margin * h))
-    return img[cy1:cy2, cx1:cx2].copy()

@@ -1,21 +1,25 @@
-"""A real HTTP backend for callback tests: answers 200, an error status, hangs, or is gone."""
+"""An HTTP backend receiving the agent's callbacks: it records every request, and answers
+each path 200, an error status, a redirect, or hangs; it can be stopped and restarted on
+the same port (connections refused meanwhile)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from tests.brokers import free_port
+from agent.devkit.ports import free_port
 
 
 @dataclass
 class Received:
-    """One request as the backend saw it."""
+    """One request as the backend saw it; ``answered`` is the status sent back (None while
+    the answer is pending)."""
 
     path: str
     headers: dict[str, str]
@@ -27,7 +31,12 @@ class Received:
 
 @dataclass
 class CallbackServer:
-    """``mode`` per path prefix: 'ok', 'hang', or an HTTP status such as 500 or 400."""
+    """The receiver on 127.0.0.1:``port``.
+
+    ``mode`` per path prefix (the longest matching prefix wins): 'ok', 'hang' (answer 200
+    after ``hang_s``), or an HTTP status such as 500, 400 or 307 (with ``location``).
+    ``on_request`` is called with each request as it arrives, on the event loop.
+    """
 
     port: int = field(default_factory=free_port)
     mode: dict[str, str | int] = field(default_factory=lambda: {"": "ok"})
@@ -35,7 +44,7 @@ class CallbackServer:
     retry_after: str | None = None
     location: str | None = None  # Location header sent with a 3xx mode
     received: list[Received] = field(default_factory=list)
-    on_request: Any = None
+    on_request: Callable[[Received], None] | None = None
     _runner: web.AppRunner | None = None
     _handlers: set[asyncio.Task[Any]] = field(default_factory=set)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
@@ -50,7 +59,8 @@ class CallbackServer:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         task = asyncio.current_task()
-        assert task is not None
+        if task is None:  # not run as a task: nothing that stop() could cancel
+            return await self._answer(request)
         self._handlers.add(task)
         try:
             return await self._answer(request)
@@ -81,7 +91,7 @@ class CallbackServer:
         """Listen on the server's port (the same port after a stop)."""
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.1)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
