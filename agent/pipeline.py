@@ -210,6 +210,7 @@ class RecognitionRunner:
             max_missed=cfg.track_max_missed,
             n=cfg.confirm_n,
             reembed_every=cfg.reembed_every,
+            recheck_every=cfg.recheck_every,
             stranger_below=session.threshold - cfg.stranger_margin,
         )
         limit = self.cameras_cfg.max_frame_age_s

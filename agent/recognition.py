@@ -95,7 +95,12 @@ def analyse_frame(
             observe("match", time.perf_counter() - matched)
         for track, match in zip(todo, matches, strict=True):
             accepted = match.accepted(threshold, cfg.match_margin)
-            track.vote(match.student_id if accepted else None, match.score, cfg.confirm_k)
+            track.vote(
+                match.student_id if accepted else None,
+                match.score,
+                cfg.confirm_k,
+                cfg.instant_score,
+            )
     alive = tracks or tracker.tracks  # faces missed for an analysis or two still count
     if not alive:
         priority = Priority.EMPTY

@@ -40,14 +40,18 @@ class Track:
     since_embed: int = 0
     confirmed: str | None = None  # student id once k of the last n votes agree
 
-    def vote(self, student_id: str | None, score: float, k: int) -> str | None:
-        """Record one match result; returns the student id when newly confirmed."""
+    def vote(
+        self, student_id: str | None, score: float, k: int, instant: float = 2.0
+    ) -> str | None:
+        """Record one match result; returns the student id when newly confirmed: k of the
+        last n votes agree, or one match is at least ``instant`` (far above any score
+        two different people reach)."""
         self.votes.append(student_id)
         self.since_embed = 0
         self.best_any = max(self.best_any, score)
         if student_id is not None:
             self.best_scores[student_id] = max(score, self.best_scores.get(student_id, -1.0))
-        if student_id is not None and self.votes.count(student_id) >= k:
+        if student_id is not None and (self.votes.count(student_id) >= k or score >= instant):
             newly = self.confirmed != student_id
             self.confirmed = student_id
             return student_id if newly else None
@@ -66,9 +70,11 @@ class FaceTracker:
         max_missed: int,
         n: int,
         reembed_every: int,
+        recheck_every: int | None = None,
         stranger_below: float = 1.0,
     ) -> None:
         self.iou = iou
+        self.recheck_every = reembed_every if recheck_every is None else recheck_every
         self.stranger_below = stranger_below
         self.max_missed = max_missed
         self.n = n
@@ -127,7 +133,11 @@ class FaceTracker:
         """New and still-uncertain tracks every analysis; settled ones now and then.
 
         Embedding settled tracks every time cost 71 % of a camera's recognizer work in the
-        benchmark. They are re-checked every ``reembed_every`` analyses, so a student who
-        turns to the camera late is still found.
+        benchmark. A stranger's track is re-checked every ``reembed_every`` analyses, so a
+        student who turns to the camera late is still found; a recognised one every
+        ``recheck_every`` analyses, in case the tracker swapped two faces.
         """
-        return not self.settled(track) or track.since_embed >= self.reembed_every
+        if not self.settled(track):
+            return True
+        every = self.recheck_every if track.confirmed is not None else self.reembed_every
+        return track.since_embed >= every

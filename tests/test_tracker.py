@@ -210,3 +210,44 @@ def test_a_face_matching_nobody_n_times_is_settled_as_unknown(
         for _ in range(3):
             (track,) = t.update([face(A)])
         assert t.needs_embedding(track)
+
+
+@pytest.mark.parametrize(
+    ("score", "instant", "confirmed"),
+    [(0.65, 0.6, "a"), (0.6, 0.6, "a"), (0.55, 0.6, None), (0.9, 2.0, None)],
+)
+def test_one_strong_match_confirms_at_once(
+    score: float, instant: float, confirmed: str | None
+) -> None:
+    t = tracker(n=3)
+    track = run_analyses(t, 1)
+    assert track.vote("a", score, 2, instant) == confirmed
+    assert track.confirmed == confirmed
+
+
+def test_recognised_tracks_are_rechecked_less_often_than_strangers() -> None:
+    t = FaceTracker(iou=0.3, max_missed=2, n=2, reembed_every=2, recheck_every=5)
+    student, stranger = t.update([face(A), face(B)])
+    student.vote("a", 0.9, 1)
+    for _ in range(2):
+        stranger.vote(None, 0.05, 1)
+    due: dict[str, list[int]] = {"student": [], "stranger": []}
+    for i in range(1, 7):
+        student, stranger = t.update([face(A), face(B)])
+        for name, track in (("student", student), ("stranger", stranger)):
+            if t.needs_embedding(track):
+                due[name].append(i)
+                is_student = name == "student"
+                track.vote("a" if is_student else None, 0.9 if is_student else 0.05, 1)
+    assert due == {"student": [5], "stranger": [2, 4, 6]}
+
+
+def test_a_face_that_came_close_is_not_settled_as_a_stranger() -> None:
+    t = FaceTracker(iou=0.3, max_missed=2, n=3, reembed_every=4, stranger_below=0.3)
+    close, far = t.update([face(A), face(B)])
+    for _ in range(3):
+        close.vote(None, 0.35, 2)  # below the threshold, above the stranger line
+        far.vote(None, 0.1, 2)
+    close, far = t.update([face(A), face(B)])
+    assert not t.settled(close) and t.needs_embedding(close)
+    assert t.settled(far) and not t.needs_embedding(far)

@@ -153,8 +153,25 @@ class RecognitionConfig(Section):
         8,
         ge=1,
         le=1000,
-        description="A recognised track is re-checked every this many "
-        "analyses (others are embedded every analysis until confirmed).",
+        description="A stranger's track (matching nobody) is re-checked every this many "
+        "analyses, so a student who turns to the camera late is still found; new and "
+        "uncertain tracks are embedded at every analysis.",
+    )
+    recheck_every: int = Field(
+        32,
+        ge=1,
+        le=10_000,
+        description="A recognised track is re-checked every this many analyses (in case "
+        "the tracker swapped two faces); re-checking settled faces often was most of the "
+        "recognizer's work on a busy box.",
+    )
+    instant_score: float = Field(
+        0.6,
+        ge=0.0,
+        le=2.0,
+        description="One match at least this strong (and with match_margin) recognises a "
+        "student at once instead of k of n; different people stay far below it with "
+        "ArcFace (about 0.2 at most in the test photos). Above 1.0: always k of n.",
     )
     stranger_margin: float = Field(
         0.1,
