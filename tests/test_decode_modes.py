@@ -126,7 +126,9 @@ async def test_agent_recognises_in_either_decode_mode(
         )
         session = agent.sessions.get("slot-dm") if agent.sessions else None
         assert session is not None and session.camera_health is not None
-        (health,) = session.camera_health()
+        camera_health = session.camera_health
+        await wait_until(lambda: camera_health()[0].frames_read >= 30, 10, "3 s of the stream read")
+        (health,) = camera_health()
         assert health.decode_mode == mode and health.decoder == "pyav"
         assert health.analysis_rate is not None and health.analysis_rate > 0
         if mode == "KEYFRAMES":  # one keyframe a second: far fewer frames decoded than read
