@@ -76,6 +76,7 @@ from agent.devkit.classroom import Person, face_box_of, make_classroom_frames  #
 from agent.devkit.ports import free_port  # noqa: E402
 from agent.engine import FaceEngine  # noqa: E402
 from agent.modelpack import read_pack  # noqa: E402
+from bench.pipeline_latency import read_counter, stamp_counter  # noqa: E402
 from tests.agent_harness import API_KEY  # noqa: E402
 from tests.rtsp import RtspServer  # noqa: E402
 
@@ -181,7 +182,11 @@ def make_clip(pupils: list[Pupil], engine: FaceEngine, workdir: Path) -> Path:
         )
     frames = workdir / "clip"
     if not (frames / f"{round(CLIP_S * FPS) - 1:04d}.jpg").exists():
-        make_classroom_frames(frames, people, seconds=CLIP_S, fps=FPS, size=SIZE)
+        plan = make_classroom_frames(frames, people, seconds=CLIP_S, fps=FPS, size=SIZE)
+        for index in range(plan.n_frames):  # the clip frame index, for the clock
+            image = plan.image(index)
+            stamp_counter(image, index)
+            cv2.imwrite(str(plan.path(index)), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
     return frames
 
 
@@ -221,23 +226,38 @@ def system_busy_s() -> tuple[float, float]:
 
 
 class Clock:
-    """Holds the stream open (demux only) so its timeline never restarts; knows T0."""
+    """Holds the stream open so its timeline never restarts, and finds ``T0``, when the
+    shared stream showed clip frame 0: each keyframe carries its clip frame index (drawn
+    in its top-right corner), so ``T0 = min(arrival - index / fps)`` over the keyframes of
+    the first loop of the clip (the least delayed one)."""
 
     def __init__(self, url: str) -> None:
         import av
 
-        started = time.time()
+        self.opened_at = time.time()
         self._container = av.open(url, options={"rtsp_transport": "tcp"}, timeout=(10, 5))
-        self.t0 = (started + time.time()) / 2
+        self._candidates: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._drain, name="clock", daemon=True)
         self._thread.start()
 
     def _drain(self) -> None:
+        stream = self._container.streams.video[0]
         with contextlib.suppress(Exception):
-            for _ in self._container.demux(video=0):
+            for packet in self._container.demux(stream):
                 if self._stop.is_set():
                     break
+                if not packet.is_keyframe or time.time() - self.opened_at > CLIP_S - 5:
+                    continue
+                for frame in stream.codec_context.decode(packet):
+                    index = read_counter(frame.to_ndarray(format="bgr24"))
+                    if index >= 0:
+                        self._candidates.append(time.time() - index / FPS)
+
+    @property
+    def t0(self) -> float:
+        """Wall time of clip frame 0 (the open's time until a keyframe was read)."""
+        return min(self._candidates, default=self.opened_at)
 
     def close(self) -> None:
         self._stop.set()
