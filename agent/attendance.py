@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from agent.config import RecognitionConfig
@@ -27,6 +28,16 @@ if TYPE_CHECKING:  # the engine pulls in ONNX Runtime; it arrives as an argument
     from agent.engine import FaceEngine
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """Where and when a sighting was made: the camera and the analysed frame."""
+
+    camera_id: str
+    camera_name: str
+    wall: float  # time.time() when the frame was read
+    image: Image
 
 
 class AttendanceReporter:
@@ -54,15 +65,7 @@ class AttendanceReporter:
         self._reported = already_reported
         self._last_report: dict[str, float] = {}
 
-    async def sighted(
-        self,
-        camera_id: str,
-        camera_name: str,
-        engine: FaceEngine,
-        image_wall: float,
-        image: Image,
-        sighting: Sighting,
-    ) -> None:
+    async def sighted(self, seen: Seen, engine: FaceEngine, sighting: Sighting) -> None:
         """Report a sighting unless its student was reported already (or too recently)."""
         student_id = sighting.student_id
         attendance = self.session.command.mode is SessionMode.ATTENDANCE
@@ -79,7 +82,7 @@ class AttendanceReporter:
             self._last_report[student_id] = time.monotonic()
         sent = False
         try:
-            sent = await self._report(camera_id, camera_name, engine, image_wall, image, sighting)
+            sent = await self._report(seen, engine, sighting)
         finally:
             if not sent:  # not stored: let a later sighting try again
                 if attendance:
@@ -87,21 +90,13 @@ class AttendanceReporter:
                 else:
                     self._last_report.pop(student_id, None)
 
-    async def _report(
-        self,
-        camera_id: str,
-        camera_name: str,
-        engine: FaceEngine,
-        image_wall: float,
-        image: Image,
-        sighting: Sighting,
-    ) -> bool:
+    async def _report(self, seen: Seen, engine: FaceEngine, sighting: Sighting) -> bool:
         """Build, store and log one RECOGNITION event; False if it could not be stored."""
         session = self.session
         student_id = sighting.student_id
         student = next(s for s in session.command.students if s.id == student_id)
         crop = (
-            await self.pool.run(face_jpeg, engine, image, sighting.face)
+            await self.pool.run(face_jpeg, engine, seen.image, sighting.face)
             if self.cfg.face_jpeg
             else None
         )
@@ -113,9 +108,9 @@ class AttendanceReporter:
             student_id=student_id,
             student_code=student.code,
             confidence=round(min(1.0, max(-1.0, sighting.score)), 4),
-            camera_id=camera_id,
-            camera_name=camera_name,
-            recognized_at=self.events.at(image_wall),
+            camera_id=seen.camera_id,
+            camera_name=seen.camera_name,
+            recognized_at=self.events.at(seen.wall),
             embedding_space=session.embedding_space,
             face_jpeg=crop,
         )
@@ -139,7 +134,7 @@ class AttendanceReporter:
             "STUDENT_RECOGNIZED slot=%s student=%s camera=%s confidence=%.3f",
             session.slot_id,
             student_id,
-            camera_id,
+            seen.camera_id,
             sighting.score,
         )
         return True

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from agent.attendance import AttendanceReporter
+from agent.attendance import AttendanceReporter, Seen
 from agent.camera import CameraReader, CameraState
 from agent.camera_view import CameraView
 from agent.config import AnalysisConfig, CamerasConfig, RecognitionConfig
@@ -263,7 +263,6 @@ class RecognitionRunner:
                 self.metrics.faces.labels("detected").inc(result.faces)
                 self.metrics.faces.labels("embedded").inc(result.embedded)
                 self.metrics.faces.labels("deferred").inc(result.deferred)
+            seen = Seen(reader.camera_id, reader.name, frame.wall, frame.image)
             for sighting in result.sightings:
-                await attendance.sighted(
-                    reader.camera_id, reader.name, engine, frame.wall, frame.image, sighting
-                )
+                await attendance.sighted(seen, engine, sighting)

@@ -12,7 +12,7 @@ from typing import Any
 
 DISCONNECTED = frozenset({"RECONNECTING", "DEAD"})
 # Per-camera fields shown when the status has them (not every version does).
-OPTIONAL_CAMERA_FIELDS = ("analysisRate", "decodeMode", "shed")
+OPTIONAL_CAMERA_FIELDS = ("analysisRate", "analysesShed", "decoder", "decodeMode")
 
 
 def display_state(state: object) -> str:
@@ -24,7 +24,7 @@ def display_state(state: object) -> str:
 def page_state(status: Mapping[str, Any]) -> dict[str, Any]:
     """The page's view of the agent's status: the one place that reads the status dict
     (its JSON shape, as ``/status`` serves it). Optional camera fields (analysisRate,
-    decodeMode, shed) are passed on when present."""
+    analysesShed, decoder, decodeMode) are passed on when present."""
     agent = status.get("agent") or {}
     model = status.get("model") or {}
     mqtt = status.get("mqtt") or {}

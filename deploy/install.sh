@@ -235,7 +235,7 @@ fi
 say "Credentials in $creds"
 mkdir -p "$creds"
 chmod 0700 "$creds"
-for name in api_keys mqtt_password callback_api_key; do
+for name in api_keys mqtt_password callback_api_key webui_password; do
   if [ -e "$creds/$name" ]; then
     chmod 0600 "$creds/$name"
   else
@@ -255,6 +255,9 @@ an empty file means "not set". After changing a file: systemctl restart edge-age
                     Not used while username is unset (broker without login).
   callback_api_key  key sent as the X-API-Key header with each callback POST to the
                     backend (one line). Empty: no header.
+  webui_password    password of the technician's status page (one line), required
+                    when [metrics] host is not 127.0.0.1. Empty: the page is served on
+                    localhost only.
 
 Never put secrets in config.toml: the agent refuses to start if it finds one there.
 EOF
@@ -268,6 +271,7 @@ check_env=(
   "AGENT_AUTH__API_KEYS_FILE=$creds/api_keys"
   "AGENT_MQTT__PASSWORD_FILE=$creds/mqtt_password"
   "AGENT_CALLBACK__API_KEY_FILE=$creds/callback_api_key"
+  "AGENT_WEBUI__PASSWORD_FILE=$creds/webui_password"
 )
 if ! check_output=$(env "${check_env[@]}" "$agent" check-config --config "$etc/config.toml" 2>&1 >/dev/null); then
   printf '%s\n' "$check_output" >&2

@@ -54,16 +54,15 @@ def store(tmp_path: Path) -> Iterator[Store]:
     db.close()
 
 
-@pytest.fixture
-async def setup(store: Store) -> AsyncIterator[tuple[CommandProcessor, Handlers, list[Reply]]]:
-    """A processor with one accepted key, fake handlers, and the replies it sent."""
-    handlers = Handlers()
-    sent: list[Reply] = []
+def _processor(
+    store: Store, handlers: Handlers, sent: list[Reply], **options: Any
+) -> CommandProcessor:
+    """A processor with one accepted key and ``handlers``; replies it sends go to ``sent``."""
 
     async def send(message: IncomingMessage, reply: Reply) -> None:
         sent.append(reply)
 
-    processor = CommandProcessor(
+    return CommandProcessor(
         command_prefix=PREFIX,
         api_keys=[KEY],
         max_payload_bytes=64 * 1024,
@@ -71,8 +70,16 @@ async def setup(store: Store) -> AsyncIterator[tuple[CommandProcessor, Handlers,
         store=store,
         handlers=handlers.table(),
         send_reply=send,
+        **options,
     )
-    yield processor, handlers, sent
+
+
+@pytest.fixture
+async def setup(store: Store) -> AsyncIterator[tuple[CommandProcessor, Handlers, list[Reply]]]:
+    """A processor with one accepted key, fake handlers, and the replies it sent."""
+    handlers = Handlers()
+    sent: list[Reply] = []
+    yield _processor(store, handlers, sent), handlers, sent
 
 
 def message(name: str, payload: dict[str, Any], key: str | None = KEY) -> IncomingMessage:
@@ -174,20 +181,7 @@ async def test_handler_crash_is_500(setup: Any) -> None:
 
 async def test_only_status_is_answered_while_not_accepting(store: Store) -> None:
     handlers = Handlers()
-
-    async def send(message: IncomingMessage, reply: Reply) -> None:
-        return None
-
-    processor = CommandProcessor(
-        command_prefix=PREFIX,
-        api_keys=[KEY],
-        max_payload_bytes=64 * 1024,
-        reply_cache_s=3600,
-        store=store,
-        handlers=handlers.table(),
-        send_reply=send,
-        accepting=lambda: False,
-    )
+    processor = _processor(store, handlers, [], accepting=lambda: False)
     refused = await processor.process(message("session/stop", STOP))
     status = await processor.process(message("status", {}))
     assert (refused.status, refused.code) == (503, ErrorCode.AGENT_SHUTTING_DOWN)

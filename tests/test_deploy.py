@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 UNIT_NAME = "edge-agent.service"
 REAL_BINARY = "/opt/edge-agent/venv/bin/edge-agent"
-CREDENTIALS = ("api_keys", "mqtt_password", "callback_api_key")
+CREDENTIALS = ("api_keys", "mqtt_password", "callback_api_key", "webui_password")
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -211,6 +211,7 @@ def test_unit_file(staged: Staged) -> None:
     assert env["AGENT_AUTH__API_KEYS_FILE"] == "%d/api_keys"
     assert env["AGENT_MQTT__PASSWORD_FILE"] == "%d/mqtt_password"
     assert env["AGENT_CALLBACK__API_KEY_FILE"] == "%d/callback_api_key"
+    assert env["AGENT_WEBUI__PASSWORD_FILE"] == "%d/webui_password"
     # Every override names a real setting (a typo would be silently ignored).
     for name in env:
         section, _, key = name.removeprefix("AGENT_").lower().partition("__")

@@ -254,7 +254,7 @@ async def test_state_adapts_the_status(serve: Serve, tmp_path: Path) -> None:
     ]
     richer = json.loads(json.dumps(STATUS))
     richer["sessions"][0]["cameras"][0].update(
-        state="LIVE", analysisRate=4.1, decodeMode="all", shed=3
+        state="LIVE", analysisRate=4.1, decodeMode="KEYFRAMES", decoder="pyav", analysesShed=3
     )
     richer["outbox"] = {
         "counts": {"pending": 2, "delivered": 5, "dead": 1},
@@ -277,12 +277,13 @@ async def test_state_adapts_the_status(serve: Serve, tmp_path: Path) -> None:
         "attempts": 3,
     }
     (cam,) = page_state(richer)["sessions"][0]["cameras"]
-    assert (cam["display"], cam["analysisRate"], cam["decodeMode"], cam["shed"]) == (
+    assert (cam["display"], cam["analysisRate"], cam["decodeMode"], cam["analysesShed"]) == (
         "LIVE",
         4.1,
-        "all",
+        "KEYFRAMES",
         3,
     )
+    assert cam["decoder"] == "pyav"
     status, _, body = await _get(f"{base}/")
     assert status == 200 and b'src="/ui/app.js"' in body
     assert (await _get(f"{base}/ui/app.js"))[1]["Content-Type"].startswith("text/javascript")

@@ -178,8 +178,8 @@ function renderCameras(state) {
         ["Frames read / analysed", `${cam.framesRead ?? 0} / ${cam.framesAnalysed ?? 0}`],
         ["Reconnects", String(cam.reconnects ?? 0)],
         ["Up-time", duration(cam.upSeconds)],
-        ["Decoding", "decodeMode" in cam ? String(cam.decodeMode) : null],
-        ["Frames shed", "shed" in cam ? String(cam.shed) : null],
+        ["Decoding", "decodeMode" in cam ? `${cam.decodeMode}${cam.decoder ? ` (${cam.decoder})` : ""}` : null],
+        ["Analyses shed", "analysesShed" in cam ? String(cam.analysesShed) : null],
         ["Last error", cam.lastError || "none", cam.lastError ? "bad" : null],
       ].filter((row) => row[1] !== null);
       facts(card.dl, rows);
