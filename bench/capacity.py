@@ -31,6 +31,10 @@ Variants, side by side in the same run:
   ``cv2.VideoCapture`` (one thread and one model per camera), matching against the roster
   with the same threshold; measured for small N only.
 
+On a GPU box (after ``scripts/setup-venv.sh .venv gpu``) the same benchmark runs with
+``--providers CUDAExecutionProvider,CPUExecutionProvider`` (or TensorRT first); streams per
+GPU is the largest N that still meets the goal.
+
 Run from the project root (about 15-20 minutes on 2 cores)::
 
     .venv/bin/python bench/capacity.py [--cameras 1 4 8 12 16 24 32] [--window-s 55]
@@ -313,10 +317,17 @@ def score_run(
 
 
 def spawn_agent(
-    code_root: Path, workdir: Path, broker: Mosquitto, callback: str, metrics_port: int
+    code_root: Path,
+    workdir: Path,
+    broker: Mosquitto,
+    callback: str,
+    metrics_port: int,
+    providers: str = "",
 ) -> subprocess.Popen[bytes]:
     """``python -m agent run`` from ``code_root`` with its own config.toml."""
+    extra = {"AGENT_MODELS__PROVIDERS": json.dumps(providers.split(","))} if providers else {}
     env = {
+        **extra,
         **os.environ,
         "AGENT_MQTT__PORT": str(broker.port),
         "AGENT_STORAGE__DATA_DIR": str(workdir / "data"),
@@ -367,6 +378,7 @@ async def agent_run(
     students: list[dict[str, Any]],
     workdir: Path,
     window_s: float,
+    providers: str = "",
 ) -> dict[str, Any]:
     """N one-camera sessions on the real agent; returns the measurements."""
     import aiomqtt
@@ -379,7 +391,7 @@ async def agent_run(
     arrivals: list[tuple[float, dict[str, Any]]] = []
     callback.on_request = lambda entry: arrivals.append((time.time(), entry.body))
     port = free_port()
-    proc = spawn_agent(code_root, run_dir, broker, callback.url("/"), port)
+    proc = spawn_agent(code_root, run_dir, broker, callback.url("/"), port, providers)
     clock: Clock | None = None
     try:
         await wait_healthy(port, proc)
@@ -596,7 +608,15 @@ async def main_async(args: argparse.Namespace) -> int:
         for variant, code_root, n in plan:
             print(f"{variant} N={n} ...", file=sys.stderr, flush=True)
             row = await agent_run(
-                variant, code_root, n, server, pupils, students, workdir, args.window_s
+                variant,
+                code_root,
+                n,
+                server,
+                pupils,
+                students,
+                workdir,
+                args.window_s,
+                args.providers,
             )
             print(json.dumps(row), file=sys.stderr, flush=True)
             rows.append(row)
@@ -637,6 +657,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="H.264 bitrate of the camera stream (IP cameras default to 4-6 Mbit/s at 1080p)",
     )
     parser.add_argument("--json", default="")
+    parser.add_argument(
+        "--providers",
+        default="",
+        help="ONNX Runtime providers for the agent, e.g. "
+        "TensorrtExecutionProvider,CUDAExecutionProvider,CPUExecutionProvider (GPU boxes)",
+    )
     return asyncio.run(main_async(parser.parse_args(argv)))
 
 

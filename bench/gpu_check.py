@@ -5,7 +5,13 @@ Run on a GPU box (after `scripts/setup-venv.sh .venv gpu`):
 
     .venv/bin/python bench/gpu_check.py --providers TensorrtExecutionProvider,CUDAExecutionProvider
 
-It prints one JSON object; nothing here is needed on CPU-only machines.
+It prints one JSON object; nothing here is needed on CPU-only machines. For streams per
+GPU, run the capacity benchmark there with the GPU providers::
+
+    .venv/bin/python bench/capacity.py --providers CUDAExecutionProvider,CPUExecutionProvider \
+        --cameras 24 32 48 64 --previous --naive
+
+(``--previous`` and ``--naive`` with no values skip those variants.)
 """
 
 from __future__ import annotations

@@ -22,12 +22,10 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from agent.config.cameras import AnalysisConfig, CameraEntry, CamerasConfig
 from agent.config.sections import (
-    AnalysisConfig,
     AuthConfig,
     CallbackConfig,
-    CameraEntry,
-    CamerasConfig,
     EnrollmentConfig,
     ExecutionProvider,
     LoggingConfig,

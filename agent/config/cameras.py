@@ -1,0 +1,156 @@
+"""Camera sections of the configuration: the site's cameras and how they are read
+(``[cameras]``), and how the box's analysis capacity is shared by them (``[analysis]``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from pydantic import Field, field_validator
+
+from agent.config.sections import Section
+
+
+class CameraEntry(Section):
+    """A camera known to the site, which session/start may name by id only."""
+
+    id: str = Field(min_length=1, max_length=128, description="Camera id.")
+    name: str = Field("", max_length=128, description="Display name.")
+    url: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="Stream URL without credentials (rtsp://, http://, file://, or a device "
+        "index such as 0).",
+    )
+    credentials_file: Path | None = Field(
+        None,
+        description="File holding 'user:password' for the stream (kept out of config.toml; "
+        "systemd LoadCredential= fits).",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _no_credentials(cls, url: str) -> str:
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:
+            raise ValueError(f"{url!r} is not a URL") from exc
+        if parts.username or parts.password:
+            raise ValueError("put the camera's user:password in credentials_file, not in the URL")
+        return url
+
+    def stream_url(self) -> str:
+        """The URL to open, with the credentials from ``credentials_file`` when set."""
+        if self.credentials_file is None:
+            return self.url
+        secret = self.credentials_file.read_text(encoding="utf-8").strip()
+        if not secret:
+            return self.url
+        parts = urlsplit(self.url)
+        user, _, password = secret.partition(":")
+        auth = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
+        return urlunsplit(parts._replace(netloc=f"{auth}@{parts.netloc}"))
+
+
+class CamerasConfig(Section):
+    """The site's cameras and how they are read."""
+
+    open_timeout_s: float = Field(
+        5.0, ge=0.5, le=60, description="Longest wait for a stream to open (seed: 5 s)."
+    )
+    read_timeout_s: float = Field(
+        2.0, ge=0.2, le=60, description="Longest wait inside one read (OpenCV FFmpeg option)."
+    )
+    max_frame_age_s: float = Field(
+        3.0, ge=0.5, le=120, description="No new frame for this long = the stream is hung."
+    )
+    reconnect_attempts: int = Field(
+        3, ge=1, le=100, description="Reconnect attempts before a camera is dead (seed: 3)."
+    )
+    reconnect_interval_s: float = Field(
+        2.0, ge=0.0, le=120, description="Pause between reconnect attempts (seed: 2 s)."
+    )
+    probe_min_s: float = Field(
+        5.0, ge=0.1, le=600, description="First re-probe of a dead camera; doubles each time."
+    )
+    probe_max_s: float = Field(60.0, ge=0.1, le=3600, description="Longest re-probe interval.")
+    analysis_fps: float = Field(
+        4.0, gt=0, le=30, description="Analyses per second per camera (at most)."
+    )
+    idle_analysis_fps: float = Field(
+        1.0,
+        gt=0,
+        le=30,
+        description="Analyses per second while no face is in view (saves CPU in empty rooms).",
+    )
+    decoder: Literal["auto", "pyav", "opencv"] = Field(
+        "auto",
+        description="Library reading streams. 'auto': PyAV (decodes only the frames "
+        "analyses need) for URLs, OpenCV for device indexes; 'opencv' decodes every frame.",
+    )
+    ffmpeg_options: str = Field(
+        "rtsp_transport;tcp|analyzeduration;100000|probesize;32768",
+        max_length=1024,
+        description="OPENCV_FFMPEG_CAPTURE_OPTIONS: RTSP over TCP and a fast open (measured "
+        "0.13 s instead of 2.8 s).",
+    )
+
+    allow_shared: bool = Field(
+        False,
+        description="Let two sessions read the same camera at once (each opens its own "
+        "stream). Off: a session naming a camera in use is refused with CAMERA_IN_USE.",
+    )
+    registry: tuple[CameraEntry, ...] = Field(
+        (), max_length=256, description="Cameras that commands may name by id."
+    )
+
+    @field_validator("registry")
+    @classmethod
+    def _unique_ids(cls, registry: tuple[CameraEntry, ...]) -> tuple[CameraEntry, ...]:
+        ids = [c.id for c in registry]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"camera ids must be unique: {', '.join(duplicates)}")
+        return registry
+
+    def find(self, camera_id: str) -> CameraEntry | None:
+        """The registered camera with this id, if any."""
+        return next((c for c in self.registry if c.id == camera_id), None)
+
+
+class AnalysisConfig(Section):
+    """How the box's analysis capacity is shared by all cameras (agent.scheduler)."""
+
+    max_analyses_per_s: float = Field(
+        40.0,
+        ge=0.5,
+        le=10_000,
+        description="Analyses per second over all cameras at most. Cameras with faces not "
+        "yet recognised go first; empty rooms and settled ones (everyone in view "
+        "recognised) are shed first.",
+    )
+    max_embeddings_per_s: float = Field(
+        90.0,
+        ge=1.0,
+        le=10_000,
+        description="Faces embedded per second over all cameras at most (11 ms of one core "
+        "each on the 2-core test box: 90/s is about one core); faces with the fewest votes "
+        "first, the rest wait for the next analysis.",
+    )
+    full_decode_mpx_s: float = Field(
+        40.0,
+        ge=0.0,
+        le=100_000,
+        description="Megapixels per second that may be decoded frame by frame, over all "
+        "cameras (a 1080p 15 fps camera is 31 Mpx/s, ~0.19 of a core). Cameras beyond it "
+        "decode only the keyframes their analyses need (one analysis per keyframe "
+        "interval at most). Cameras with unrecognised faces get it first.",
+    )
+    min_analysis_fps: float = Field(
+        0.2,
+        gt=0,
+        le=30,
+        description="Every live camera is analysed at least this often, however busy the "
+        "box, so a newcomer is noticed.",
+    )
