@@ -74,7 +74,7 @@ class Agent:
         self.outbox: Outbox | None = None
         self.watcher: ModelWatcher | None = None
         self.metrics = Metrics()
-        self.metrics.attach(self)
+        self.metrics.attach(lambda: self.reporter.status() if self.reporter else None)
         self.http: LocalHttp | None = None
         self.delivery: Delivery | None = None
         self.supervisor: Supervisor | None = None

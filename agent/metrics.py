@@ -2,21 +2,27 @@
 that reads the agent's state (cameras, outbox, MQTT, model) at scrape time.
 
 Each agent has its own registry (no global state), served by :mod:`agent.local_http` on
-the event loop, so the collector reads loop state from the loop thread. Histograms and
-counters are thread-safe and may be observed from camera and inference threads.
+the event loop, so the collector reads the typed status (:mod:`agent.status`) on the loop
+thread. Histograms and counters are thread-safe and may be observed from camera and
+inference threads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from agent.app import Agent
+from agent.status_models import (
+    AgentStatus,
+    CameraHealth,
+    ModelLoaded,
+    ModelStatus,
+    OutboxStats,
+)
 
 STAGES = ("decode", "detect", "embed", "match")
 CAMERA_STATES = ("CONNECTING", "LIVE", "RECONNECTING", "DEAD", "STOPPED")
@@ -81,33 +87,36 @@ class Metrics:
         if result != "dead":  # a dead letter is counted here, its POST was timed already
             self.delivery_seconds.observe(seconds)
 
-    def attach(self, agent: Agent) -> None:
-        """Expose the agent's state through a scrape-time collector."""
-        self.registry.register(_StateCollector(agent))
+    def attach(self, status: Callable[[], AgentStatus | None]) -> None:
+        """Expose the agent's state through a scrape-time collector reading ``status``
+        (None before the agent has its parts)."""
+        self.registry.register(_StateCollector(status))
 
 
 class _StateCollector(Collector):
-    """Reads the agent's state when Prometheus scrapes (on the event loop)."""
+    """Reads the agent's typed status when Prometheus scrapes (on the event loop)."""
 
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
+    def __init__(self, status: Callable[[], AgentStatus | None]) -> None:
+        self.status = status
 
     def describe(self) -> list[Any]:
         return []  # families are dynamic; nothing to check at registration
 
     def collect(self) -> Iterator[Any]:
-        agent = self.agent
-        yield from self._cameras(agent)
-        yield from self._outbox(agent)
+        status = self.status()
+        if status is None:
+            return
+        yield from self._cameras(status)
+        yield from self._outbox(status.outbox)
         mqtt = GaugeMetricFamily("edge_agent_mqtt_connected", "1 while connected to the broker.")
-        mqtt.add_metric([], 1.0 if agent.link is not None and agent.link.connected else 0.0)
+        mqtt.add_metric([], 1.0 if status.mqtt.connected else 0.0)
         yield mqtt
         sessions = GaugeMetricFamily("edge_agent_sessions", "Running sessions.")
-        sessions.add_metric([], float(len(agent.sessions.sessions)) if agent.sessions else 0.0)
+        sessions.add_metric([], float(len(status.sessions)))
         yield sessions
-        yield from self._model(agent)
+        yield from self._model(status.model)
 
-    def _cameras(self, agent: Agent) -> Iterator[Any]:
+    def _cameras(self, status: AgentStatus) -> Iterator[Any]:
         state = GaugeMetricFamily(
             "edge_agent_camera_state",
             "1 for the camera's current state.",
@@ -141,8 +150,10 @@ class _StateCollector(Collector):
             "1 for the camera's decode mode (FULL: every frame; KEYFRAMES: keyframes only).",
             labels=["slot", "camera", "mode"],
         )
-        for session in agent.sessions.sessions if agent.sessions else []:
-            for cam in session.camera_health() if session.camera_health else []:
+        for session in status.sessions:
+            for cam in session.cameras:
+                if not isinstance(cam, CameraHealth):
+                    continue  # the session's work has not started yet
                 labels = [session.slot_id, cam.id]
                 for name in CAMERA_STATES:
                     state.add_metric([*labels, name], 1.0 if cam.state == name else 0.0)
@@ -159,10 +170,9 @@ class _StateCollector(Collector):
         yield mode
         yield from counters.values()
 
-    def _outbox(self, agent: Agent) -> Iterator[Any]:
-        if agent.outbox is None:
+    def _outbox(self, stats: OutboxStats | None) -> Iterator[Any]:
+        if stats is None:
             return
-        stats = agent.outbox.stats()
         depth = GaugeMetricFamily(
             "edge_agent_outbox_events", "Outbox rows by state.", labels=["state"]
         )
@@ -181,30 +191,28 @@ class _StateCollector(Collector):
         refused.add_metric([], float(stats.refused_since_start))
         yield refused
 
-    def _model(self, agent: Agent) -> Iterator[Any]:
+    def _model(self, model: ModelStatus) -> Iterator[Any]:
         loaded = GaugeMetricFamily("edge_agent_model_loaded", "1 while a model pack is in service.")
-        engine = agent.models.engine
-        loaded.add_metric([], 1.0 if engine else 0.0)
+        loaded.add_metric([], 1.0 if isinstance(model, ModelLoaded) else 0.0)
         yield loaded
-        if engine is not None:
+        if isinstance(model, ModelLoaded):
             info = InfoMetricFamily("edge_agent_model", "The model pack in service.")
             info.add_metric(
                 [],
                 {
-                    "pack": engine.pack.name,
-                    "embedding_space": engine.embedding_space,
-                    "detector_provider": engine.providers["detector"].active[0],
-                    "recognizer_provider": engine.providers["recognizer"].active[0],
+                    "pack": model.pack,
+                    "embedding_space": model.embedding_space,
+                    "detector_provider": (model.providers.get("detector") or ["none"])[0],
+                    "recognizer_provider": (model.providers.get("recognizer") or ["none"])[0],
                 },
             )
             yield info
-        watcher = agent.watcher
-        if watcher is not None:
+        if model.reloads is not None:
             reloads = CounterMetricFamily(
                 "edge_agent_model_reloads", "Model pack evaluations by result.", labels=["result"]
             )
-            reloads.add_metric(["failed"], float(watcher.failures))
-            reloads.add_metric(["swapped"], float(agent.models.swaps))
+            reloads.add_metric(["failed"], float(model.reloads.failures))
+            reloads.add_metric(["swapped"], float(model.swaps))
             yield reloads
 
 

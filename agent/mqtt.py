@@ -27,6 +27,7 @@ from paho.mqtt.properties import Properties
 
 from agent.config import MqttConfig, read_secret
 from agent.errors import AgentError, ErrorCode
+from agent.status_models import OfflineMessage, wire
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +101,8 @@ class MqttLink:
         return "5" if self._protocol == aiomqtt.ProtocolVersion.V5 else "3.1.1"
 
     def _offline_payload(self) -> bytes:
-        return json.dumps(
-            {"state": "offline", "siteId": self.site_id, "clientId": self.client_id}
-        ).encode()
+        message = OfflineMessage(site_id=self.site_id, client_id=self.client_id)
+        return json.dumps(wire(message)).encode()
 
     def _make_client(self) -> aiomqtt.Client:
         cfg = self.cfg

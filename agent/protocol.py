@@ -317,7 +317,11 @@ class RecognitionEvent(WireModel):
 def json_schemas() -> dict[str, dict[str, Any]]:
     """JSON Schema of every command, the reply, every callback event and the agent's own
     reports (status data, online message), by file stem."""
-    from agent.status_models import AgentStatus, OnlineMessage  # they build on this module
+    from agent.status_models import (  # they build on this module
+        AgentStatus,
+        OfflineMessage,
+        OnlineMessage,
+    )
 
     schemas: dict[str, dict[str, Any]] = {
         f"command.{name.replace('/', '.')}": model.model_json_schema(by_alias=True)
@@ -328,6 +332,7 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     schemas["event.recognition"] = RecognitionEvent.model_json_schema(by_alias=True)
     schemas["status"] = AgentStatus.model_json_schema(by_alias=True)
     schemas["online"] = OnlineMessage.model_json_schema(by_alias=True)
+    schemas["offline"] = OfflineMessage.model_json_schema(by_alias=True)
     return schemas
 
 

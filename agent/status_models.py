@@ -215,3 +215,12 @@ class OnlineMessage(WireModel):
     embedding_space: str | None = Field(alias="embeddingSpace")
     active_sessions: list[str] = Field(alias="activeSessions")
     warnings: list[str]
+
+
+class OfflineMessage(WireModel):
+    """The retained availability message when the agent is gone: published on a clean
+    stop, and left by the broker as the agent's last will when it vanishes."""
+
+    state: Literal["offline"] = "offline"
+    site_id: str = Field(alias="siteId")
+    client_id: str = Field(alias="clientId", description="The agent's MQTT client id.")
