@@ -173,6 +173,7 @@ class Agent:
         )
         sink = self._injected_sink or OutboxSink(outbox, delivery)
         events = EventFactory(cfg.site.id, cfg.site.timezone)
+        scheduler = AnalysisScheduler(cfg.analysis, cfg.cameras, cfg.runtime.inference_workers)
         runner = self._runner or RecognitionRunner(
             cameras=cfg.cameras,
             recognition=cfg.recognition,
@@ -182,7 +183,7 @@ class Agent:
             events=events,
             store=store,
             metrics=self.metrics,
-            scheduler=AnalysisScheduler(cfg.analysis, cfg.cameras, cfg.runtime.inference_workers),
+            scheduler=scheduler,
         )
         try:
             watcher = self.watcher = ModelWatcher(
@@ -222,6 +223,7 @@ class Agent:
                 outbox=outbox,
                 delivery=delivery,
                 supervisor=supervisor,
+                scheduler=None if self._runner else scheduler,
             )
             processor = CommandProcessor(
                 command_prefix=f"{cfg.mqtt.topic_prefix}/{cfg.site.id}/cmd",

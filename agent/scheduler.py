@@ -35,6 +35,7 @@ from enum import IntEnum
 from typing import Protocol
 
 from agent.config import AnalysisConfig, CamerasConfig
+from agent.status_models import AnalysisLoad
 from agent.video_source import DecodeMode
 
 
@@ -276,15 +277,19 @@ class AnalysisScheduler:
             else:
                 reader.decode_mode = DecodeMode.KEYFRAMES
 
-    def describe(self) -> dict[str, object]:
+    def describe(self) -> AnalysisLoad:
         """Load and budgets for status."""
-        full = [c for c in self._cameras.values() if c.reader.decode_mode is DecodeMode.FULL]
-        return {
-            "cameras": len(self._cameras),
-            "busySlots": self._busy,
-            "waiting": len(self._waiters),
-            "fullDecodeCameras": len(full),
-            "maxAnalysesPerSecond": self.cfg.max_analyses_per_s,
-            "maxEmbeddingsPerSecond": self.cfg.max_embeddings_per_s,
-            "fullDecodeMpxPerSecond": self.cfg.full_decode_mpx_s,
-        }
+        full = [
+            c
+            for c in self._cameras.values()
+            if c.reader.can_skip_frames and c.reader.decode_mode is DecodeMode.FULL
+        ]
+        return AnalysisLoad(
+            cameras=len(self._cameras),
+            busy_slots=self._busy,
+            waiting=sum(1 for w in self._waiters if not w.future.done()),
+            full_decode_cameras=len(full),
+            max_analyses_per_second=self.cfg.max_analyses_per_s,
+            max_embeddings_per_second=self.cfg.max_embeddings_per_s,
+            full_decode_mpx_per_second=self.cfg.full_decode_mpx_s,
+        )

@@ -18,6 +18,7 @@ from agent.inference import ModelSlot
 from agent.model_watch import ModelWatcher
 from agent.mqtt import MqttLink
 from agent.outbox import Outbox
+from agent.scheduler import AnalysisScheduler
 from agent.sessions import SessionManager
 from agent.status_models import AgentInfo, AgentStatus, MqttStatus, OnlineMessage
 from agent.supervisor import Supervisor
@@ -40,6 +41,7 @@ class StatusReporter:
     outbox: Outbox
     delivery: Delivery
     supervisor: Supervisor
+    scheduler: AnalysisScheduler | None = None
 
     def online(self) -> OnlineMessage:
         """The retained availability message."""
@@ -105,5 +107,6 @@ class StatusReporter:
             ),
             outbox=self.outbox.stats(),
             tasks=self.supervisor.describe(),
+            analysis=self.scheduler.describe() if self.scheduler else None,
             warnings=self.warnings(),
         )

@@ -193,6 +193,20 @@ class AgentInfo(WireModel):
     uptime_seconds: float = Field(alias="uptimeSeconds")
 
 
+class AnalysisLoad(WireModel):
+    """How busy the box's analysis capacity is (``agent.scheduler``)."""
+
+    cameras: int = Field(ge=0, description="Cameras sharing the capacity.")
+    busy_slots: int = Field(alias="busySlots", ge=0, description="Analyses running now.")
+    waiting: int = Field(ge=0, description="Cameras waiting for their turn now.")
+    full_decode_cameras: int = Field(
+        alias="fullDecodeCameras", ge=0, description="Cameras decoding every frame."
+    )
+    max_analyses_per_second: float = Field(alias="maxAnalysesPerSecond")
+    max_embeddings_per_second: float = Field(alias="maxEmbeddingsPerSecond")
+    full_decode_mpx_per_second: float = Field(alias="fullDecodeMpxPerSecond")
+
+
 class AgentStatus(WireModel):
     """The ``status`` reply's data, also served at ``/status`` on the box."""
 
@@ -202,6 +216,9 @@ class AgentStatus(WireModel):
     mqtt: MqttStatus
     outbox: OutboxStats | None
     tasks: list[TaskStatus] = Field(default_factory=list)
+    analysis: AnalysisLoad | None = Field(
+        None, description="The shared analysis capacity; null when sessions read no cameras."
+    )
     warnings: list[str] = Field(description="Conditions for an operator, `CODE: detail`.")
 
 

@@ -133,3 +133,7 @@ async def test_agent_recognises_in_either_decode_mode(
         assert health.analysis_rate is not None and health.analysis_rate > 0
         if mode == "KEYFRAMES":  # one keyframe a second: far fewer frames decoded than read
             assert health.frames_decoded < health.frames_read / 3
+        assert agent.reporter is not None
+        load = agent.reporter.status().analysis
+        assert load is not None and load.cameras == 1
+        assert load.full_decode_cameras == (1 if mode == "FULL" else 0)

@@ -134,8 +134,8 @@ async def test_a_cancelled_wait_gives_no_slot_away() -> None:
     await holder
     # The slot is free again: a new turn is granted at once.
     await asyncio.wait_for(wait_b(), 1)
-    assert scheduler.describe()["busySlots"] == 0
-    assert scheduler.describe()["waiting"] == 0
+    load = scheduler.describe()
+    assert (load.busy_slots, load.waiting, load.cameras) == (0, 0, 2)
 
 
 async def test_full_decoding_goes_to_unrecognised_cameras_within_the_budget() -> None:
@@ -160,6 +160,7 @@ async def test_full_decoding_goes_to_unrecognised_cameras_within_the_budget() ->
     for camera in cams.values():
         scheduler.set_cost(camera, 9.2)  # 720p at 10 fps
     assert all(r.decode_mode is DecodeMode.FULL for r in readers.values())
+    assert scheduler.describe().full_decode_cameras == 3  # the OpenCV one is not counted
     scheduler.unregister(cams["c"])
     assert len(scheduler.cameras) == 3
 

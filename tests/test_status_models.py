@@ -90,7 +90,16 @@ def test_status_keys_and_round_trip() -> None:
         warnings=[],
     )
     data = wire(status)
-    assert list(data) == ["agent", "model", "sessions", "mqtt", "outbox", "tasks", "warnings"]
+    assert list(data) == [
+        "agent",
+        "model",
+        "sessions",
+        "mqtt",
+        "outbox",
+        "tasks",
+        "analysis",
+        "warnings",
+    ]
     assert list(data["agent"]) == ["version", "siteId", "state", "uptimeSeconds"]
     assert list(data["model"]) == [
         "loaded",
