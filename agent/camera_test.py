@@ -17,12 +17,12 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
 # The capture is opened as the camera reader opens it (same backend choice, same
 # credential masking); camera.py keeps those helpers private to its module.
+from agent.allowlist import check_under
 from agent.camera import url_secrets
 from agent.config import CamerasConfig
 from agent.errors import AgentError, ErrorCode
@@ -30,7 +30,7 @@ from agent.redaction import redact_text, redact_url
 from agent.snapshot import SnapshotError, encode_jpeg
 from agent.video_source import DecodeMode, SourceError, VideoSource, open_source
 
-_DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
+CAMERA_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
 MAX_TEST_FRAMES = 300  # a 60 fps camera read for the longest test (5 s)
 
 
@@ -41,37 +41,18 @@ class CameraUrlError(AgentError, ValueError):
         super().__init__(ErrorCode.CAMERA_URL_NOT_ALLOWED, reason, status=403)
 
 
-def _key(url: str) -> tuple[str, str, int | None, list[str]]:
-    """Scheme, host, port and path segments of a URL (credentials ignored)."""
-    if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in url):
-        raise CameraUrlError("contains spaces or control characters")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise CameraUrlError(f"is not a valid URL ({exc})") from exc
-    scheme = parts.scheme.lower()
-    if not scheme:
-        raise CameraUrlError("has no scheme (rtsp://, http://, ...)")
-    segments = unquote(parts.path).split("/")
-    if any(s in (".", "..") for s in segments) or "\\" in parts.path:
-        raise CameraUrlError("must not contain '.' or '..' segments or backslashes")
-    host = (parts.hostname or "").lower()
-    return scheme, host, port or _DEFAULT_PORTS.get(scheme), [s for s in segments if s]
-
-
 def check_camera_url(url: str, allowed_urls: Iterable[str]) -> None:
     """Raise :class:`CameraUrlError` unless ``url`` lies under one of ``allowed_urls``:
-    same scheme, host and port, and a path under the entry's path by whole segments."""
-    scheme, host, port, path = _key(url.strip())
-    for allowed in allowed_urls:
-        try:
-            rule = _key(allowed)
-        except CameraUrlError:
-            continue  # never match on an entry that does not parse
-        if (scheme, host, port) == rule[:3] and path[: len(rule[3])] == rule[3]:
-            return
-    raise CameraUrlError("is not a registry camera and not under [webui] camera_test_allowed_urls")
+    same scheme, host and port, and a path under the entry's path by whole segments (the
+    callback allowlist's rules, with camera schemes and the camera's credentials allowed)."""
+    check_under(
+        url.strip(),
+        allowed_urls,
+        ports=CAMERA_PORTS,
+        allow_userinfo=True,
+        error=CameraUrlError,
+        refusal="is not a registry camera and not under [webui] camera_test_allowed_urls",
+    )
 
 
 @dataclass(frozen=True)
