@@ -109,6 +109,8 @@ def probe_camera(
     except Exception as exc:  # SourceError, or anything a backend raises
         took = time.monotonic() - started
         text = str(exc)
+        # A library may report an open that waited out the timeout as something else (PyAV
+        # against a silent socket: "Invalid data"); to a technician it is a timeout.
         if "timed out" in text or took >= cameras.open_timeout_s * 0.9:
             why = (
                 f"no answer within {cameras.open_timeout_s:g} s ([cameras] open_timeout_s): "

@@ -110,8 +110,6 @@ class ScheduledCamera:
     priority: Priority = Priority.UNRECOGNISED
     since: float = field(default_factory=time.monotonic)  # in this priority since
     last_start: float | None = None
-    analyses: int = 0
-    shed: int = 0
 
 
 @dataclass(order=True)
@@ -209,11 +207,8 @@ class AnalysisScheduler:
         # waited for a frame, e.g. the next keyframe).
         late = started - max(due, asked)
         if late > interval:
-            skipped = int(late / interval)
-            camera.shed += skipped
-            camera.reader.record_shed(skipped)
+            camera.reader.record_shed(int(late / interval))
         camera.last_start = started
-        camera.analyses += 1
         try:
             yield
         finally:

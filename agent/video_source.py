@@ -17,7 +17,7 @@ with ``[cameras] decoder = "opencv"``.
 from __future__ import annotations
 
 import contextlib
-import logging
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -28,8 +28,6 @@ import numpy as np
 from agent.config import CamerasConfig
 from agent.errors import AgentError, ErrorCode
 from agent.faces import Image
-
-log = logging.getLogger(__name__)
 
 try:  # PyAV is a dependency; without it every camera is read with OpenCV.
     import av
@@ -65,7 +63,6 @@ class Grab:
 
     ok: bool
     decoded: bool = False
-    keyframe: bool = False
 
 
 class VideoSource(Protocol):
@@ -165,7 +162,7 @@ class PyAvSource:
             # A P-frame after skipped frames would decode as garbage: wait for a keyframe.
             self._synced = False
             if not (key and wanted):
-                return Grab(ok=True, keyframe=key)
+                return Grab(ok=True)
         elif not self._synced and not key:
             return Grab(ok=True)
         try:
@@ -176,9 +173,9 @@ class PyAvSource:
         if key:
             self._synced = mode is DecodeMode.FULL
         if not frames:
-            return Grab(ok=True, keyframe=key)
+            return Grab(ok=True)
         self._frame = frames[-1]
-        return Grab(ok=True, decoded=True, keyframe=key)
+        return Grab(ok=True, decoded=True)
 
     def retrieve(self) -> Image | None:
         """The last decoded frame in BGR."""
@@ -212,6 +209,7 @@ class OpenCvSource:
     def open(cls, url: str, cfg: CamerasConfig) -> OpenCvSource:
         """Open ``url`` with OpenCV's FFmpeg (or V4L2 for a device index)."""
         cap: Any = None
+        started = time.monotonic()
         try:
             source, backend = _opencv_source(url)
             params = [
@@ -231,7 +229,9 @@ class OpenCvSource:
             raise SourceError(f"open failed: {_describe(exc)}", opening=True) from exc
         if not opened:
             _release(cap)
-            raise SourceError("open refused", opening=True)
+            # OpenCV says only "not opened": an open that took the whole timeout timed out.
+            timed_out = time.monotonic() - started >= cfg.open_timeout_s * 0.9
+            raise SourceError("open timed out" if timed_out else "open refused", opening=True)
         try:
             fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         except Exception:  # cv2.error: no rate known

@@ -93,7 +93,7 @@ async def test_a_starved_camera_goes_first_after_the_floor_interval() -> None:
     await asyncio.gather(*loops)
     assert "settled" in order
     assert 0.4 <= waited < 1.2  # served by the floor, not when the urgent ones stopped
-    assert settled.shed >= 1 and settled.reader.shed == settled.shed  # type: ignore[attr-defined]
+    assert settled.reader.shed >= 1  # type: ignore[attr-defined]
 
 
 async def test_analyses_per_second_stay_within_the_budget() -> None:
