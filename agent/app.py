@@ -173,7 +173,11 @@ class Agent:
         )
         sink = self._injected_sink or OutboxSink(outbox, delivery)
         events = EventFactory(cfg.site.id, cfg.site.timezone)
-        scheduler = AnalysisScheduler(cfg.analysis, cfg.cameras, cfg.runtime.inference_workers)
+        scheduler = (  # shared by every session's cameras; none when the runner is injected
+            None
+            if self._runner
+            else AnalysisScheduler(cfg.analysis, cfg.cameras, cfg.runtime.inference_workers)
+        )
         runner = self._runner or RecognitionRunner(
             cameras=cfg.cameras,
             recognition=cfg.recognition,
@@ -223,7 +227,7 @@ class Agent:
                 outbox=outbox,
                 delivery=delivery,
                 supervisor=supervisor,
-                scheduler=None if self._runner else scheduler,
+                scheduler=scheduler,
             )
             processor = CommandProcessor(
                 command_prefix=f"{cfg.mqtt.topic_prefix}/{cfg.site.id}/cmd",
@@ -243,7 +247,7 @@ class Agent:
             )
             if cfg.metrics.enabled:
                 ui = (
-                    WebUi(cfg, UiSources(lambda: wire(reporter.status()), sessions.get))
+                    WebUi(cfg, UiSources(reporter.status, sessions.get))
                     if cfg.webui.enabled
                     else None
                 )

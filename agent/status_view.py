@@ -1,5 +1,5 @@
-"""What the status page shows of the agent's status: the one adapter from the status
-command's data (its JSON shape, as ``/status`` serves it) to the page's state.
+"""What the status page shows of the agent's status: the one adapter from the typed
+status (:mod:`agent.status_models`) to the page's state.
 
 Everything the page shows of sessions, cameras, the model, the MQTT link and the outbox
 goes through :func:`page_state`, so a change in the status data is adapted here only.
@@ -7,12 +7,19 @@ goes through :func:`page_state`, so a change in the status data is adapted here 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
+from agent.status_models import (
+    AgentStatus,
+    CameraHealth,
+    CameraRef,
+    ModelLoaded,
+    ModelNotLoaded,
+    OutboxStats,
+    SessionSummary,
+)
+
 DISCONNECTED = frozenset({"RECONNECTING", "DEAD"})
-# Per-camera fields shown when the status has them (not every version does).
-OPTIONAL_CAMERA_FIELDS = ("analysisRate", "analysesShed", "decoder", "decodeMode")
 
 
 def display_state(state: object) -> str:
@@ -21,80 +28,98 @@ def display_state(state: object) -> str:
     return "DISCONNECTED" if text in DISCONNECTED else text
 
 
-def page_state(status: Mapping[str, Any]) -> dict[str, Any]:
-    """The page's view of the agent's status: the one place that reads the status dict
-    (its JSON shape, as ``/status`` serves it). Optional camera fields (analysisRate,
-    analysesShed, decoder, decodeMode) are passed on when present."""
-    agent = status.get("agent") or {}
-    model = status.get("model") or {}
-    mqtt = status.get("mqtt") or {}
-    outbox = status.get("outbox") or {}
-    counts = outbox.get("counts") or {}
-    oldest = outbox.get("oldestPending")
-    reloads = model.get("reloads") or {}
-    sessions = []
-    for session in status.get("sessions") or []:
-        cameras = []
-        for cam in session.get("cameras") or []:
-            card = {
-                key: cam.get(key)
-                for key in (
-                    "id",
-                    "name",
-                    "state",
-                    "frameAgeSeconds",
-                    "framesRead",
-                    "framesAnalysed",
-                    "reconnects",
-                    "lastError",
-                    "upSeconds",
-                )
-            }
-            card["display"] = display_state(cam.get("state"))
-            card.update({k: cam[k] for k in OPTIONAL_CAMERA_FIELDS if k in cam})
-            cameras.append(card)
-        sessions.append(
-            {
-                "slotId": session.get("slotId"),
-                "mode": session.get("mode"),
-                "students": session.get("students"),
-                "endTime": session.get("endTime"),
-                "startedAt": session.get("startedAt"),
-                "cameras": cameras,
-            }
-        )
+def _camera(cam: CameraHealth | CameraRef) -> dict[str, Any]:
+    """One camera card; a camera whose work has not started has its id and name only."""
+    health = cam if isinstance(cam, CameraHealth) else None
+    card: dict[str, Any] = {
+        "id": cam.id,
+        "name": cam.name,
+        "state": health.state if health else None,
+        "frameAgeSeconds": health.frame_age_seconds if health else None,
+        "framesRead": health.frames_read if health else None,
+        "framesAnalysed": health.frames_analysed if health else None,
+        "reconnects": health.reconnects if health else None,
+        "lastError": health.last_error if health else None,
+        "upSeconds": health.up_seconds if health else None,
+    }
+    card["display"] = display_state(card["state"])
+    if health is not None:  # the analysis load, when the status has it
+        optional = {
+            "analysisRate": health.analysis_rate,
+            "analysesShed": health.analyses_shed,
+            "decoder": health.decoder,
+            "decodeMode": health.decode_mode,
+        }
+        card.update({k: v for k, v in optional.items() if v is not None})
+    return card
+
+
+def _session(session: SessionSummary) -> dict[str, Any]:
     return {
-        "agent": {k: agent.get(k) for k in ("version", "siteId", "state", "uptimeSeconds")},
+        "slotId": session.slot_id,
+        "mode": session.mode.value,
+        "students": session.students,
+        "endTime": session.end_time,
+        "startedAt": session.started_at,
+        "cameras": [_camera(c) for c in session.cameras],
+    }
+
+
+def _outbox(outbox: OutboxStats | None) -> dict[str, Any] | None:
+    if outbox is None:
+        return None
+    oldest = outbox.oldest_pending
+    return {
+        "pending": outbox.counts.get("pending"),
+        "dead": outbox.counts.get("dead"),
+        "delivered": outbox.counts.get("delivered"),
+        "oldestPending": {
+            "ageSeconds": oldest.age_seconds,
+            "type": oldest.type,
+            "slotId": oldest.slot_id,
+            "attempts": oldest.attempts,
+        }
+        if oldest
+        else None,
+        "full": outbox.full,
+        "error": outbox.error,
+    }
+
+
+def page_state(status: AgentStatus) -> dict[str, Any]:
+    """The page's view of the agent's status: the one place that reads the status for
+    the page (the JSON it polls is this dict, plus the registry's cameras)."""
+    agent, model, mqtt = status.agent, status.model, status.mqtt
+    loaded = model if isinstance(model, ModelLoaded) else None
+    reloads = model.reloads
+    return {
+        "agent": {
+            "version": agent.version,
+            "siteId": agent.site_id,
+            "state": agent.state,
+            "uptimeSeconds": agent.uptime_seconds,
+        },
         "model": {
-            "loaded": bool(model.get("loaded")),
-            "pack": model.get("pack"),
-            "embeddingSpace": model.get("embeddingSpace"),
-            "providers": model.get("providers") or {},
-            "providerWarnings": model.get("warnings") or [],
-            "reason": model.get("reason"),
-            "swaps": model.get("swaps"),
+            "loaded": loaded is not None,
+            "pack": loaded.pack if loaded else None,
+            "embeddingSpace": loaded.embedding_space if loaded else None,
+            "providers": loaded.providers if loaded else {},
+            "providerWarnings": loaded.warnings if loaded else [],
+            "reason": model.reason if isinstance(model, ModelNotLoaded) else None,
+            "swaps": model.swaps,
             "reload": {
-                "attempts": reloads.get("attempts"),
-                "failures": reloads.get("failures"),
-                "lastAttempt": reloads.get("lastAttempt"),
-                "lastError": reloads.get("lastError", model.get("reloadError")),
+                "attempts": reloads.attempts if reloads else None,
+                "failures": reloads.failures if reloads else None,
+                "lastAttempt": reloads.last_attempt if reloads else None,
+                "lastError": reloads.last_error if reloads else model.reload_error,
             },
         },
-        "mqtt": {k: mqtt.get(k) for k in ("connected", "protocol", "connects")},
-        "outbox": {
-            "pending": counts.get("pending"),
-            "dead": counts.get("dead"),
-            "delivered": counts.get("delivered"),
-            "oldestPending": {
-                k: oldest.get(k) for k in ("ageSeconds", "type", "slotId", "attempts")
-            }
-            if oldest
-            else None,
-            "full": outbox.get("full"),
-            "error": outbox.get("error"),
-        }
-        if outbox
-        else None,
-        "warnings": list(status.get("warnings") or []),
-        "sessions": sessions,
+        "mqtt": {
+            "connected": mqtt.connected,
+            "protocol": mqtt.protocol,
+            "connects": mqtt.connects,
+        },
+        "outbox": _outbox(status.outbox),
+        "warnings": list(status.warnings),
+        "sessions": [_session(s) for s in status.sessions],
     }

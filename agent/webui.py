@@ -51,6 +51,7 @@ from agent.errors import ErrorCode
 from agent.redaction import log_safe, redact_url
 from agent.sessions import ActiveSession
 from agent.snapshot import SnapshotError, render_snapshot
+from agent.status_models import AgentStatus
 from agent.status_view import page_state
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def _error(status: int, code: ErrorCode, message: str, **headers: str) -> web.Re
 class UiSources:
     """What the page reads from the running agent."""
 
-    status: Callable[[], dict[str, Any]]  # the status command's data
+    status: Callable[[], AgentStatus]  # the status command's data
     session: Callable[[str], ActiveSession | None]  # a running session by slot id
 
 

@@ -26,13 +26,12 @@ from agent.camera_test import CameraUrlError, check_camera_url
 from agent.camera_view import CameraView, FaceBox
 from agent.config import AgentConfig, ConfigError, load_config, masked_dump
 from agent.engine import FaceEngine
-from agent.inference import ModelSlot
 from agent.local_http import LocalHttp
 from agent.metrics import Metrics
 from agent.protocol import SessionStart
 from agent.sessions import ActiveSession, SessionCamera
 from agent.snapshot import RECOGNISED, UNKNOWN, ascii_label, render_snapshot
-from agent.status_models import AgentInfo, AgentStatus, MqttStatus
+from agent.status_models import AgentStatus
 from agent.status_view import page_state
 from agent.webui import UiSources, WebUi
 from tests.agent_harness import MODELS_DIR, start_payload
@@ -42,34 +41,50 @@ from tests.rtsp import RtspServer
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 
 PASSWORD = "correct horse"
-STATUS: dict[str, Any] = {
+CAMERA: dict[str, Any] = {
+    "id": "cam-1",
+    "name": "Room 1",
+    "state": "RECONNECTING",
+    "frameAgeSeconds": None,
+    "framesRead": 0,
+    "framesAnalysed": 0,
+    "framesDropped": 0,
+    "framesInvalid": 0,
+    "reconnects": 0,
+    "lastError": None,
+    "upSeconds": 0.0,
+}
+STATUS_DATA: dict[str, Any] = {
     "agent": {"version": "0.1.0", "siteId": "site-1", "state": "RUNNING", "uptimeSeconds": 12.0},
-    "model": {"loaded": True, "pack": "buffalo_sc", "embeddingSpace": "arcface-x", "warnings": []},
+    "model": {
+        "loaded": True,
+        "pack": "buffalo_sc",
+        "embeddingSpace": "arcface-x",
+        "embeddingDim": 512,
+        "providers": {"detector": ["CPUExecutionProvider"]},
+        "warnings": [],
+        "loadSeconds": 0.1,
+        "keptSpaces": [],
+        "reloadError": None,
+        "swaps": 1,
+    },
     "sessions": [
         {
             "slotId": "slot-1",
             "mode": "ATTENDANCE",
             "students": 1,
-            "cameras": [{"id": "cam-1", "name": "Room 1", "state": "RECONNECTING"}],
+            "cameras": [CAMERA],
+            "embeddingSpace": "arcface-x",
+            "threshold": 0.4,
+            "endTime": None,
+            "startedAt": "2026-12-04T08:00:00+07:00",
         }
     ],
     "mqtt": {"connected": True, "protocol": "5", "connects": 1},
     "outbox": None,
     "warnings": [],
 }
-
-
-def _agent_status() -> AgentStatus:
-    """What /status and /healthz of the same server answer (the page reads STATUS)."""
-    return AgentStatus(
-        agent=AgentInfo(version="0.1.0", site_id="site-1", state="RUNNING", uptime_seconds=12.0),
-        model=ModelSlot().describe(),
-        sessions=[],
-        mqtt=MqttStatus(connected=True, protocol="5", connects=1),
-        outbox=None,
-        tasks=[],
-        warnings=[],
-    )
+STATUS = AgentStatus.model_validate(STATUS_DATA)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +131,7 @@ async def serve(tmp_path: Path) -> AsyncIterator[Serve]:
 
     async def start(cfg: AgentConfig, session: ActiveSession | None) -> str:
         sources = UiSources(lambda: STATUS, lambda slot: session if slot == "slot-1" else None)
-        http = LocalHttp(cfg.metrics, Metrics(), _agent_status, WebUi(cfg, sources))
+        http = LocalHttp(cfg.metrics, Metrics(), lambda: STATUS, WebUi(cfg, sources))
         server = TestServer(http.build_app(), host="127.0.0.1")
         await server.start_server()
         started.append((server, http))
@@ -252,7 +267,7 @@ async def test_state_adapts_the_status(serve: Serve, tmp_path: Path) -> None:
     assert state["registry"] == [
         {"id": "cam-1", "name": "Room 1", "url": "rtsp://127.0.0.1:1/x", "slots": ["slot-1"]}
     ]
-    richer = json.loads(json.dumps(STATUS))
+    richer = json.loads(json.dumps(STATUS_DATA))
     richer["sessions"][0]["cameras"][0].update(
         state="LIVE", analysisRate=4.1, decodeMode="KEYFRAMES", decoder="pyav", analysesShed=3
     )
@@ -267,8 +282,12 @@ async def test_state_adapts_the_status(serve: Serve, tmp_path: Path) -> None:
             "lastError": "HTTP 500",
             "ageSeconds": 42.0,
         },
+        "deadLetters": [],
+        "maxPending": 100,
+        "refusedSinceStart": 0,
+        "full": None,
     }
-    outbox = page_state(richer)["outbox"]
+    outbox = page_state(AgentStatus.model_validate(richer))["outbox"]
     assert (outbox["pending"], outbox["dead"]) == (2, 1)
     assert outbox["oldestPending"] == {
         "ageSeconds": 42.0,
@@ -276,7 +295,7 @@ async def test_state_adapts_the_status(serve: Serve, tmp_path: Path) -> None:
         "slotId": "slot-1",
         "attempts": 3,
     }
-    (cam,) = page_state(richer)["sessions"][0]["cameras"]
+    (cam,) = page_state(AgentStatus.model_validate(richer))["sessions"][0]["cameras"]
     assert (cam["display"], cam["analysisRate"], cam["decodeMode"], cam["analysesShed"]) == (
         "LIVE",
         4.1,
