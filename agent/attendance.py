@@ -116,18 +116,25 @@ class AttendanceReporter:
         )
         if not await emit_or_log(self.sink, event, session.command.callback_url):
             return False
-        if session.command.mode is SessionMode.ATTENDANCE:
-            try:
-                await self.store.run(self.store.mark_recognized, session.slot_id, student_id)
-            except StoreError as exc:
-                # The event is stored; only a restart could report the student again.
-                log.error(
-                    "RECOGNIZED_NOT_SAVED slot=%s student=%s code=%s message=%s",
-                    session.slot_id,
-                    student_id,
-                    exc.code,
-                    exc.message,
-                )
+        session.presence.recognised(student_id, seen.wall, seen.camera_id, sighting.score)
+        try:
+            await self.store.run(
+                self.store.record_recognition,
+                session.slot_id,
+                student_id,
+                session.presence.to_json(),
+                once=session.command.mode is SessionMode.ATTENDANCE,
+            )
+            session.presence.changed = False
+        except StoreError as exc:
+            # The event is stored; only a restart could report the student again.
+            log.error(
+                "RECOGNIZED_NOT_SAVED slot=%s student=%s code=%s message=%s",
+                session.slot_id,
+                student_id,
+                exc.code,
+                exc.message,
+            )
         if self.metrics is not None:
             self.metrics.recognitions.labels(session.command.mode.value).inc()
         log.info(

@@ -22,7 +22,7 @@ from insightface.utils import face_align
 
 from agent.config import ModelsConfig, RecognitionConfig
 from agent.errors import ModelPackError
-from agent.faces import DetectedFace, Face, FloatArray, Image
+from agent.faces import DETECTOR_STRIDE, DetectedFace, Face, FloatArray, Image
 from agent.modelpack import ModelPack
 from agent.onnx_sessions import ProviderReport, create_session, describe_error
 from agent.status_models import EngineInfo
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 # scikit-image 0.26 with an identical result; the warning would repeat on every face.
 warnings.filterwarnings("ignore", message="`estimate` is deprecated", category=FutureWarning)
 
-STRIDE = 32  # the coarsest SCRFD feature stride: detector inputs are multiples of it
+STRIDE = DETECTOR_STRIDE
 EMBED_BATCH = 4  # faces per recognizer call (see FaceEngine.embed)
 
 

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 from agent.errors import AgentError
 from agent.protocol import (
     CameraUptime,
+    PresenceEntry,
     RecognitionEvent,
     SessionStatus,
     SessionStatusEvent,
@@ -86,6 +87,7 @@ class EventFactory:
         camera_id: str | None = None,
         camera_name: str | None = None,
         cameras: list[CameraUptime] | None = None,
+        presence: list[PresenceEntry] | None = None,
         message: str | None = None,
     ) -> SessionStatusEvent:
         """A SESSION_STATUS event."""
@@ -98,6 +100,7 @@ class EventFactory:
             camera_id=camera_id,
             camera_name=camera_name,
             cameras=cameras,
+            presence=presence,
             message=message,
             occurred_at=self.now(),
         )

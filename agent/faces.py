@@ -5,13 +5,25 @@ tracker, the scheduler, the status page) never import ONNX Runtime or InsightFac
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
 import numpy.typing as npt
 
+DETECTOR_STRIDE = 32
+"""The coarsest SCRFD feature stride: detector inputs are multiples of it."""
+
 Image = npt.NDArray[np.uint8]
 """A BGR image, height x width x 3."""
 FloatArray = npt.NDArray[np.float32]
+
+
+class FaceSource(StrEnum):
+    """Which detection pass found a face (``agent.coverage``)."""
+
+    COARSE = "coarse"  # the whole frame, shrunk to the detector's input size
+    REGION = "region"  # a region around a candidate or a track, at native resolution
+    TILE = "tile"  # a tile of a full-resolution sweep
 
 
 @dataclass(frozen=True)
@@ -21,6 +33,14 @@ class DetectedFace:
     bbox: FloatArray  # x1, y1, x2, y2
     score: float
     kps: FloatArray  # 5 x 2: left eye, right eye, nose, left mouth, right mouth
+    # A face found on a shrunk frame is only a candidate when it is small: its landmarks
+    # are a few detector pixels apart, too coarse to align for recognition.
+    source: FaceSource = FaceSource.COARSE
+
+    @property
+    def width(self) -> float:
+        """Box width in pixels."""
+        return float(self.bbox[2] - self.bbox[0])
 
     @property
     def area(self) -> float:

@@ -107,6 +107,7 @@ class _StateCollector(Collector):
         if status is None:
             return
         yield from self._cameras(status)
+        yield from self._coverage(status)
         yield from self._outbox(status.outbox)
         mqtt = GaugeMetricFamily("edge_agent_mqtt_connected", "1 while connected to the broker.")
         mqtt.add_metric([], 1.0 if status.mqtt.connected else 0.0)
@@ -169,6 +170,47 @@ class _StateCollector(Collector):
         yield rate
         yield mode
         yield from counters.values()
+
+    def _coverage(self, status: AgentStatus) -> Iterator[Any]:
+        """Full-resolution detection share, face widths per camera, presence per session."""
+        fine = GaugeMetricFamily(
+            "edge_agent_camera_fine_detect_cores",
+            "CPU (cores) of full-resolution detection the camera used over the last 30 s.",
+            labels=["slot", "camera"],
+        )
+        widths = CounterMetricFamily(
+            "edge_agent_camera_faces_by_width",
+            "Tracked faces first seen and recognised, by width in pixels.",
+            labels=["slot", "camera", "kind", "width"],
+        )
+        presence = GaugeMetricFamily(
+            "edge_agent_session_presence",
+            "Roster students by verdict so far (PRESENT, UNCERTAIN, NOT_SEEN).",
+            labels=["slot", "status"],
+        )
+        for session in status.sessions:
+            counts = session.presence_counts
+            if counts is not None:
+                for name, value in (
+                    ("PRESENT", counts.present),
+                    ("UNCERTAIN", counts.uncertain),
+                    ("NOT_SEEN", counts.not_seen),
+                ):
+                    presence.add_metric([session.slot_id, name], float(value))
+            for cam in session.cameras:
+                if not isinstance(cam, CameraHealth) or cam.coverage is None:
+                    continue
+                labels = [session.slot_id, cam.id]
+                fine.add_metric(labels, cam.coverage.fine_detect_cores)
+                hist = cam.coverage.face_widths
+                for label, seen, recognised in zip(
+                    hist.buckets, hist.seen, hist.recognised, strict=True
+                ):
+                    widths.add_metric([*labels, "seen", label], float(seen))
+                    widths.add_metric([*labels, "recognised", label], float(recognised))
+        yield fine
+        yield widths
+        yield presence
 
     def _outbox(self, stats: OutboxStats | None) -> Iterator[Any]:
         if stats is None:

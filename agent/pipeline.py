@@ -16,19 +16,23 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from agent.attendance import AttendanceReporter, Seen
 from agent.camera import CameraReader, CameraState
 from agent.camera_view import CameraView
 from agent.config import AnalysisConfig, CamerasConfig, RecognitionConfig
+from agent.coverage import CameraCoverage
 from agent.events import EventFactory, EventSink, emit_or_log
 from agent.inference import InferencePool, ModelSlot
 from agent.metrics import Metrics
+from agent.placement import FaceWidthCounts
 from agent.protocol import CameraUptime, SessionMode, SessionStatus, StatusReason
 from agent.recognition import AnalysisResult, analyse_frame
 from agent.scheduler import AnalysisScheduler, ScheduledCamera
 from agent.sessions import ActiveSession
-from agent.store import Store
+from agent.status_models import CameraCoverageStatus, CameraHealth
+from agent.store import Store, StoreError
 from agent.tracker import FaceTracker
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,7 @@ AnalyseFn = Callable[..., AnalysisResult]
 
 DEFAULT_MPX_S = 1920 * 1080 * 15 / 1e6  # a camera's decoding cost until its size is known
 DEAD_POLL_S = 1.0
+PRESENCE_SAVE_S = 5.0  # presence evidence is saved this often while it changes
 
 
 class RecognitionRunner:
@@ -88,7 +93,12 @@ class RecognitionRunner:
             )
             for cam in session.cameras
         ]
-        session.camera_health = lambda: [r.describe() for r in readers]
+        coverage = {r.camera_id: CameraCoverage.for_config(self.cfg) for r in readers}
+        widths = {r.camera_id: FaceWidthCounts() for r in readers}
+        scheduled: list[ScheduledCamera] = []
+        session.camera_health = lambda: [
+            _health(r, coverage[r.camera_id], widths[r.camera_id], scheduled) for r in readers
+        ]
         session.uptimes = lambda: self._uptimes(session, readers)
         views: dict[str, CameraView] = {}
         session.camera_view = views.get
@@ -107,8 +117,9 @@ class RecognitionRunner:
             metrics=self.metrics,
             already_reported=reported,
         )
-        scheduled: list[ScheduledCamera] = []
-        tasks: list[asyncio.Task[None]] = []
+        tasks: list[asyncio.Task[None]] = [
+            asyncio.create_task(self._save_presence(session), name=f"presence-{session.slot_id}")
+        ]
         try:
             for reader in readers:
                 camera = self.scheduler.register(
@@ -118,7 +129,14 @@ class RecognitionRunner:
                 reader.start()
                 tasks.append(
                     asyncio.create_task(
-                        self._analyse(session, reader, camera, attendance, views),
+                        self._analyse(
+                            session,
+                            reader,
+                            camera,
+                            attendance,
+                            views,
+                            _CameraWork(coverage[reader.camera_id], widths[reader.camera_id]),
+                        ),
                         name=f"analyse-{session.slot_id}-{reader.camera_id}",
                     )
                 )
@@ -201,6 +219,7 @@ class RecognitionRunner:
         camera: ScheduledCamera,
         attendance: AttendanceReporter,
         views: dict[str, CameraView],
+        work: _CameraWork,
     ) -> None:
         """The analysis loop of one camera: wait for its turn, analyse the newest frame."""
         cfg = self.cfg
@@ -247,6 +266,9 @@ class RecognitionRunner:
                         session.threshold,
                         self.metrics.observe_stage if self.metrics else None,
                         scheduler.embeds,
+                        coverage=work.coverage,
+                        fine=scheduler.fine,
+                        sweep=session.presence.missing() > 0,
                     )
             except Exception:
                 reader.record_analysis(ok=False)
@@ -256,6 +278,12 @@ class RecognitionRunner:
                 continue
             reader.record_analysis(ok=True)
             scheduler.settle(camera, result.priority)
+            camera.record_fine(result.fine_seconds)
+            work.widths.add(result.new_widths, result.confirmed_widths)
+            for student_id, score in result.near:
+                session.presence.near(student_id, reader.camera_id, score)
+            for sighting in result.sightings:
+                session.presence.seen(sighting.student_id, frame.wall, sighting.score)
             views[reader.camera_id] = CameraView(
                 reader.camera_id, frame.image, frame.wall, result.boxes
             )
@@ -266,3 +294,51 @@ class RecognitionRunner:
             seen = Seen(reader.camera_id, reader.name, frame.wall, frame.image)
             for sighting in result.sightings:
                 await attendance.sighted(seen, engine, sighting)
+
+    async def _save_presence(self, session: ActiveSession) -> None:
+        """Keep the session's presence evidence in the state file while it changes."""
+        saved = time.monotonic()
+        while True:
+            await asyncio.sleep(PRESENCE_SAVE_S)
+            if not session.presence.due_for_save(saved, PRESENCE_SAVE_S):
+                continue
+            try:
+                await self.store.run(
+                    self.store.save_presence, session.slot_id, session.presence.to_json()
+                )
+            except StoreError as exc:
+                log.error(
+                    "PRESENCE_NOT_SAVED slot=%s code=%s message=%s",
+                    session.slot_id,
+                    exc.code,
+                    exc.message,
+                )
+                continue
+            session.presence.changed = False
+            saved = time.monotonic()
+
+
+@dataclass
+class _CameraWork:
+    """What one camera's analysis loop keeps besides its reader and tracker."""
+
+    coverage: CameraCoverage
+    widths: FaceWidthCounts
+
+
+def _health(
+    reader: CameraReader,
+    coverage: CameraCoverage,
+    widths: FaceWidthCounts,
+    scheduled: list[ScheduledCamera],
+) -> CameraHealth:
+    """The reader's health with the camera's coverage and face widths."""
+    key = next((c for c in scheduled if c.reader is reader), None)
+    status = CameraCoverageStatus(
+        fine_detect_cores=round(key.fine_cores, 4) if key is not None else 0.0,
+        sweeps=coverage.sweep.completed,
+        regions=coverage.regions,
+        face_widths=widths.status(),
+        placement_hint=widths.hint(),
+    )
+    return reader.describe().model_copy(update={"coverage": status})

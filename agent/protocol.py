@@ -276,6 +276,53 @@ class CameraUptime(WireModel):
     session_seconds: float = Field(alias="sessionSeconds", ge=0)
 
 
+class PresenceStatus(StrEnum):
+    """The verdict on one roster student at the end of a session."""
+
+    PRESENT = "PRESENT"  # recognised: exactly the students that got a RECOGNITION
+    UNCERTAIN = "UNCERTAIN"  # never confirmed, but some face came close to them
+    NOT_SEEN = "NOT_SEEN"  # nothing pointed at them
+
+
+class PresenceEntry(WireModel):
+    """One roster student's verdict (STOPPED events and the ``session/stop`` reply)."""
+
+    student_id: str = Field(alias="studentId")
+    status: PresenceStatus
+    first_seen_at: datetime | None = Field(
+        None, alias="firstSeenAt", description="PRESENT: when first recognised; else null."
+    )
+    last_seen_at: datetime | None = Field(
+        None, alias="lastSeenAt", description="PRESENT: when last seen recognised; else null."
+    )
+    camera_id: str | None = Field(
+        None,
+        alias="cameraId",
+        description="PRESENT: the camera that recognised them; UNCERTAIN: the camera of the "
+        "closest match; NOT_SEEN: null.",
+    )
+    best_score: float | None = Field(
+        None,
+        alias="bestScore",
+        description="PRESENT: best score while recognised; UNCERTAIN: best score of a face "
+        "whose best match they were; NOT_SEEN: null.",
+    )
+    sightings: int = Field(
+        0,
+        ge=0,
+        description="PRESENT: analyses in which they were seen recognised; UNCERTAIN: "
+        "matches that came close; NOT_SEEN: 0.",
+    )
+
+
+class PresenceCounts(WireModel):
+    """How many roster students are present, uncertain and not seen (so far)."""
+
+    present: int = Field(ge=0)
+    uncertain: int = Field(ge=0)
+    not_seen: int = Field(alias="notSeen", ge=0)
+
+
 class SessionStatusEvent(WireModel):
     """Callback body ``type = SESSION_STATUS``."""
 
@@ -289,6 +336,9 @@ class SessionStatusEvent(WireModel):
     camera_name: str | None = Field(None, alias="cameraName")
     cameras: list[CameraUptime] | None = Field(
         None, description="Per-camera up-time (STOPPED only)."
+    )
+    presence: list[PresenceEntry] | None = Field(
+        None, description="STOPPED only: one verdict per roster student."
     )
     message: str | None = None
     occurred_at: datetime = Field(alias="occurredAt", description="ISO 8601 with offset.")

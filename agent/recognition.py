@@ -1,4 +1,5 @@
-"""One analysis of one camera frame: detect -> track -> embed what needs it -> match -> vote.
+"""One analysis of one camera frame: detect (three passes) -> track -> embed what needs it
+-> match -> vote, each vote weighted by face quality.
 
 These functions run in an inference thread (``agent.inference.InferencePool``); they touch
 only their arguments. A camera's :class:`~agent.tracker.FaceTracker` is used by one
@@ -16,7 +17,9 @@ import cv2
 
 from agent.camera_view import FaceBox
 from agent.config import RecognitionConfig
-from agent.faces import DetectedFace, Image
+from agent.coverage import Budget, CameraCoverage, detect_frame, is_precise, looked_for
+from agent.evidence import INSTANT_MIN_WEIGHT, vote_threshold, vote_weight
+from agent.faces import DetectedFace, FaceSource, Image
 from agent.matching import Roster
 from agent.metrics import StageObserver
 from agent.scheduler import EmbedBudget, Priority
@@ -45,6 +48,12 @@ class AnalysisResult:
     sightings: list[Sighting] = field(default_factory=list)
     boxes: tuple[FaceBox, ...] = ()  # every track seen in this analysis
     priority: Priority = Priority.EMPTY  # what the camera needs next (agent.scheduler)
+    near: list[tuple[str, float]] = field(default_factory=list)  # close, unconfirmed matches
+    new_widths: list[float] = field(default_factory=list)  # faces first seen (px)
+    confirmed_widths: list[float] = field(default_factory=list)  # faces newly recognised
+    fine_seconds: float = 0.0  # full-resolution detection time (agent.coverage)
+    regions: int = 0
+    tiles: int = 0
 
 
 def _box(track: Track) -> FaceBox:
@@ -60,6 +69,44 @@ def _embed_order(track: Track) -> tuple[int, int]:
     return (len(track.votes), -track.since_embed)
 
 
+def _vote(
+    engine: FaceEngine,
+    image: Image,
+    todo: list[Track],
+    roster: Roster,
+    cfg: RecognitionConfig,
+    threshold: float,
+    result: AnalysisResult,
+    observe: StageObserver | None,
+) -> None:
+    """Embed, match and vote for the tracks in ``todo``, each vote weighted by its face's
+    quality (agent.evidence)."""
+    crops = engine.align(image, [t.face for t in todo])
+    embedded = time.perf_counter()
+    embeddings = engine.embed(crops)
+    matched = time.perf_counter()
+    matches = roster.match(embeddings)
+    if observe is not None:
+        observe("embed", matched - embedded)
+        observe("match", time.perf_counter() - matched)
+    for track, match, crop in zip(todo, matches, crops, strict=True):
+        weight = vote_weight(track.face, crop, cfg)
+        bar = vote_threshold(threshold, weight, cfg)
+        accepted = match.accepted(bar, cfg.match_margin)
+        newly = track.vote(
+            match.student_id if accepted else None,
+            match.score,
+            cfg.confirm_k,
+            cfg.instant_score,
+            weight=weight,
+            instant_weight=INSTANT_MIN_WEIGHT,
+        )
+        if newly is not None:
+            result.confirmed_widths.append(track.face.width)
+        elif track.confirmed != match.student_id and match.score >= threshold - cfg.stranger_margin:
+            result.near.append((match.student_id, match.score))
+
+
 def analyse_frame(
     engine: FaceEngine,
     image: Image,
@@ -69,52 +116,57 @@ def analyse_frame(
     threshold: float,
     observe: StageObserver | None = None,
     budget: EmbedBudget | None = None,
+    *,
+    coverage: CameraCoverage | None = None,
+    fine: Budget | None = None,
+    sweep: bool = False,
 ) -> AnalysisResult:
-    """Detect, track, embed what needs it (within ``budget``), match, and vote.
+    """Detect (agent.coverage), track, embed what needs it (within ``budget``), match,
+    and vote.
 
+    ``fine`` is the full-resolution detection budget (None: unlimited); ``sweep`` asks for
+    a sweep tile when one is due (the session still misses roster students).
     ``observe`` gets each stage's duration.
     """
     started = time.perf_counter()
-    faces = [f for f in engine.detect(image) if f.bbox[2] - f.bbox[0] >= cfg.min_face_px]
+    coverage = coverage or CameraCoverage.for_config(cfg)
+    found = detect_frame(engine, image, tracker, coverage, cfg, budget=fine, sweep=sweep)
     detected = time.perf_counter()
-    tracks = tracker.update(faces)
-    todo = sorted((t for t in tracks if tracker.needs_embedding(t)), key=_embed_order)
+    first_new = tracker.next_id
+    tracks = tracker.update(found.faces, lambda t: looked_for(t, found, cfg))
+    fresh = [t for t in tracks if t.track_id >= first_new]
+    if found.tiles:
+        coverage.sweep.advance(
+            time.monotonic(), sum(1 for t in fresh if t.face.source is FaceSource.TILE)
+        )
+    todo = sorted(
+        (t for t in tracks if tracker.needs_embedding(t) and is_precise(t.face, cfg)),
+        key=_embed_order,
+    )
     wanted = len(todo)
     if budget is not None:
         todo = todo[: budget.take(len(todo))]
     if observe is not None:
         observe("detect", detected - started)
-    if todo:
-        crops = engine.align(image, [t.face for t in todo])
-        embedded = time.perf_counter()
-        embeddings = engine.embed(crops)
-        matched = time.perf_counter()
-        matches = roster.match(embeddings)
-        if observe is not None:
-            observe("embed", matched - embedded)
-            observe("match", time.perf_counter() - matched)
-        for track, match in zip(todo, matches, strict=True):
-            accepted = match.accepted(threshold, cfg.match_margin)
-            track.vote(
-                match.student_id if accepted else None,
-                match.score,
-                cfg.confirm_k,
-                cfg.instant_score,
-            )
-    alive = tracks or tracker.tracks  # faces missed for an analysis or two still count
-    if not alive:
-        priority = Priority.EMPTY
-    elif all(tracker.settled(t) for t in alive):
-        priority = Priority.SETTLED
-    else:
-        priority = Priority.UNRECOGNISED
     result = AnalysisResult(
-        faces=len(faces),
+        faces=len(found.faces),
         embedded=len(todo),
         deferred=wanted - len(todo),
-        boxes=tuple(_box(t) for t in tracks),
-        priority=priority,
+        new_widths=[t.face.width for t in fresh],
+        fine_seconds=found.fine_seconds,
+        regions=found.regions,
+        tiles=found.tiles,
     )
+    if todo:
+        _vote(engine, image, todo, roster, cfg, threshold, result, observe)
+    alive = tracks or tracker.tracks  # faces missed for an analysis or two still count
+    if not alive:
+        result.priority = Priority.EMPTY
+    elif all(tracker.settled(t) for t in alive):
+        result.priority = Priority.SETTLED
+    else:
+        result.priority = Priority.UNRECOGNISED
+    result.boxes = tuple(_box(t) for t in tracks)
     for track in tracks:
         if track.confirmed is not None:
             result.sightings.append(

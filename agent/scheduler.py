@@ -14,6 +14,10 @@ each running its own fixed-rate loop:
   in priority order, and at most ``analysis.max_analyses_per_s`` start per second.
 * **Embeddings.** At most ``analysis.max_embeddings_per_s`` faces are embedded per second
   (:class:`EmbedBudget`, taken from inference threads).
+* **Full-resolution detection.** Regions around small faces and sweep tiles
+  (``agent.coverage``) may use ``analysis.fine_detect_cores`` of CPU over all cameras
+  (:class:`FineBudget`); cameras ask in their analysis order, so unrecognised rooms first,
+  and each camera's share is shown in status.
 * **Decoding.** Frame-by-frame decoding costs ~0.19 of a core per 1080p 15 fps camera, so
   only ``analysis.full_decode_mpx_s`` megapixels per second are decoded that way, given to
   cameras in priority order; the others decode only the keyframes their analyses use.
@@ -29,6 +33,7 @@ import heapq
 import itertools
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -100,6 +105,44 @@ class EmbedBudget:
         return self._bucket.take(want) if want else 0
 
 
+class FineBudget:
+    """CPU seconds per second that full-resolution detection may use over all cameras.
+
+    Detections are timed and charged after they run (from inference threads); a charge
+    may overdraw, and then no camera may start one until the debt is repaid. At most one
+    second's worth is saved up.
+    """
+
+    def __init__(self, cores: float) -> None:
+        self.cores = cores
+        self._burst = max(0.05, cores)
+        self._tokens = self._burst
+        self._at = time.monotonic()
+        self._lock = threading.Lock()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self.cores)
+        self._at = now
+
+    def available(self) -> bool:
+        """Whether a full-resolution detection may start now."""
+        if self.cores <= 0:
+            return False
+        with self._lock:
+            self._refill()
+            return self._tokens > 0
+
+    def charge(self, seconds: float) -> None:
+        """Account for a detection that took ``seconds``."""
+        with self._lock:
+            self._refill()
+            self._tokens -= seconds
+
+
+FINE_WINDOW_S = 30.0  # a camera's share of full-resolution detection, averaged over this
+
+
 @dataclass(eq=False)
 class ScheduledCamera:
     """One camera known to the scheduler."""
@@ -110,6 +153,20 @@ class ScheduledCamera:
     priority: Priority = Priority.UNRECOGNISED
     since: float = field(default_factory=time.monotonic)  # in this priority since
     last_start: float | None = None
+    fine: deque[tuple[float, float]] = field(default_factory=deque)  # (when, seconds)
+
+    def record_fine(self, seconds: float) -> None:
+        """Full-resolution detection time one analysis used (on the loop)."""
+        now = time.monotonic()
+        if seconds > 0:
+            self.fine.append((now, seconds))
+        while self.fine and self.fine[0][0] < now - FINE_WINDOW_S:
+            self.fine.popleft()
+
+    @property
+    def fine_cores(self) -> float:
+        """Full-resolution detection over the last :data:`FINE_WINDOW_S`, in cores."""
+        return sum(s for _, s in self.fine) / FINE_WINDOW_S
 
 
 @dataclass(order=True)
@@ -127,6 +184,7 @@ class AnalysisScheduler:
         self.cameras_cfg = cameras
         self.workers = workers
         self.embeds = EmbedBudget(cfg.max_embeddings_per_s)
+        self.fine = FineBudget(cfg.fine_detect_cores)
         self._analyses = TokenBucket(cfg.max_analyses_per_s, max(2.0, float(workers)))
         self._cameras: dict[str, ScheduledCamera] = {}
         self._waiters: list[_Waiter] = []
@@ -287,4 +345,6 @@ class AnalysisScheduler:
             max_analyses_per_second=self.cfg.max_analyses_per_s,
             max_embeddings_per_second=self.cfg.max_embeddings_per_s,
             full_decode_mpx_per_second=self.cfg.full_decode_mpx_s,
+            fine_detect_cores=self.cfg.fine_detect_cores,
+            fine_detect_cores_used=round(sum(c.fine_cores for c in self._cameras.values()), 3),
         )

@@ -9,6 +9,7 @@ status events (STARTED, RESUMED, STOPPED).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -24,7 +25,14 @@ from agent.errors import AgentError, ErrorCode
 from agent.events import EventFactory, EventSink, emit_or_log
 from agent.inference import ModelSlot
 from agent.matching import Roster
-from agent.protocol import CameraUptime, SessionStart, SessionStatus, StatusReason
+from agent.presence import PresenceBook
+from agent.protocol import (
+    CameraUptime,
+    PresenceEntry,
+    SessionStart,
+    SessionStatus,
+    StatusReason,
+)
 from agent.status_models import CameraHealth, CameraRef, SessionSummary
 from agent.store import Store, StoreError
 
@@ -52,6 +60,8 @@ class ActiveSession:
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     task: asyncio.Task[None] | None = None
     stop_reason: StatusReason | None = None
+    presence: PresenceBook = field(default_factory=lambda: PresenceBook([]))
+    final_presence: list[PresenceEntry] | None = None  # the verdict, once stopped
     # Set by the runner while it runs: per-camera health and up-times.
     camera_health: Callable[[], list[CameraHealth]] | None = None
     uptimes: Callable[[], list[CameraUptime]] | None = None
@@ -80,6 +90,8 @@ class ActiveSession:
             threshold=self.threshold,
             end_time=end.isoformat() if end else None,
             started_at=self.started_at.isoformat(),
+            presence_counts=self.presence.counts(),
+            presence=self.final_presence,
         )
 
 
@@ -221,6 +233,7 @@ class SessionManager:
             embedding_space=space,
             threshold=threshold,
             started_at=started_at or self._events.now(),
+            presence=PresenceBook([s.id for s in command.students]),
         )
 
     async def start(self, command: SessionStart) -> SessionSummary:
@@ -351,6 +364,8 @@ class SessionManager:
                 if any(isinstance(r, Exception) for r in results):
                     failed = True
                     log.error("STOP_SESSION_FAILED slot=%s error=%r", session.slot_id, results[0])
+            # After the work is cancelled: no analysis can change the verdict any more.
+            session.final_presence = session.presence.entries(self._events.at)
             if not await self._forget_row(session.slot_id):
                 failed = True
             if failed:
@@ -372,8 +387,12 @@ class SessionManager:
     ) -> None:
         """Report a status change; ``strict`` raises when the event cannot be stored
         (a session must not start if its events would be lost), else the loss is logged."""
-        cameras = session.uptimes() if status is SessionStatus.STOPPED and session.uptimes else None
-        event = self._events.status(session.slot_id, status, reason, cameras=cameras)
+        stopped = status is SessionStatus.STOPPED
+        cameras = session.uptimes() if stopped and session.uptimes else None
+        presence = session.final_presence if stopped else None
+        event = self._events.status(
+            session.slot_id, status, reason, cameras=cameras, presence=presence
+        )
         if strict:
             await self._sink.emit(event, session.command.callback_url)
         else:
@@ -418,6 +437,7 @@ class SessionManager:
                 )
                 await self._drop(command, StatusReason.AGENT_RESTARTED, exc.message)
                 continue
+            session.presence.restore(await self._store.run(self._store.presence, slot))
             self._sessions[slot] = session
             await self._emit(session, SessionStatus.RESUMED, StatusReason.AGENT_RESTARTED)
             self._launch(session)
@@ -474,6 +494,9 @@ class SessionManager:
 
     async def _drop(self, command: SessionStart, reason: StatusReason, message: str) -> None:
         """Forget a persisted session that cannot resume, and report it STOPPED."""
+        book = PresenceBook([s.id for s in command.students])
+        with contextlib.suppress(StoreError):  # the verdict then says only NOT_SEEN
+            book.restore(await self._store.run(self._store.presence, command.slot_id))
         await self._forget_row(command.slot_id)
         log.info("SESSION_NOT_RESUMED slot=%s reason=%s", command.slot_id, reason)
         if not is_allowed(command.callback_url, self._callback.allowed_urls):
@@ -481,7 +504,13 @@ class SessionManager:
                 "SESSION_EVENT_NOT_SENT slot=%s reason=callback no longer allowed", command.slot_id
             )
             return
-        event = self._events.status(command.slot_id, SessionStatus.STOPPED, reason, message=message)
+        event = self._events.status(
+            command.slot_id,
+            SessionStatus.STOPPED,
+            reason,
+            message=message,
+            presence=book.entries(self._events.at),
+        )
         await emit_or_log(self._sink, event, command.callback_url)
 
     async def autostop(self, slot_id: str, reason: StatusReason) -> None:

@@ -13,12 +13,38 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from agent.protocol import SessionMode, WireModel
+from agent.protocol import PresenceCounts, PresenceEntry, SessionMode, WireModel
 
 
 def wire(model: WireModel) -> dict[str, Any]:
     """The JSON-ready dict of a model, in the wire field names."""
     return model.model_dump(mode="json", by_alias=True)
+
+
+class FaceWidths(WireModel):
+    """Faces a camera saw and recognised, counted once per tracked face, by width (px)."""
+
+    buckets: list[str] = Field(description="Width ranges in source pixels, narrowest first.")
+    seen: list[int] = Field(description="Faces first seen, per bucket.")
+    recognised: list[int] = Field(description="Faces recognised, per bucket.")
+
+
+class CameraCoverageStatus(WireModel):
+    """How a camera is covered at full resolution (agent.coverage) and what it sees."""
+
+    fine_detect_cores: float = Field(
+        alias="fineDetectCores",
+        ge=0,
+        description="Its share of full-resolution detection over the last 30 s (cores).",
+    )
+    sweeps: int = Field(ge=0, description="Full-resolution sweeps of the frame completed.")
+    regions: int = Field(ge=0, description="Regions re-detected at native resolution.")
+    face_widths: FaceWidths = Field(alias="faceWidths")
+    placement_hint: str | None = Field(
+        None,
+        alias="placementHint",
+        description="Set when most faces are too small to recognise reliably.",
+    )
 
 
 class CameraHealth(WireModel):
@@ -57,6 +83,9 @@ class CameraHealth(WireModel):
         alias="decodeMode",
         description="FULL: every frame decoded; KEYFRAMES: only keyframes analyses use.",
     )
+    coverage: CameraCoverageStatus | None = Field(
+        None, description="Full-resolution coverage and face sizes; null before analyses."
+    )
 
 
 class CameraRef(WireModel):
@@ -77,6 +106,16 @@ class SessionSummary(WireModel):
     threshold: float = Field(description="Cosine threshold in effect.")
     end_time: str | None = Field(alias="endTime", description="ISO 8601, as sent; or null.")
     started_at: str = Field(alias="startedAt", description="ISO 8601 with an offset.")
+    presence_counts: PresenceCounts | None = Field(
+        None,
+        alias="presenceCounts",
+        description="Roster students present, uncertain and not seen so far.",
+    )
+    presence: list[PresenceEntry] | None = Field(
+        None,
+        description="The ``session/stop`` reply only: one verdict per roster student, as "
+        "in the STOPPED event.",
+    )
 
 
 class EngineInfo(WireModel):
@@ -205,6 +244,16 @@ class AnalysisLoad(WireModel):
     max_analyses_per_second: float = Field(alias="maxAnalysesPerSecond")
     max_embeddings_per_second: float = Field(alias="maxEmbeddingsPerSecond")
     full_decode_mpx_per_second: float = Field(alias="fullDecodeMpxPerSecond")
+    fine_detect_cores: float = Field(
+        0.0,
+        alias="fineDetectCores",
+        description="CPU (cores) full-resolution detection may use over all cameras.",
+    )
+    fine_detect_cores_used: float = Field(
+        0.0,
+        alias="fineDetectCoresUsed",
+        description="CPU (cores) it used over the last 30 s, all cameras together.",
+    )
 
 
 class AgentStatus(WireModel):

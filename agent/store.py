@@ -144,10 +144,17 @@ def _m003_recognized(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m004_presence(db: sqlite_utils.Database) -> None:
+    db.table("presence").create(
+        {"slot_id": str, "book": str, "saved_at": float}, pk="slot_id", not_null={"book"}
+    )
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("001_sessions", _m001_sessions),
     ("002_outbox", _m002_outbox),
     ("003_recognized", _m003_recognized),
+    ("004_presence", _m004_presence),
 ]
 """Applied in order, each once; append new ones, never edit applied ones."""
 
@@ -338,6 +345,7 @@ class Store:
         with self.write("delete a session from"):
             self.db.execute("delete from sessions where slot_id = ?", [slot_id])
             self.db.execute("delete from recognized where slot_id = ?", [slot_id])
+            self.db.execute("delete from presence where slot_id = ?", [slot_id])
 
     def sessions(self) -> list[dict[str, Any]]:
         """Persisted sessions, oldest first, with the command decoded (None when the
@@ -354,15 +362,31 @@ class Store:
 
     # Students already reported (ATTENDANCE mode survives restarts) --------------------
 
+    def _insert_recognized(self, slot_id: str, student_id: str) -> bool:
+        cursor = self.db.execute(
+            "insert or ignore into recognized (slot_id, student_id, recognized_at) "
+            "values (?, ?, ?)",
+            [slot_id, student_id, time.time()],
+        )
+        return bool(cursor.rowcount)
+
     def mark_recognized(self, slot_id: str, student_id: str) -> bool:
         """Record a reported student; False if the slot had already reported them."""
         with self.write("record a recognition in"):
-            cursor = self.db.execute(
-                "insert or ignore into recognized (slot_id, student_id, recognized_at) "
-                "values (?, ?, ?)",
-                [slot_id, student_id, time.time()],
+            return self._insert_recognized(slot_id, student_id)
+
+    def record_recognition(
+        self, slot_id: str, student_id: str, book: dict[str, Any], *, once: bool
+    ) -> None:
+        """Save the presence evidence of a student's RECOGNITION and, with ``once``
+        (ATTENDANCE mode), record the student as reported, in one transaction."""
+        with self.write("record a recognition in"):
+            if once:
+                self._insert_recognized(slot_id, student_id)
+            self.db.execute(
+                "insert or replace into presence (slot_id, book, saved_at) values (?, ?, ?)",
+                [slot_id, json.dumps(book), time.time()],
             )
-        return bool(cursor.rowcount)
 
     def recognized(self, slot_id: str) -> set[str]:
         """Students already reported for a slot."""
@@ -373,6 +397,27 @@ class Store:
         """Forget a slot's reported students (its session ended)."""
         with self.write("clear recognitions in"):
             self.db.execute("delete from recognized where slot_id = ?", [slot_id])
+
+    # Presence evidence (agent.presence) ----------------------------------------------
+
+    def save_presence(self, slot_id: str, book: dict[str, Any]) -> None:
+        """Persist a session's presence evidence (replacing the previous copy)."""
+        with self.write("save presence in"):
+            self.db.execute(
+                "insert or replace into presence (slot_id, book, saved_at) values (?, ?, ?)",
+                [slot_id, json.dumps(book), time.time()],
+            )
+
+    def presence(self, slot_id: str) -> dict[str, Any] | None:
+        """A session's saved presence evidence, or None (none saved, or unreadable)."""
+        rows = self.query("select book from presence where slot_id = ?", [slot_id])
+        if not rows:
+            return None
+        try:
+            book = json.loads(rows[0]["book"])
+        except ValueError:
+            return None
+        return book if isinstance(book, dict) else None
 
     # Replies (idempotency) -----------------------------------------------------------
 

@@ -4,6 +4,7 @@ match is still uncertain), and so k-of-n confirmation counts the same face."""
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +28,9 @@ def iou_matrix(a: FloatArray, b: FloatArray) -> FloatArray:
     return result
 
 
+MIN_WEIGHT = 0.125  # the least a vote can weigh (agent.evidence); sizes the vote history
+
+
 @dataclass
 class Track:
     """One face followed across analyses."""
@@ -39,23 +43,61 @@ class Track:
     missed: int = 0
     since_embed: int = 0
     confirmed: str | None = None  # student id once k of the last n votes agree
+    weights: deque[float] = field(default_factory=deque)  # one per vote (agent.evidence)
+    n: int = 0  # the window, in full-weight votes (0: the votes deque's length)
+
+    def _window(self) -> list[tuple[str | None, float]]:
+        """The latest votes whose weights add up to at most n (at least the last one)."""
+        limit = self.n or (self.votes.maxlen or len(self.votes))
+        weights = (
+            list(self.weights) if len(self.weights) == len(self.votes) else [1.0] * len(self.votes)
+        )
+        out: list[tuple[str | None, float]] = []
+        total = 0.0
+        for vote, weight in zip(reversed(self.votes), reversed(weights), strict=True):
+            if out and total + weight > limit + 1e-9:
+                break
+            out.append((vote, weight))
+            total += weight
+        return out
+
+    def weight_for(self, student_id: str) -> float:
+        """The weight of the student's votes within the window."""
+        return sum(w for v, w in self._window() if v == student_id)
 
     def vote(
-        self, student_id: str | None, score: float, k: int, instant: float = 2.0
+        self,
+        student_id: str | None,
+        score: float,
+        k: int,
+        instant: float = 2.0,
+        *,
+        weight: float = 1.0,
+        instant_weight: float = 0.0,
     ) -> str | None:
-        """Record one match result; returns the student id when newly confirmed: k of the
-        last n votes agree, or one match is at least ``instant`` (far above any score
-        two different people reach)."""
+        """Record one match result; returns the student id when newly confirmed.
+
+        Confirmed when the student's votes among the latest (whose weights add up to at
+        most n) weigh at least k, or at once for one match of at least ``instant`` (far
+        above any score two different people reach) from a face of at least
+        ``instant_weight``. With every weight 1 this is k of the last n votes; a vote from
+        a small or blurred face weighs less, so it takes more of them (agent.evidence).
+        """
+        weight = min(1.0, max(MIN_WEIGHT, weight))
         self.votes.append(student_id)
+        self.weights.append(weight)
         self.since_embed = 0
         self.best_any = max(self.best_any, score)
         if student_id is not None:
             self.best_scores[student_id] = max(score, self.best_scores.get(student_id, -1.0))
-        if student_id is not None and (self.votes.count(student_id) >= k or score >= instant):
+        if student_id is not None and (
+            self.weight_for(student_id) >= k - 1e-9
+            or (score >= instant and weight >= instant_weight)
+        ):
             newly = self.confirmed != student_id
             self.confirmed = student_id
             return student_id if newly else None
-        if self.confirmed is not None and self.votes.count(self.confirmed) == 0:
+        if self.confirmed is not None and self.weight_for(self.confirmed) == 0:
             self.confirmed = None  # the face no longer matches: it was a tracker swap
         return None
 
@@ -80,11 +122,18 @@ class FaceTracker:
         self.n = n
         self.reembed_every = reembed_every
         self.tracks: list[Track] = []
-        self._next_id = 1
+        self.next_id = 1  # the id the next new track gets
 
-    def update(self, faces: list[DetectedFace]) -> list[Track]:
+    def update(
+        self, faces: list[DetectedFace], looked: Callable[[Track], bool] | None = None
+    ) -> list[Track]:
         """Associate faces with tracks (new tracks for the rest); returns the live tracks
-        that have a face in this analysis."""
+        that have a face in this analysis.
+
+        A track without a face counts as missed only if ``looked(track)`` says this
+        analysis could have seen it (a back-row face is found only where the detector
+        looked at full resolution: agent.coverage); default: everywhere.
+        """
         boxes = np.array([f.bbox for f in faces], np.float32).reshape(-1, 4)
         previous = np.array([t.face.bbox for t in self.tracks], np.float32).reshape(-1, 4)
         overlap = iou_matrix(previous, boxes)
@@ -102,8 +151,14 @@ class FaceTracker:
         for fi, face in enumerate(faces):
             track = matched_faces.get(fi)
             if track is None:
-                track = Track(self._next_id, face, deque(maxlen=self.n))
-                self._next_id += 1
+                track = Track(
+                    self.next_id,
+                    face,
+                    deque(maxlen=self.n * round(1 / MIN_WEIGHT)),
+                    weights=deque(maxlen=self.n * round(1 / MIN_WEIGHT)),
+                    n=self.n,
+                )
+                self.next_id += 1
                 self.tracks.append(track)
             else:
                 track.face = face
@@ -112,7 +167,7 @@ class FaceTracker:
             seen.append(track)
         seen_ids = {t.track_id for t in seen}
         for track in self.tracks:
-            if track.track_id not in seen_ids:
+            if track.track_id not in seen_ids and (looked is None or looked(track)):
                 track.missed += 1
         self.tracks = [t for t in self.tracks if t.missed <= self.max_missed]
         return seen
@@ -122,15 +177,17 @@ class FaceTracker:
         row matching nobody, and never close (every score below ``stranger_below``). A
         face that came close (a small or blurred student) is not settled: it keeps being
         embedded until it is recognised."""
+        recent = list(track.votes)[-self.n :]
         unknown = (
-            len(track.votes) >= self.n
-            and all(v is None for v in track.votes)
+            len(recent) >= self.n
+            and all(v is None for v in recent)
             and track.best_any < self.stranger_below
         )
         return track.confirmed is not None or unknown
 
-    def needs_embedding(self, track: Track) -> bool:
-        """New and still-uncertain tracks every analysis; settled ones now and then.
+    def needs_embedding(self, track: Track, ahead: int = 0) -> bool:
+        """New and still-uncertain tracks every analysis; settled ones now and then
+        (``ahead``: in that many analyses from now).
 
         Embedding settled tracks every time cost 71 % of a camera's recognizer work in the
         benchmark. A stranger's track is re-checked every ``reembed_every`` analyses, so a
@@ -140,4 +197,4 @@ class FaceTracker:
         if not self.settled(track):
             return True
         every = self.recheck_every if track.confirmed is not None else self.reembed_every
-        return track.since_embed >= every
+        return track.since_embed + ahead >= every

@@ -161,14 +161,21 @@ def the_class(engine: FaceEngine, workdir: Path) -> list[Pupil]:
     return pupils
 
 
-def make_clip(pupils: list[Pupil], engine: FaceEngine, workdir: Path) -> Path:
-    """The classroom: 19 people in view at seats, back rows smaller, slow drift."""
+def make_clip(
+    pupils: list[Pupil],
+    engine: FaceEngine,
+    workdir: Path,
+    faces: tuple[int, int] = (36, 80),
+    clip_s: float = CLIP_S,
+) -> Path:
+    """The classroom: 19 people in view at seats, back rows smaller, slow drift; face
+    widths from ``faces[0]`` (back row) to ``faces[1]`` px (front row)."""
     in_view = [p for p in pupils if p.present]
     cols, rows = 6, 4
     people = []
     for seat, pupil in enumerate(in_view):
         row, col = divmod(seat, cols)
-        width = 36 + int(44 * row / (rows - 1))  # back row 36 px ... front row 80 px
+        width = faces[0] + int((faces[1] - faces[0]) * row / (rows - 1))
         x = 180 + col * 300 + (row % 2) * 90
         y = 260 + row * 200
         drift = ((seat % 5) - 2) * 0.6, ((seat % 3) - 1) * 0.4
@@ -177,16 +184,16 @@ def make_clip(pupils: list[Pupil], engine: FaceEngine, workdir: Path) -> Path:
                 pupil.name,
                 pupil.video_photo,
                 pupil.enter_s,
-                CLIP_S + 1,
+                clip_s + 1,
                 (x, y),
                 drift,
                 width,
                 face_box_of(pupil.video_photo, engine),
             )
         )
-    frames = workdir / "clip"
-    if not (frames / f"{round(CLIP_S * FPS) - 1:04d}.jpg").exists():
-        plan = make_classroom_frames(frames, people, seconds=CLIP_S, fps=FPS, size=SIZE)
+    frames = workdir / f"clip-{faces[0]}-{faces[1]}"
+    if not (frames / f"{round(clip_s * FPS) - 1:04d}.jpg").exists():
+        plan = make_classroom_frames(frames, people, seconds=clip_s, fps=FPS, size=SIZE)
         for index in range(plan.n_frames):  # the clip frame index, for the clock
             image = plan.image(index)
             stamp_counter(image, index)
@@ -323,11 +330,14 @@ def spawn_agent(
     callback: str,
     metrics_port: int,
     providers: str = "",
+    settings: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """``python -m agent run`` from ``code_root`` with its own config.toml."""
+    """``python -m agent run`` from ``code_root`` with its own config.toml (``settings``:
+    extra ``AGENT_*`` variables, e.g. the settings a variant differs by)."""
     extra = {"AGENT_MODELS__PROVIDERS": json.dumps(providers.split(","))} if providers else {}
     env = {
         **extra,
+        **(settings or {}),
         **os.environ,
         "AGENT_MQTT__PORT": str(broker.port),
         "AGENT_STORAGE__DATA_DIR": str(workdir / "data"),
@@ -379,6 +389,7 @@ async def agent_run(
     workdir: Path,
     window_s: float,
     providers: str = "",
+    settings: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """N one-camera sessions on the real agent; returns the measurements."""
     import aiomqtt
@@ -391,7 +402,7 @@ async def agent_run(
     arrivals: list[tuple[float, dict[str, Any]]] = []
     callback.on_request = lambda entry: arrivals.append((time.time(), entry.body))
     port = free_port()
-    proc = spawn_agent(code_root, run_dir, broker, callback.url("/"), port, providers)
+    proc = spawn_agent(code_root, run_dir, broker, callback.url("/"), port, providers, settings)
     clock: Clock | None = None
     try:
         await wait_healthy(port, proc)
@@ -446,6 +457,7 @@ async def agent_run(
             else None
         ),
         "fullDecodeCameras": sum(1 for c in cams if c.get("decodeMode") == "FULL"),
+        "fineCoresUsed": (status.get("analysis") or {}).get("fineDetectCoresUsed"),
         **score_run(pupils, starts, clock.t0 if clock else 0.0, arrivals, window_end),
     }
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -548,18 +560,19 @@ def _f(value: Any, digits: int = 2) -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| variant | cameras | agent cores | cores/camera | recall min / mean | false "
-        "attendances | time to recognition p50 / p95 / max (s) | analyses shed | analyses/s "
-        "per camera | full-decode cameras |",
-        "|---|---:|---:|---:|---|---:|---|---:|---:|---:|",
+        "| variant | faces (px) | cameras | agent cores | cores/camera | recall min / mean | "
+        "false attendances | time to recognition p50 / p95 / max (s) | analyses shed | "
+        "analyses/s per camera | full-decode cameras | full-res detection (cores) |",
+        "|---|---|---:|---:|---:|---|---:|---|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['variant']} | {r['cameras']} | {_f(r['agentCores'])} | "
+            f"| {r['variant']} | {r.get('faces', '36-80')} | {r['cameras']} | "
+            f"{_f(r['agentCores'])} | "
             f"{_f(r['coresPerCamera'], 3)} | {r['recallMin']:.0%} / {r['recallMean']:.0%} | "
             f"{r['falseAttendances']} | {_f(r['ttrP50'], 1)} / {_f(r['ttrP95'], 1)} / "
             f"{_f(r['ttrMax'], 1)} | {_f(r['analysesShed'])} | {_f(r['analysisRateMean'])} | "
-            f"{r['fullDecodeCameras']} |"
+            f"{r['fullDecodeCameras']} | {_f(r.get('fineCoresUsed'))} |"
         )
     return "\n".join(lines)
 
@@ -591,7 +604,8 @@ async def main_async(args: argparse.Namespace) -> int:
     engine = FaceEngine(read_pack(ROOT / "models" / "buffalo_sc"), cfg.models, cfg.recognition)
     pupils = the_class(engine, workdir)
     print(f"class: {[p.name for p in pupils]}", file=sys.stderr)
-    frames = make_clip(pupils, engine, workdir)
+    lo, hi = (int(v) for v in args.faces.split("-"))
+    frames = make_clip(pupils, engine, workdir, (lo, hi))
     students = roster(pupils, engine)
     del engine
     server = RtspServer(
@@ -602,6 +616,11 @@ async def main_async(args: argparse.Namespace) -> int:
     previous: Path | None = None
     try:
         plan = [("agent", ROOT, n) for n in args.cameras]
+        for spec in args.variants:
+            name, count = spec.split(":")
+            if name not in VARIANTS:
+                raise SystemExit(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+            plan.append((name, ROOT, int(count)))
         if args.previous:
             previous = previous_checkout(args.previous_rev, workdir)
             plan += [("previous", previous, n) for n in args.previous]
@@ -617,7 +636,9 @@ async def main_async(args: argparse.Namespace) -> int:
                 workdir,
                 args.window_s,
                 args.providers,
+                VARIANTS.get(variant, {}) if code_root == ROOT else {},
             )
+            row["faces"] = args.faces
             print(json.dumps(row), file=sys.stderr, flush=True)
             rows.append(row)
         if args.naive:
@@ -643,6 +664,28 @@ async def main_async(args: argparse.Namespace) -> int:
     return 0
 
 
+VARIANTS: dict[str, dict[str, str]] = {
+    # This checkout at its defaults.
+    "agent": {},
+    # Every analysis detects on the frame shrunk to 1280 px: full recall by brute force.
+    "brute-1280": {
+        "AGENT_RECOGNITION__DET_LONG_SIDE": "1280",
+        "AGENT_RECOGNITION__MIN_FACE_PX": "16",
+        "AGENT_RECOGNITION__CANDIDATE_THRESHOLD": "0.5",
+        "AGENT_ANALYSIS__FINE_DETECT_CORES": "0",
+    },
+    # The shrunk frame only, with the defaults before full-resolution coverage.
+    "shrunk-only": {
+        "AGENT_RECOGNITION__MIN_FACE_PX": "32",
+        "AGENT_RECOGNITION__CANDIDATE_THRESHOLD": "0.5",
+        "AGENT_RECOGNITION__SMALL_FACE_MARGIN": "0",
+        "AGENT_RECOGNITION__FULL_WEIGHT_PX": "8",
+        "AGENT_ANALYSIS__FINE_DETECT_CORES": "0",
+    },
+}
+"""Settings (environment overrides) each variant of this checkout runs with."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cameras", type=int, nargs="*", default=[1, 4, 8, 12, 16, 24, 32])
@@ -650,6 +693,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--previous-rev", default="1a37238")
     parser.add_argument("--naive", type=int, nargs="*", default=[1, 4])
     parser.add_argument("--window-s", type=float, default=55.0)
+    parser.add_argument(
+        "--faces",
+        default="36-80",
+        help="face widths in px, back row to front row (36-80: the hard clip; 24-44 and "
+        "18-26: small faces)",
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        default=[],
+        help=f"more variants of this checkout as NAME:N (NAME in {', '.join(VARIANTS)})",
+    )
     parser.add_argument(
         "--bitrate-kbps",
         type=int,

@@ -52,6 +52,7 @@ def test_camera_health_keys() -> None:
         "analysesShed",
         "decoder",
         "decodeMode",
+        "coverage",
     ]
 
 
@@ -118,6 +119,8 @@ def test_status_keys_and_round_trip() -> None:
         "threshold",
         "endTime",
         "startedAt",
+        "presenceCounts",
+        "presence",
     ]
     assert data["sessions"][0]["cameras"][1] == {"id": "cam-2", "name": "Room 2"}
     assert list(data["outbox"]) == [

@@ -147,6 +147,16 @@ class AnalysisConfig(Section):
         "decode only the keyframes their analyses need (one analysis per keyframe "
         "interval at most). Cameras with unrecognised faces get it first.",
     )
+    fine_detect_cores: float = Field(
+        0.25,
+        ge=0.0,
+        le=64,
+        description="CPU (in cores) that full-resolution detection may use over all "
+        "cameras: regions around small candidates and sweep tiles (agent.coverage). "
+        "Cameras ask in priority order; a camera whose session still misses roster "
+        "students sweeps, one whose room is settled rarely or never. 0: shrunk-frame "
+        "detection only (faces under ~36 px at 1080p are then missed).",
+    )
     min_analysis_fps: float = Field(
         0.2,
         gt=0,

@@ -141,7 +141,61 @@ class RecognitionConfig(Section):
         3, ge=1, le=50, description="... of its last n analyses (one lucky frame is not enough)."
     )
     min_face_px: int = Field(
-        32, ge=8, le=1000, description="Faces narrower than this (pixels) are not recognised."
+        16,
+        ge=8,
+        le=1000,
+        description="Faces narrower than this (source pixels) are not recognised. Faces "
+        "of 16-18 px are found at native resolution and match their student (genuine "
+        "0.34-0.60, impostors at most 0.31 in the test photos); below, detection fails.",
+    )
+    candidate_threshold: float = Field(
+        0.1,
+        ge=0.01,
+        le=0.99,
+        description="Detector score above which a face on the shrunk frame is a candidate: "
+        "small or unsure candidates are checked again at native resolution "
+        "(agent.coverage). At 0.1 the shrunk 1080p frame proposes 16-19 of 19 faces of "
+        "16-28 px.",
+    )
+    refine_below_px: int = Field(
+        64,
+        ge=0,
+        le=1000,
+        description="Faces found on the shrunk frame narrower than this (source pixels) are "
+        "re-detected at native resolution before they are aligned: the shrunk frame's "
+        "landmarks are too coarse for them. 0: never.",
+    )
+    sweep_min_interval_s: float = Field(
+        5.0,
+        ge=0.5,
+        le=3600,
+        description="Full-resolution sweeps (tiles at native resolution, one per "
+        "analysis) look for faces too small to be proposed, while the session has roster "
+        "students not yet recognised; after a sweep that found someone new, the next "
+        "starts this long after.",
+    )
+    sweep_max_interval_s: float = Field(
+        20.0,
+        ge=0.5,
+        le=3600,
+        description="After sweeps that find nobody new the pause doubles up to this, so a "
+        "back-row latecomer is still found within about this long.",
+    )
+    full_weight_px: int = Field(
+        48,
+        ge=8,
+        le=1000,
+        description="Face width from which a match counts fully; a narrower face's vote "
+        "weighs width / full_weight_px (at least 1/4), times its sharpness and detector "
+        "score (agent.evidence), so small faces need more agreeing analyses.",
+    )
+    small_face_margin: float = Field(
+        0.05,
+        ge=0.0,
+        le=0.5,
+        description="A vote from a face of weight w needs a score of at least "
+        "match_threshold + small_face_margin x (1 - w): weak matches of tiny faces never "
+        "add up to a student.",
     )
     track_iou: float = Field(
         0.3, ge=0.05, le=0.95, description="Box overlap that continues a face's track."
@@ -198,6 +252,8 @@ class RecognitionConfig(Section):
     def _k_of_n(self) -> RecognitionConfig:
         if self.confirm_k > self.confirm_n:
             raise ValueError("confirm_k must not exceed confirm_n")
+        if self.sweep_min_interval_s > self.sweep_max_interval_s:
+            raise ValueError("sweep_min_interval_s must not exceed sweep_max_interval_s")
         return self
 
 
