@@ -279,21 +279,32 @@ class RecognitionRunner:
             reader.record_analysis(ok=True)
             scheduler.settle(camera, result.priority)
             camera.record_fine(result.fine_seconds)
-            work.widths.add(result.new_widths, result.confirmed_widths)
-            for student_id, score in result.near:
-                session.presence.near(student_id, reader.camera_id, score)
-            for sighting in result.sightings:
-                session.presence.seen(sighting.student_id, frame.wall, sighting.score)
+            self._record(session, reader.camera_id, frame.wall, result, work)
             views[reader.camera_id] = CameraView(
                 reader.camera_id, frame.image, frame.wall, result.boxes
             )
-            if self.metrics is not None:
-                self.metrics.faces.labels("detected").inc(result.faces)
-                self.metrics.faces.labels("embedded").inc(result.embedded)
-                self.metrics.faces.labels("deferred").inc(result.deferred)
             seen = Seen(reader.camera_id, reader.name, frame.wall, frame.image)
             for sighting in result.sightings:
                 await attendance.sighted(seen, engine, sighting)
+
+    def _record(
+        self,
+        session: ActiveSession,
+        camera_id: str,
+        wall: float,
+        result: AnalysisResult,
+        work: _CameraWork,
+    ) -> None:
+        """What an analysis adds to presence evidence, face-width counts and metrics."""
+        work.widths.add(result.new_widths, result.confirmed_widths)
+        for student_id, score in result.near:
+            session.presence.near(student_id, camera_id, score)
+        for sighting in result.sightings:
+            session.presence.seen(sighting.student_id, wall, sighting.score)
+        if self.metrics is not None:
+            self.metrics.faces.labels("detected").inc(result.faces)
+            self.metrics.faces.labels("embedded").inc(result.embedded)
+            self.metrics.faces.labels("deferred").inc(result.deferred)
 
     async def _save_presence(self, session: ActiveSession) -> None:
         """Keep the session's presence evidence in the state file while it changes."""

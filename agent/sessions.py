@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
-from urllib.parse import urlsplit
 
 from agent.allowlist import CallbackUrlError, check_callback_url, is_allowed
 from agent.camera_view import ViewLookup
@@ -33,6 +32,7 @@ from agent.protocol import (
     SessionStatus,
     StatusReason,
 )
+from agent.session_limits import check_limits
 from agent.status_models import CameraHealth, CameraRef, SessionSummary
 from agent.store import Store, StoreError
 
@@ -93,20 +93,6 @@ class ActiveSession:
             presence_counts=self.presence.counts(),
             presence=self.final_presence,
         )
-
-
-def _camera_identity(url: str) -> str:
-    """What makes two camera URLs the same stream: everything but credentials, with the
-    scheme and host lower-cased."""
-    try:
-        parts = urlsplit(url.strip())
-        host = (parts.hostname or "").lower()
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return url.strip()
-    if not parts.scheme:
-        return url.strip()
-    return f"{parts.scheme.lower()}://{host}{port}{parts.path or '/'}?{parts.query}"
 
 
 class SessionStopError(AgentError):
@@ -259,7 +245,12 @@ class SessionManager:
                 status=409,
             )
         session = self._build(command)
-        self._check_limits(session)
+        check_limits(
+            session.cameras,
+            [*self._sessions.values(), *self._stopping.values()],
+            self._limits,
+            allow_shared=self._cameras.allow_shared,
+        )
         # No await between the existence and limit checks and this insertion: two
         # concurrent starts cannot both pass.
         self._sessions[command.slot_id] = session
@@ -454,43 +445,6 @@ class SessionManager:
             )
             return False
         return True
-
-    def _check_limits(self, session: ActiveSession) -> None:
-        """Refuse a session past the configured sessions or cameras, or one that would
-        open a camera another session already reads (unless sharing is allowed)."""
-        limits = self._limits
-        if len(self._sessions) + len(self._stopping) >= limits.max_sessions:
-            raise AgentError(
-                ErrorCode.LIMIT_EXCEEDED,
-                f"This agent already runs {limits.max_sessions} sessions "
-                "([runtime] max_sessions); stop one first.",
-                status=409,
-                details={"limit": "max_sessions", "value": limits.max_sessions},
-            )
-        running = [
-            c for s in (*self._sessions.values(), *self._stopping.values()) for c in s.cameras
-        ]
-        if len(running) + len(session.cameras) > limits.max_cameras:
-            raise AgentError(
-                ErrorCode.LIMIT_EXCEEDED,
-                f"This session's {len(session.cameras)} camera(s) would exceed the agent's "
-                f"{limits.max_cameras} open cameras ([runtime] max_cameras); "
-                f"{len(running)} are open.",
-                status=409,
-                details={"limit": "max_cameras", "value": limits.max_cameras},
-            )
-        if self._cameras.allow_shared:
-            return
-        in_use = {_camera_identity(c.url): c.id for c in running}
-        clashes = sorted(c.id for c in session.cameras if _camera_identity(c.url) in in_use)
-        if clashes:
-            raise AgentError(
-                ErrorCode.CAMERA_IN_USE,
-                f"Camera(s) {', '.join(clashes)} are already read by another session; stop "
-                "it first, or set [cameras] allow_shared = true.",
-                status=409,
-                details={"cameraIds": clashes},
-            )
 
     async def _drop(self, command: SessionStart, reason: StatusReason, message: str) -> None:
         """Forget a persisted session that cannot resume, and report it STOPPED."""

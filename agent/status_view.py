@@ -51,6 +51,20 @@ def _camera(cam: CameraHealth | CameraRef) -> dict[str, Any]:
             "decodeMode": health.decode_mode,
         }
         card.update({k: v for k, v in optional.items() if v is not None})
+    if health is not None and health.coverage is not None:
+        coverage = health.coverage
+        widths = coverage.face_widths
+        card["coverage"] = {
+            "fineDetectCores": coverage.fine_detect_cores,
+            "sweeps": coverage.sweeps,
+            "regions": coverage.regions,
+            "widths": [
+                {"range": r, "seen": s, "recognised": n}
+                for r, s, n in zip(widths.buckets, widths.seen, widths.recognised, strict=True)
+                if s or n
+            ],
+            "placementHint": coverage.placement_hint,
+        }
     return card
 
 
@@ -62,6 +76,9 @@ def _session(session: SessionSummary) -> dict[str, Any]:
         "endTime": session.end_time,
         "startedAt": session.started_at,
         "cameras": [_camera(c) for c in session.cameras],
+        "presence": session.presence_counts.model_dump(by_alias=True)
+        if session.presence_counts
+        else None,
     }
 
 

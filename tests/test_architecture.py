@@ -44,12 +44,27 @@ ENGINE_CODE = {
     "agent.photo",
     "agent.quality",
     "agent.embedding",
+    "agent.coverage",
+    "agent.evidence",
 }
-DOMAIN = {"agent.sessions", "agent.pipeline", "agent.attendance", "agent.recognition"}
+DOMAIN = {
+    "agent.sessions",
+    "agent.session_limits",
+    "agent.pipeline",
+    "agent.attendance",
+    "agent.recognition",
+    "agent.presence",
+    "agent.placement",
+}
 LIGHT = sorted(
     CAMERA_CODE - {"agent.camera_test"}
     | {
         "agent.tracker",
+        "agent.coverage",
+        "agent.evidence",
+        "agent.presence",
+        "agent.placement",
+        "agent.session_limits",
         "agent.faces",
         "agent.config",
         "agent.errors",

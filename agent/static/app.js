@@ -159,6 +159,23 @@ function testButton(card, cameraId) {
   card.actions.append(button);
 }
 
+function presenceText(p) {
+  if (!p) return null;
+  return `${p.present} present, ${p.uncertain} uncertain, ${p.notSeen} not seen`;
+}
+
+function coverageRows(c) {
+  if (!c) return [];
+  const widths = c.widths.length
+    ? c.widths.map((w) => `${w.range} px: ${w.seen} seen, ${w.recognised} recognised`).join("; ")
+    : "no faces yet";
+  return [
+    ["Full-resolution detection", `${num(c.fineDetectCores * 100, 1)} % of a core (${c.sweeps} sweeps, ${c.regions} regions)`],
+    ["Face widths", widths],
+    ["Placement", c.placementHint || "faces large enough", c.placementHint ? "bad" : null],
+  ];
+}
+
 function renderCameras(state) {
   const seen = new Set();
   const registryIds = new Set(state.registry.map((c) => c.id));
@@ -180,6 +197,8 @@ function renderCameras(state) {
         ["Up-time", duration(cam.upSeconds)],
         ["Decoding", "decodeMode" in cam ? `${cam.decodeMode}${cam.decoder ? ` (${cam.decoder})` : ""}` : null],
         ["Analyses shed", "analysesShed" in cam ? String(cam.analysesShed) : null],
+        ["Attendance", presenceText(session.presence)],
+        ...coverageRows(cam.coverage),
         ["Last error", cam.lastError || "none", cam.lastError ? "bad" : null],
       ].filter((row) => row[1] !== null);
       facts(card.dl, rows);

@@ -1,0 +1,70 @@
+"""The limits a new session must fit: sessions and open cameras on this agent, and one
+reader per camera unless sharing is allowed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from agent.config import RuntimeConfig
+from agent.errors import AgentError, ErrorCode
+
+if TYPE_CHECKING:
+    from agent.sessions import ActiveSession, SessionCamera
+
+
+def camera_identity(url: str) -> str:
+    """What makes two camera URLs the same stream: everything but credentials, with the
+    scheme and host lower-cased."""
+    try:
+        parts = urlsplit(url.strip())
+        host = (parts.hostname or "").lower()
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return url.strip()
+    if not parts.scheme:
+        return url.strip()
+    return f"{parts.scheme.lower()}://{host}{port}{parts.path or '/'}?{parts.query}"
+
+
+def check_limits(
+    cameras: Sequence[SessionCamera],
+    others: Sequence[ActiveSession],
+    limits: RuntimeConfig,
+    *,
+    allow_shared: bool,
+) -> None:
+    """Refuse a session (its ``cameras``) past the configured sessions or cameras beside
+    the ``others`` running or stopping, or one that would open a camera another session
+    already reads (unless sharing is allowed)."""
+    if len(others) >= limits.max_sessions:
+        raise AgentError(
+            ErrorCode.LIMIT_EXCEEDED,
+            f"This agent already runs {limits.max_sessions} sessions "
+            "([runtime] max_sessions); stop one first.",
+            status=409,
+            details={"limit": "max_sessions", "value": limits.max_sessions},
+        )
+    running = [c for s in others for c in s.cameras]
+    if len(running) + len(cameras) > limits.max_cameras:
+        raise AgentError(
+            ErrorCode.LIMIT_EXCEEDED,
+            f"This session's {len(cameras)} camera(s) would exceed the agent's "
+            f"{limits.max_cameras} open cameras ([runtime] max_cameras); "
+            f"{len(running)} are open.",
+            status=409,
+            details={"limit": "max_cameras", "value": limits.max_cameras},
+        )
+    if allow_shared:
+        return
+    in_use = {camera_identity(c.url): c.id for c in running}
+    clashes = sorted(c.id for c in cameras if camera_identity(c.url) in in_use)
+    if clashes:
+        raise AgentError(
+            ErrorCode.CAMERA_IN_USE,
+            f"Camera(s) {', '.join(clashes)} are already read by another session; stop "
+            "it first, or set [cameras] allow_shared = true.",
+            status=409,
+            details={"cameraIds": clashes},
+        )
