@@ -60,6 +60,7 @@ REGION_MIN_PX = 64
 REGION_FACE_PX = 32.0  # faces smaller than this are upscaled in their region (at most 2x)
 EDGE_PX = 2.0  # a face this close to an inner edge of a region or tile is cut by it
 MAX_REGIONS = 48  # per analysis: a pathological scene cannot take the whole budget
+SWEEP_RESERVE = 0.5  # a sweep tile waits while the budget is below half: regions first
 REJECT_ANALYSES = 8  # a candidate a region check rejected is not re-checked for this long
 MERGE_OVERLAP = 0.4  # IoU or containment above which two detections are one face
 
@@ -67,8 +68,8 @@ MERGE_OVERLAP = 0.4  # IoU or containment above which two detections are one fac
 class Budget(Protocol):
     """What coverage needs of the fine-detection budget (agent.scheduler.FineBudget)."""
 
-    def available(self) -> bool:
-        """Whether fine detection may run now."""
+    def available(self, reserve: float = 0.0) -> bool:
+        """Whether fine detection may run now, leaving ``reserve`` of the budget."""
 
     def charge(self, seconds: float) -> None:
         """Account for fine detection that ran."""
@@ -291,8 +292,8 @@ class _Fine:
         self.engine, self.image, self.cfg, self.budget = engine, image, cfg, budget
         self.out = Detections([])
 
-    def allowed(self) -> bool:
-        return self.budget is None or self.budget.available()
+    def allowed(self, reserve: float = 0.0) -> bool:
+        return self.budget is None or self.budget.available(reserve)
 
     def run(self, region: Region, source: FaceSource, scale: float = 1.0) -> list[DetectedFace]:
         started = time.perf_counter()
@@ -321,9 +322,14 @@ def detect_frame(
     *,
     budget: Budget | None,
     sweep: bool,
+    max_regions: int = MAX_REGIONS,
     clock: Callable[[], float] = time.monotonic,
 ) -> Detections:
-    """Run the three passes (candidates, regions, sweep tile) and merge them."""
+    """Run the three passes (candidates, regions, sweep tile) and merge them.
+
+    ``max_regions`` caps the regions checked for faces that need an embedding (there is
+    no point confirming more faces than can be embedded this analysis).
+    """
     coverage.analyses += 1
     coverage.rejected = [(r, u) for r, u in coverage.rejected if u > coverage.analyses]
     height, width = image.shape[:2]
@@ -352,7 +358,7 @@ def detect_frame(
         ):
             todo.append(track.face.bbox)
     regions: list[DetectedFace] = []
-    for bbox in todo[:MAX_REGIONS]:
+    for bbox in todo[: min(MAX_REGIONS, max_regions)]:
         if not fine.allowed():
             break
         region = region_around(bbox, width, height)
@@ -364,7 +370,7 @@ def detect_frame(
         regions += found
     tile_faces: list[DetectedFace] = []
     now = clock()
-    if sweep and coverage.sweep.due(now) and fine.allowed():
+    if sweep and coverage.sweep.due(now) and fine.allowed(SWEEP_RESERVE):
         tile_faces = fine.run(coverage.sweep.next_tile(width, height), FaceSource.TILE)
         fine.out.tiles = 1
     fine.out.faces = [

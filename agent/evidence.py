@@ -4,15 +4,15 @@ A back-row face is 16-35 px wide: its embedding is made from a 112x112 crop upsc
 3-7x, so its match scores are noisier than a front-row face's (measured on 1080p frames
 with buffalo_sc: genuine scores 0.34-0.60 at 16-18 px against 0.55-0.90 at 32-40 px;
 impostors at most 0.31 at every size). So a vote from a small, blurred or unsure face
-counts for less than one from a sharp 48 px face:
+counts for less than one from a sharp 32 px face:
 
 * **Weight** = size x sqrt(sharpness x detector score), each part in [0.25, 1]:
   size is ``width / full_weight_px``; sharpness is the variance of the Laplacian of the
   aligned crop against :data:`SHARP_REF` (a 2-pixel blur brings it from 13-47 down to
   3-10 at 16-24 px); the detector part rises from 0.3 to 0.7. A track is confirmed when
   its student's votes weigh ``confirm_k`` within votes weighing ``confirm_n``
-  (:meth:`agent.tracker.Track.vote`): a sharp 48 px face needs 2 votes, a sharp 20 px
-  face about 5, a blurred one more.
+  (:meth:`agent.tracker.Track.vote`): a sharp 32 px face needs 2 votes (or one of at
+  least ``instant_score``), a sharp 18 px face about 4, a blurred one more.
 * **A higher bar per vote**: a vote counts for a student only with a score of at least
   ``match_threshold + small_face_margin x (1 - weight)``, so a run of weak matches from a
   tiny face cannot add up to a wrong student.

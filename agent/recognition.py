@@ -17,7 +17,14 @@ import cv2
 
 from agent.camera_view import FaceBox
 from agent.config import RecognitionConfig
-from agent.coverage import Budget, CameraCoverage, detect_frame, is_precise, looked_for
+from agent.coverage import (
+    MAX_REGIONS,
+    Budget,
+    CameraCoverage,
+    detect_frame,
+    is_precise,
+    looked_for,
+)
 from agent.evidence import INSTANT_MIN_WEIGHT, vote_threshold, vote_weight
 from agent.faces import DetectedFace, FaceSource, Image
 from agent.matching import Roster
@@ -27,6 +34,9 @@ from agent.tracker import FaceTracker, Track
 
 if TYPE_CHECKING:  # the engine pulls in ONNX Runtime; it arrives as an argument
     from agent.engine import FaceEngine
+
+
+REGION_SLACK = 2  # regions checked beyond the faces the embedding cap allows now
 
 
 @dataclass(frozen=True)
@@ -130,7 +140,16 @@ def analyse_frame(
     """
     started = time.perf_counter()
     coverage = coverage or CameraCoverage.for_config(cfg)
-    found = detect_frame(engine, image, tracker, coverage, cfg, budget=fine, sweep=sweep)
+    found = detect_frame(
+        engine,
+        image,
+        tracker,
+        coverage,
+        cfg,
+        budget=fine,
+        sweep=sweep,
+        max_regions=MAX_REGIONS if budget is None else budget.available() + REGION_SLACK,
+    )
     detected = time.perf_counter()
     first_new = tracker.next_id
     tracks = tracker.update(found.faces, lambda t: looked_for(t, found, cfg))

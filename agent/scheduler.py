@@ -87,6 +87,12 @@ class TokenBucket:
             self._tokens -= granted
             return granted
 
+    def peek(self) -> int:
+        """Whole tokens available now (nothing is taken)."""
+        with self._lock:
+            self._refill(time.monotonic())
+            return int(self._tokens)
+
     def wait_time(self) -> float:
         """Seconds until one token is available (0 if one is now)."""
         with self._lock:
@@ -103,6 +109,10 @@ class EmbedBudget:
     def take(self, want: int) -> int:
         """How many of ``want`` faces may be embedded now."""
         return self._bucket.take(want) if want else 0
+
+    def available(self) -> int:
+        """How many faces could be embedded now (nothing is taken)."""
+        return self._bucket.peek()
 
 
 class FineBudget:
@@ -125,13 +135,14 @@ class FineBudget:
         self._tokens = min(self._burst, self._tokens + (now - self._at) * self.cores)
         self._at = now
 
-    def available(self) -> bool:
-        """Whether a full-resolution detection may start now."""
+    def available(self, reserve: float = 0.0) -> bool:
+        """Whether a full-resolution detection may start now, leaving ``reserve`` (a
+        fraction of what may be saved up) for more urgent ones."""
         if self.cores <= 0:
             return False
         with self._lock:
             self._refill()
-            return self._tokens > 0
+            return self._tokens > reserve * self._burst
 
     def charge(self, seconds: float) -> None:
         """Account for a detection that took ``seconds``."""

@@ -182,7 +182,7 @@ class RecognitionConfig(Section):
         "back-row latecomer is still found within about this long.",
     )
     full_weight_px: int = Field(
-        48,
+        32,
         ge=8,
         le=1000,
         description="Face width from which a match counts fully; a narrower face's vote "
