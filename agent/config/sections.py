@@ -296,7 +296,8 @@ class MqttConfig(Section):
         max_length=32,
         description="MQTT topic filters a request WITHOUT a valid key may name as its v5 "
         "response topic for its 401; elsewhere the 401 goes to <prefix>/<site>/reply (an "
-        "anonymous sender must not make the agent publish where it likes).",
+        "anonymous sender must not make the agent publish where it likes). Either way the "
+        "401 echoes the request's requestId.",
     )
     max_queued_commands: int = Field(
         64,
