@@ -1,12 +1,12 @@
 """Command processing: every message on a command topic gets exactly one reply.
 
-Order of checks: API key **before the payload is parsed** (401, nothing parsed or
-executed: an unauthenticated sender costs a byte scan, and a parse for its requestId
-only of a small payload), size, JSON (parsed
-off the event loop when large; too deep a nesting is a 422, not a crash), replay of a
-known ``requestId`` (the same reply again, nothing executed twice), command name (404),
-payload validation (422 with every field error), the agent's readiness (503 while it starts
-or stops; ``status`` is always answered), then the command's handler. Handlers raise
+Order of checks: API key **before the payload is parsed** (401, nothing executed: an
+unauthenticated sender costs a byte scan, plus a parse for its requestId when its payload
+is small), size, JSON (parsed off the event loop when large; too deep a nesting is a 422,
+not a crash), replay of a known ``requestId`` (the same reply again, nothing executed
+twice), command name (404), payload validation (422 with every field error), the agent's
+readiness (503 while it starts or stops; ``status`` is always answered), then the
+command's handler. Handlers raise
 :class:`AgentError`; anything else becomes a logged 500.
 
 The key is taken from the MQTT v5 user property ``x-api-key`` or, for 3.1.1 backends, from
