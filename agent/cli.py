@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent import __version__
-from agent.config import AgentConfig, ConfigError, load_config, masked_dump
+from agent.config import AgentConfig, ConfigError, config_warnings, load_config, masked_dump
 from agent.errors import AgentError, ModelNotLoadedError, ModelPackError
 from agent.logs import setup_logging
 from agent.reply import Reply
@@ -53,8 +53,14 @@ def _print_config_errors(exc: ConfigError) -> None:
         print(f"  {key}: {problem}", file=sys.stderr)
 
 
+def _print_config_warnings(cfg: AgentConfig) -> None:
+    for key, problem in config_warnings(cfg):
+        print(f"Warning: {key}: {problem}", file=sys.stderr)
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """Validate the config; print it (secrets masked) or each error by key path."""
+    """Validate the config (and read every file it names); print it with secrets masked,
+    or every error by key path; warn about what would make the agent useless."""
     path = args.file or args.config
     try:
         cfg = _load(path)
@@ -62,6 +68,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         _print_config_errors(exc)
         return EXIT_INVALID
     print(json.dumps(masked_dump(cfg), indent=2))
+    _print_config_warnings(cfg)
     print("Configuration is valid.", file=sys.stderr)
     return EXIT_OK
 
@@ -127,13 +134,14 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the agent until SIGTERM or SIGINT."""
+    # The config first: an invalid one exits 2 at once, before the models' heavy imports.
+    cfg = _load(args.config)
+    setup_logging(cfg.logging)
+
     import asyncio
     import signal
 
     from agent.app import Agent
-
-    cfg = _load(args.config)
-    setup_logging(cfg.logging)
 
     async def _main() -> None:
         stop = asyncio.Event()
