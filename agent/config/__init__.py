@@ -201,7 +201,11 @@ def load_config(path: Path | None = None) -> AgentConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([("(file)", f"{path} is not valid TOML: {exc}")]) from exc
     except ValidationError as exc:
-        errors = [(_key_path(err["loc"]), err["msg"]) for err in exc.errors(include_url=False)]
+        errors = [
+            # "Value error, " is pydantic's wrapping of our validators' messages: noise here.
+            (_key_path(err["loc"]), err["msg"].removeprefix("Value error, "))
+            for err in exc.errors(include_url=False)
+        ]
         raise ConfigError(secrets + errors) from exc
     finally:
         _toml_path.reset(tokens[0])
