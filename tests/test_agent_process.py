@@ -158,3 +158,28 @@ async def test_second_agent_on_the_same_data_dir_exits_2_and_the_first_serves_on
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+async def test_a_wrong_or_missing_key_gets_its_401_on_the_response_topic(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    # The spawned agent permits backend-test/# for unauthenticated replies (spawn_agent).
+    proc = _start_agent(tmp_path, broker)
+    try:
+        await _wait_online(broker)
+        async with backend(broker) as b:
+            wrong = await b.send("status", {"requestId": "wrong-key-1"}, api_key="not-the-key")
+            missing = await b.send("status", {"requestId": "no-key-1"}, api_key=None)
+        assert _stop(proc) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # Backend resolves a v5 request only from a reply carrying its correlation data, which
+    # the agent sends on the request's response topic alone.
+    assert (wrong["status"], wrong["code"], wrong["requestId"]) == (
+        401,
+        "UNAUTHORIZED",
+        "wrong-key-1",
+    )
+    assert (missing["status"], missing["requestId"]) == (401, "no-key-1")
