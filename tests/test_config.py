@@ -258,3 +258,16 @@ def test_check_config_warns_when_no_api_key_is_set(tmp_path: Path) -> None:
     assert "Warning: auth.api_keys: no API key is set" in bare.stderr
     keyed = _check_config(str(path), env=_clean_env(AGENT_AUTH__API_KEYS="k1"))
     assert keyed.returncode == 0 and "Warning" not in keyed.stderr
+
+
+def test_unusable_client_certificate_fails_the_load(tmp_path: Path) -> None:
+    cert, key = tmp_path / "client.pem", tmp_path / "client.key"
+    cert.write_text("-----BEGIN CERTIFICATE-----\nnot one\n-----END CERTIFICATE-----\n")
+    key.write_text("not a key\n")
+    toml = f'[mqtt]\ntls = true\ncert_file = "{cert}"\nkey_file = "{key}"\n'
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, toml))
+    ((path, problem),) = info.value.errors
+    assert path == "mqtt"  # a rule over two keys
+    assert str(cert) in problem and str(key) in problem
+    assert "cannot be used together" in problem
