@@ -138,7 +138,8 @@ class MqttConfig(Section):
             # ssl names no file: say which ones were used (paths only, never content).
             raise ValueError(
                 f"the client certificate and key (cert_file={self.cert_file}, "
-                f"key_file={self.key_file}) cannot be used together: {exc}"
+                f"key_file={self.key_file}) cannot be used (PEM, matching each other, the key "
+                f"not encrypted): {exc}"
             ) from None
         return context
 
