@@ -16,7 +16,7 @@ from enum import StrEnum
 
 from agent import __version__
 from agent.commands import CommandProcessor
-from agent.config import AgentConfig, api_keys, read_secret
+from agent.config import AgentConfig, api_keys, secret_value
 from agent.delivery import Delivery, OutboxSink
 from agent.engine import FaceEngine
 from agent.events import EventFactory, EventSink
@@ -163,7 +163,7 @@ class Agent:
         delivery = self.delivery = Delivery(
             outbox,
             cfg.callback,
-            api_key=read_secret(cfg.callback.api_key, cfg.callback.api_key_file),
+            api_key=secret_value(cfg.callback.api_key, cfg.callback.api_key_file),
             active_slots=lambda: (
                 {s.slot_id for s in self.sessions.sessions} if self.sessions else ()
             ),

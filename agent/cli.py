@@ -1,7 +1,8 @@
 """Command line: ``python -m agent <command>`` (also installed as ``edge-agent``).
 
-Exit codes: 0 success; 1 the command ran and failed (the reply says why); 2 the
-configuration or the command line is invalid.
+Exit codes: 0 success; 1 the command ran and failed (the reply says why; e.g. ``outbox``
+found no state file); 2 the configuration or the command line is invalid, or ``run`` found
+another agent running on its data directory.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from agent import __version__
-from agent.config import AgentConfig, ConfigError, load_config, masked_dump
+from agent.config import AgentConfig, ConfigError, config_warnings, load_config, masked_dump
 from agent.errors import AgentError, ModelNotLoadedError, ModelPackError
+from agent.instance_lock import InstanceLock, InstanceLockedError
 from agent.logs import setup_logging
 from agent.reply import Reply
 from agent.status_models import AgentStatus, CameraHealth, ModelLoaded, wire
@@ -53,8 +56,14 @@ def _print_config_errors(exc: ConfigError) -> None:
         print(f"  {key}: {problem}", file=sys.stderr)
 
 
+def _print_config_warnings(cfg: AgentConfig) -> None:
+    for key, problem in config_warnings(cfg):
+        print(f"Warning: {key}: {problem}", file=sys.stderr)
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """Validate the config; print it (secrets masked) or each error by key path."""
+    """Validate the config (and read every file it names); print it with secrets masked,
+    or every error by key path; warn about what would make the agent useless."""
     path = args.file or args.config
     try:
         cfg = _load(path)
@@ -62,6 +71,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         _print_config_errors(exc)
         return EXIT_INVALID
     print(json.dumps(masked_dump(cfg), indent=2))
+    _print_config_warnings(cfg)
     print("Configuration is valid.", file=sys.stderr)
     return EXIT_OK
 
@@ -126,14 +136,31 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run the agent until SIGTERM or SIGINT."""
+    """Run the agent until SIGTERM or SIGINT; one agent per data directory."""
+    # The config first: an invalid one exits 2 at once, before the models' heavy imports.
+    cfg = _load(args.config)
+    setup_logging(cfg.logging)
+    lock = InstanceLock(cfg.storage.data_dir)
+    try:
+        lock.acquire()
+    except InstanceLockedError as exc:
+        log.error("%s %s", exc.code, exc.message)
+        print(f"{exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_INVALID
+    except OSError as exc:
+        print(f"Cannot lock the data directory {cfg.storage.data_dir}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    try:  # the lock is held until the process is about to exit
+        return _run_agent(cfg)
+    finally:
+        lock.release()
+
+
+def _run_agent(cfg: AgentConfig) -> int:
     import asyncio
     import signal
 
     from agent.app import Agent
-
-    cfg = _load(args.config)
-    setup_logging(cfg.logging)
 
     async def _main() -> None:
         stop = asyncio.Event()
@@ -160,15 +187,23 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
-    """Show the outbox, or re-queue its dead letters."""
+    """Show the outbox, or re-queue its dead letters, in an existing state file (opened
+    read-only to show; never created)."""
     from agent.outbox import Outbox
-    from agent.store import Store, StoreError
+    from agent.store import DB_NAME, Store, StoreError
 
-    cfg = _load(args.config)
+    config_path = _resolve_config_path(args.config)
+    cfg = load_config(config_path)
+    print(
+        f"config: {config_path or '(none: defaults and environment)'}; "
+        f"state file: {cfg.storage.data_dir / DB_NAME}",
+        file=sys.stderr,
+    )
+    mode: Literal["ro", "rw"] = "rw" if args.action == "retry" else "ro"
     try:
-        store = Store(cfg.storage.data_dir)
+        store = Store(cfg.storage.data_dir, busy_wait_s=cfg.storage.busy_wait_s, mode=mode)
     except StoreError as exc:
-        print(f"Cannot open the outbox: {exc}", file=sys.stderr)
+        print(f"Cannot open the outbox: {exc.message}", file=sys.stderr)
         return EXIT_FAILED
     try:
         outbox = Outbox(store, max_pending=cfg.callback.max_pending_events)

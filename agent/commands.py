@@ -1,11 +1,12 @@
 """Command processing: every message on a command topic gets exactly one reply.
 
-Order of checks: API key **before the payload is parsed** (401, nothing parsed or
-executed: an unauthenticated sender costs a byte scan, never a JSON parse), size, JSON (parsed
-off the event loop when large; too deep a nesting is a 422, not a crash), replay of a
-known ``requestId`` (the same reply again, nothing executed twice), command name (404),
-payload validation (422 with every field error), the agent's readiness (503 while it starts
-or stops; ``status`` is always answered), then the command's handler. Handlers raise
+Order of checks: API key **before the payload is parsed** (401, nothing executed: an
+unauthenticated sender costs a byte scan, plus a parse for its requestId when its payload
+is small), size, JSON (parsed off the event loop when large; too deep a nesting is a 422,
+not a crash), replay of a known ``requestId`` (the same reply again, nothing executed
+twice), command name (404), payload validation (422 with every field error), the agent's
+readiness (503 while it starts or stops; ``status`` is always answered), then the
+command's handler. Handlers raise
 :class:`AgentError`; anything else becomes a logged 500.
 
 The key is taken from the MQTT v5 user property ``x-api-key`` or, for 3.1.1 backends, from
@@ -13,6 +14,10 @@ the payload's top-level ``apiKey``: candidates are found by a byte scan of the r
 (inside a JSON string a quote is always escaped, so ``"apiKey": "..."`` only matches at a
 real key), and only a payload with an accepted candidate is parsed; the parsed top-level
 ``apiKey`` is then checked again. Untrusted strings are escaped before they are logged.
+
+A 401 echoes the request's ``requestId`` so the backend can match it: the only thing read
+from an unauthenticated payload, and only from one of at most ``PEEK_REQUEST_ID_BYTES``
+(larger ones stay unparsed, their 401 carries ``requestId: null``).
 """
 
 from __future__ import annotations
@@ -43,6 +48,11 @@ _REDACTED_KEYS = {"apikey", "password", "token", "name"}
 # A top-level or nested "apiKey": "<value>" in raw JSON bytes (value without escapes).
 _API_KEY_FIELD = re.compile(rb'"apiKey"\s*:\s*"([^"\\]{1,256})"')
 PARSE_OFF_LOOP_BYTES = 256 * 1024  # larger payloads are parsed in a worker thread
+# An unauthenticated payload is parsed for its requestId only up to this size: a JSON parse
+# of 64 KiB takes well under a millisecond, so a flood of them costs little more than the
+# byte scan; a bigger one is never parsed.
+PEEK_REQUEST_ID_BYTES = 64 * 1024
+MAX_REQUEST_ID_CHARS = 128
 _COMMAND_NAMES = frozenset(c.value for c in CommandName)
 
 
@@ -64,6 +74,28 @@ def redact(value: Any, key: str = "") -> Any:
     if isinstance(value, str) and len(value) > 200:
         return value[:200] + "..."
     return value
+
+
+def valid_request_id(value: object) -> str | None:
+    """``value`` when it is a usable ``requestId`` (a printable string of 1-128 chars)."""
+    if isinstance(value, str) and 0 < len(value) <= MAX_REQUEST_ID_CHARS and value.isprintable():
+        return value
+    return None
+
+
+def peek_request_id(payload: bytes) -> str | None:
+    """The top-level ``requestId`` of an unauthenticated payload, for its 401 only.
+
+    Nothing else of the payload is used or trusted; payloads over
+    ``PEEK_REQUEST_ID_BYTES`` and anything that is not a JSON object give None.
+    """
+    if len(payload) > PEEK_REQUEST_ID_BYTES:
+        return None
+    try:
+        parsed = json.loads(payload)
+    except (RecursionError, UnicodeDecodeError, ValueError):
+        return None
+    return valid_request_id(parsed.get("requestId")) if isinstance(parsed, dict) else None
 
 
 def _validation_errors(exc: ValidationError) -> list[dict[str, str]]:
@@ -129,7 +161,7 @@ class CommandProcessor:
         # The key first: every reply but a 401 then goes to an authenticated sender (only
         # those may choose where replies are published, see agent.replies).
         if not self.authenticated(message):
-            return self._unauthorised(name)
+            return self._unauthorised(name, peek_request_id(message.payload))
         if len(message.payload) > self._max_bytes:
             return self._refuse(
                 name,
@@ -176,7 +208,7 @@ class CommandProcessor:
         key = message.user_properties.get("x-api-key") or payload.get("apiKey")
         if not self._authorised(key if isinstance(key, str) else None):
             # The byte scan found an accepted key, but not as the top-level apiKey.
-            return self._unauthorised(name)
+            return self._unauthorised(name, valid_request_id(raw_id))
         if request_id is not None and not request_id.isprintable():
             # It is logged, cached and echoed: a newline in it would forge log lines.
             return self._refuse(

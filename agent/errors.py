@@ -60,8 +60,9 @@ class ErrorCode(StrEnum):
     CAMERA_URL_NOT_ALLOWED = "CAMERA_URL_NOT_ALLOWED"
     WEBUI_PASSWORD_REQUIRED = "WEBUI_PASSWORD_REQUIRED"
     REQUEST_FORBIDDEN = "REQUEST_FORBIDDEN"
-    # Configuration.
+    # Configuration and the process (CLI exits and logs only, never sent to the backend).
     CONFIG_INVALID = "CONFIG_INVALID"
+    AGENT_ALREADY_RUNNING = "AGENT_ALREADY_RUNNING"
 
 
 class AgentError(Exception):

@@ -14,7 +14,6 @@ import json
 import logging
 import random
 import socket
-import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +24,7 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.config import MqttConfig, read_secret
-from agent.errors import AgentError, ErrorCode
+from agent.config import MqttConfig, secret_value
 from agent.status_models import OfflineMessage, wire
 
 log = logging.getLogger(__name__)
@@ -111,29 +109,9 @@ class MqttLink:
         if v5:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = cfg.session_expiry_s
-        tls_context = None
-        if cfg.tls:
-            try:
-                tls_context = ssl.create_default_context(
-                    cafile=str(cfg.ca_file) if cfg.ca_file else None
-                )
-                if cfg.cert_file and cfg.key_file:
-                    tls_context.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
-            except (OSError, ssl.SSLError) as exc:
-                raise AgentError(
-                    ErrorCode.CONFIG_INVALID,
-                    f"mqtt TLS files (ca_file={cfg.ca_file}, cert_file={cfg.cert_file}, "
-                    f"key_file={cfg.key_file}) cannot be used: {exc}",
-                    status=500,
-                ) from exc
-        try:
-            password = read_secret(cfg.password, cfg.password_file)
-        except OSError as exc:
-            raise AgentError(
-                ErrorCode.CONFIG_INVALID,
-                f"mqtt.password_file {cfg.password_file} cannot be read: {exc.strerror or exc}",
-                status=500,
-            ) from exc
+        # Both resolved when the config was loaded: nothing is read from disk here.
+        tls_context = cfg.tls_context()
+        password = secret_value(cfg.password, cfg.password_file)
         return aiomqtt.Client(
             cfg.host,
             cfg.port,

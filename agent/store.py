@@ -12,7 +12,9 @@ agent never writes on the event loop. Every write goes through :meth:`Store.run`
 executes a method of this class (or of the outbox) on the store's one thread and retries
 while the file is locked. Short read-only queries for status use a second, read-only
 connection (WAL readers never wait for writers). The synchronous methods remain usable
-directly where no event loop runs (the CLI).
+directly where no event loop runs (the CLI). Only the agent creates or upgrades the file;
+the CLI opens an existing one read-only (``mode="ro"``) or to amend it (``mode="rw"``),
+never creating one.
 
 Errors: every ``sqlite3`` exception is translated here into a :class:`StoreError`
 subclass that says what happened (locked, disk full, corrupt) and carries a code.
@@ -30,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import sqlite_utils
 
@@ -44,6 +46,9 @@ ATTEMPT_BUSY_TIMEOUT_MS = 1000
 READER_BUSY_TIMEOUT_MS = 200
 
 Migration = Callable[[sqlite_utils.Database], None]
+# How a Store opens its file: "create" (the agent: create or upgrade it), "rw" (amend an
+# existing file, e.g. `outbox retry`) or "ro" (read an existing file, e.g. `outbox`).
+OpenMode = Literal["create", "rw", "ro"]
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -53,6 +58,16 @@ class StoreError(AgentError):
 
     def __init__(self, message: str, *, code: ErrorCode = ErrorCode.STORAGE_ERROR) -> None:
         super().__init__(code, message, status=503)
+
+
+class StoreMissingError(StoreError):
+    """A command that only reads or amends the state file found none (it creates none)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(
+            f"no state file at {path}: the agent has not run with this [storage] data_dir "
+            "(or the config points elsewhere); nothing was created"
+        )
 
 
 class StoreBusyError(StoreError):
@@ -173,23 +188,22 @@ class Store:
         migrations: list[tuple[str, Migration]] | None = None,
         *,
         busy_wait_s: float = 300.0,
+        mode: OpenMode = "create",
     ) -> None:
         self.path = data_dir / DB_NAME
         self.busy_wait_s = busy_wait_s
         self._reader: sqlite3.Connection | None = None
+        self._reader_uri = f"file:{self.path}?mode=ro"
         try:
-            data_dir.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE below), so a
-            # migration's DDL is inside its transaction too (the legacy mode commits DDL).
-            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self.db = sqlite_utils.Database(conn)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
+            self.db = sqlite_utils.Database(self._connect(data_dir, mode))
             self.db.execute(f"PRAGMA busy_timeout={ATTEMPT_BUSY_TIMEOUT_MS}")
-            self._migrate(migrations if migrations is not None else MIGRATIONS)
-            self._reader = sqlite3.connect(
-                f"file:{self.path}?mode=ro", uri=True, check_same_thread=False
-            )
+            if mode == "create":
+                self.db.execute("PRAGMA journal_mode=WAL")
+            if mode != "ro":
+                self.db.execute("PRAGMA synchronous=FULL")
+            if mode == "create":
+                self._migrate(migrations if migrations is not None else MIGRATIONS)
+            self._reader = sqlite3.connect(self._reader_uri, uri=True, check_same_thread=False)
             self._reader.execute(f"PRAGMA busy_timeout={READER_BUSY_TIMEOUT_MS}")
         except sqlite3.Error as exc:
             raise translate(exc, self.path, "open") from exc
@@ -199,6 +213,24 @@ class Store:
         self._busy_since: float | None = None  # first lock met by calls still waiting
         self._waiting = 0  # calls waiting for the lock now
         self.last_error: tuple[float, StoreError] | None = None  # (when, what), for status
+
+    def _connect(self, data_dir: Path, mode: OpenMode) -> sqlite3.Connection:
+        """The writer connection. Only "create" may create the file (and its folder)."""
+        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE below), so a
+        # migration's DDL is inside its transaction too (the legacy mode commits DDL).
+        if mode == "create":
+            data_dir.mkdir(parents=True, exist_ok=True)
+            return sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        if not self.path.is_file():
+            raise StoreMissingError(self.path)
+        uri = f"{self.path.resolve().as_uri()}?mode={mode}"
+        if mode == "ro" and not self.path.with_name(DB_NAME + "-wal").exists():
+            # No WAL: no agent has the file open, and it is fully checkpointed. Reading it
+            # as immutable creates no -wal/-shm beside it (files that, made by root, would
+            # stop the agent's user from opening the state file).
+            uri += "&immutable=1"
+            self._reader_uri = uri
+        return sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
 
     # Transactions and threads --------------------------------------------------------
 

@@ -46,7 +46,7 @@ from aiohttp.typedefs import Middleware
 
 from agent.camera_test import CameraUrlError, check_camera_url, probe_camera
 from agent.camera_view import CameraView
-from agent.config import AgentConfig, read_secret
+from agent.config import AgentConfig, secret_value
 from agent.errors import ErrorCode
 from agent.redaction import log_safe, redact_url
 from agent.sessions import ActiveSession
@@ -126,16 +126,8 @@ class WebUi:
     # Mounting -------------------------------------------------------------------------
 
     def _load_password(self) -> None:
-        """Read the password; decide whether the page may be served at all."""
-        try:
-            secret = read_secret(self.cfg.password, self.cfg.password_file)
-        except OSError as exc:
-            self._refused = (
-                f"[webui] password_file cannot be read ({exc.strerror}); the page is off "
-                "until it can."
-            )
-            log.error("WEBUI_PASSWORD_UNREADABLE file=%s error=%s", self.cfg.password_file, exc)
-            return
+        """Take the password (resolved at load); decide whether the page may be served."""
+        secret = secret_value(self.cfg.password, self.cfg.password_file)
         self._password = secret.encode() if secret else None
         if self._password is None and not self._loopback:
             self._refused = (
@@ -388,14 +380,7 @@ class WebUi:
                 return _error(
                     404, ErrorCode.CAMERA_NOT_FOUND, "No camera with this id in [cameras] registry."
                 )
-            try:
-                return entry.stream_url()
-            except OSError as exc:
-                return _error(
-                    500,
-                    ErrorCode.INTERNAL_ERROR,
-                    f"Camera {entry.id}: credentials_file cannot be read ({exc.strerror}).",
-                )
+            return entry.stream_url()  # credentials resolved at load: nothing to read
         if isinstance(url, str) and url.strip():
             try:
                 check_camera_url(url, self.cfg.camera_test_allowed_urls)

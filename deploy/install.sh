@@ -278,6 +278,10 @@ if ! check_output=$(env "${check_env[@]}" "$agent" check-config --config "$etc/c
   die "$etc/config.toml is invalid (errors above, by key path): fix it and run install.sh again"
 fi
 note "$etc/config.toml is valid"
+# e.g. no API key yet (a fresh install): the agent would refuse every command.
+while IFS= read -r line; do
+  if [[ $line == Warning:* ]]; then note "$line"; fi
+done <<<"$check_output"
 
 # --- Data and the default model pack ---------------------------------------------------
 say "Data in $data"

@@ -125,3 +125,61 @@ async def test_killed_agent_leaves_last_will(broker: Mosquitto, tmp_path: Path) 
                 assert message.retain
                 assert json.loads(message.payload) == will  # type: ignore[arg-type]
                 break
+
+
+async def test_second_agent_on_the_same_data_dir_exits_2_and_the_first_serves_on(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    first = _start_agent(tmp_path, broker)
+    second_dir = tmp_path / "second"
+    second_dir.mkdir()
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        await _wait_online(broker)
+        second = spawn_agent(
+            second_dir,
+            broker,
+            "http://127.0.0.1:9/",
+            AGENT_STORAGE__DATA_DIR=str(tmp_path / "data"),  # the first one's
+        )
+        code = await asyncio.to_thread(second.wait, 15)
+        log = (second_dir / "agent.log").read_text()
+        assert code == 2, log[-3000:]
+        assert f"PID {first.pid}" in log
+        assert "AGENT_ALREADY_RUNNING" in log
+        assert (tmp_path / "data" / "agent.lock").read_text().strip() == str(first.pid)
+        assert first.poll() is None
+        async with backend(broker) as b:
+            reply = await b.send("status", {})
+        assert reply["status"] == 200
+        assert _stop(first) == 0
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+async def test_a_wrong_or_missing_key_gets_its_401_on_the_response_topic(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    # The spawned agent permits backend-test/# for unauthenticated replies (spawn_agent).
+    proc = _start_agent(tmp_path, broker)
+    try:
+        await _wait_online(broker)
+        async with backend(broker) as b:
+            wrong = await b.send("status", {"requestId": "wrong-key-1"}, api_key="not-the-key")
+            missing = await b.send("status", {"requestId": "no-key-1"}, api_key=None)
+        assert _stop(proc) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # Backend resolves a v5 request only from a reply carrying its correlation data, which
+    # the agent sends on the request's response topic alone.
+    assert (wrong["status"], wrong["code"], wrong["requestId"]) == (
+        401,
+        "UNAUTHORIZED",
+        "wrong-key-1",
+    )
+    assert (missing["status"], missing["requestId"]) == (401, "no-key-1")

@@ -132,7 +132,14 @@ def test_engine_and_domain_import_no_transport(module: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "module", ["agent.config", "agent.config.sections", "agent.config.cameras"]
+    "module",
+    [
+        "agent.config",
+        "agent.config.sections",
+        "agent.config.cameras",
+        "agent.config.mqtt",
+        "agent.config.secrets",
+    ],
 )
 def test_config_imports_nothing_of_the_agent_but_the_error_tree(module: str) -> None:
     agent_imports = {n for n in IMPORTS[module] if n.startswith("agent.")}

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
 
-from agent.config import AgentConfig, ConfigError, load_config, masked_dump
+from agent.config import (
+    AgentConfig,
+    ConfigError,
+    api_keys,
+    load_config,
+    masked_dump,
+    secret_value,
+)
 from tests.cli import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,3 +168,106 @@ def test_camera_credentials_stay_out_of_the_toml(tmp_path: Path) -> None:
     entry = load_config(good).cameras.find("c1")
     assert entry is not None
     assert entry.stream_url() == "rtsp://admin:p%40ss%20word@192.0.2.1:554/s"
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """The test's environment without any AGENT_ setting, plus ``extra``."""
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("AGENT_")} | extra
+
+
+def test_every_named_file_is_read_at_load(tmp_path: Path) -> None:
+    keys, cam, page = tmp_path / "api_keys", tmp_path / "cam", tmp_path / "page"
+    keys.write_text("key-one\nkey-two\n")
+    cam.write_text("admin:pw\n")
+    page.write_text("page-pw\n")
+    cfg = load_config(
+        _write(
+            tmp_path,
+            f'[auth]\napi_keys_file = "{keys}"\n[webui]\npassword_file = "{page}"\n'
+            f'[cameras]\nregistry = [{{ id = "c1", url = "rtsp://192.0.2.1/s", '
+            f'credentials_file = "{cam}" }}]\n',
+        )
+    )
+    for path in (keys, cam, page):
+        path.unlink()  # the agent must never need them again
+    assert api_keys(cfg.auth) == ["key-one", "key-two"]
+    assert secret_value(cfg.webui.password, cfg.webui.password_file) == "page-pw"
+    entry = cfg.cameras.find("c1")
+    assert entry is not None and entry.stream_url() == "rtsp://admin:pw@192.0.2.1/s"
+    shown = repr(cfg) + str(masked_dump(cfg))
+    for secret in ("key-one", "pw@", "page-pw"):
+        assert secret not in shown
+    assert masked_dump(cfg)["auth"]["api_keys_file"] == str(keys)
+
+
+def test_missing_and_bad_files_are_errors_by_key_path(tmp_path: Path) -> None:
+    bad_ca = tmp_path / "ca.pem"
+    bad_ca.write_text("not a certificate\n")
+    toml = (
+        f'[auth]\napi_keys_file = "{tmp_path / "gone"}"\n'
+        f'[callback]\napi_key_file = "{tmp_path}"\n'  # a folder, not a file
+        f'[mqtt]\ntls = true\nca_file = "{bad_ca}"\npassword_file = "{tmp_path / "nope"}"\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, toml))
+    errors = dict(info.value.errors)
+    assert set(errors) == {
+        "auth.api_keys_file",
+        "callback.api_key_file",
+        "mqtt.ca_file",
+        "mqtt.password_file",
+    }, errors
+    assert "No such file" in errors["auth.api_keys_file"]
+    assert "not a PEM CA bundle" in errors["mqtt.ca_file"]
+
+
+def test_two_secrets_and_a_bad_value_are_all_reported(tmp_path: Path) -> None:
+    toml = '[auth]\napi_keys = "hunter2"\n[mqtt]\npassword = "s3cret"\nport = 0\n'
+    path = _write(tmp_path, toml)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert [key for key, _ in info.value.errors] == ["auth.api_keys", "mqtt.password", "mqtt.port"]
+    result = _check_config(str(path), env=_clean_env())
+    assert result.returncode == 2
+    for key in ("auth.api_keys", "mqtt.password", "mqtt.port"):
+        assert f"  {key}: " in result.stderr, result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
+    assert "s3cret" not in result.stderr + result.stdout
+
+
+def test_missing_api_keys_file_fails_check_config_and_run_at_once(tmp_path: Path) -> None:
+    path = _write(tmp_path, f'[auth]\napi_keys_file = "{tmp_path / "api_keys"}"\n')
+    checked = _check_config(str(path), env=_clean_env())
+    assert checked.returncode == 2
+    assert "auth.api_keys_file" in checked.stderr
+    started = time.monotonic()
+    ran = run_cli("run", "--config", str(path), env=_clean_env(), timeout=30)
+    took = time.monotonic() - started
+    assert ran.returncode == 2, ran.stderr
+    assert took < 1.0, f"run took {took:.2f} s to refuse an invalid config"
+    assert ran.stderr == checked.stderr  # the same messages
+    assert not (tmp_path / "data").exists()
+
+
+def test_check_config_warns_when_no_api_key_is_set(tmp_path: Path) -> None:
+    path = _write(tmp_path, '[site]\nid = "w"\n')
+    bare = _check_config(str(path), env=_clean_env())
+    assert bare.returncode == 0, bare.stderr
+    assert "Warning: auth.api_keys: no API key is set" in bare.stderr
+    keyed = _check_config(str(path), env=_clean_env(AGENT_AUTH__API_KEYS="k1"))
+    assert keyed.returncode == 0 and "Warning" not in keyed.stderr
+
+
+def test_unusable_client_certificate_fails_the_load(tmp_path: Path) -> None:
+    cert, key = tmp_path / "client.pem", tmp_path / "client.key"
+    cert.write_text("-----BEGIN CERTIFICATE-----\nnot one\n-----END CERTIFICATE-----\n")
+    key.write_text("not a key\n")
+    toml = f'[mqtt]\ntls = true\ncert_file = "{cert}"\nkey_file = "{key}"\n'
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, toml))
+    ((path, problem),) = info.value.errors
+    assert path == "mqtt"  # a rule over two keys
+    assert str(cert) in problem and str(key) in problem
+    assert "cannot be used" in problem

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +15,7 @@ import aiomqtt
 import numpy as np
 import pytest
 
+from agent.devkit.backend import v5_request_properties
 from agent.devkit.brokers import Mosquitto
 from tests.agent_harness import (
     API_KEY,
@@ -83,6 +85,33 @@ async def test_401_and_command_not_executed(
         assert "wrong-key" not in json.dumps(reply)
         status = await b.send("status", {})
         assert status["data"]["sessions"] == []
+
+
+@pytest.mark.parametrize("key", [None, "wrong-key"])
+async def test_401_comes_back_on_the_response_topic_with_the_request_id(
+    broker: Mosquitto, tmp_path: Path, key: str | None
+) -> None:
+    # agent_config permits backend-test/# as a response topic for unauthenticated requests.
+    topic = f"backend-test/{uuid.uuid4().hex}/replies"
+    correlation = uuid.uuid4().bytes
+    async with (
+        running_agent(agent_config(tmp_path, broker)),
+        aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client,
+    ):
+        await client.subscribe(topic, qos=1)
+        await client.subscribe("attendance/site-1/reply", qos=1)
+        await client.publish(
+            "attendance/site-1/cmd/status",
+            json.dumps({"requestId": "bad-key-7"}).encode(),
+            qos=1,
+            properties=v5_request_properties(topic, correlation, key),
+        )
+        async with asyncio.timeout(10):
+            message = await anext(aiter(client.messages))
+    assert str(message.topic) == topic
+    assert getattr(message.properties, "CorrelationData", None) == correlation
+    body = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+    assert (body["status"], body["code"], body["requestId"]) == (401, "UNAUTHORIZED", "bad-key-7")
 
 
 async def test_api_key_in_payload_field(broker: Mosquitto, tmp_path: Path) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import aiohttp
@@ -15,6 +17,7 @@ import pytest
 from agent.devkit.brokers import Mosquitto
 from agent.devkit.ports import free_port
 from agent.engine import FaceEngine
+from agent.store import Store
 from tests.agent_harness import (
     RecordingSink,
     agent_config,
@@ -22,7 +25,7 @@ from tests.agent_harness import (
     running_agent,
     start_payload,
 )
-from tests.cli import run_cli
+from tests.cli import ROOT, run_cli
 from tests.rtsp import RtspServer
 from tests.waiting import wait_until
 
@@ -103,6 +106,31 @@ def test_status_cli_without_agent(tmp_path: Path) -> None:
     result = run_cli("status", "--port", str(free_port()), timeout=60)
     assert result.returncode == 1
     assert "does not answer" in result.stderr
+
+
+def _outbox_cli(data_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "AGENT_STORAGE__DATA_DIR": str(data_dir)}
+    return run_cli("outbox", "--config", str(ROOT / "config.toml"), env=env, timeout=60)
+
+
+def test_outbox_on_a_missing_state_file_fails_and_creates_nothing(tmp_path: Path) -> None:
+    data_dir = tmp_path / "never-ran"
+    result = _outbox_cli(data_dir)
+    assert result.returncode == 1
+    assert f"no state file at {data_dir / 'agent.db'}" in result.stderr
+    assert f"config: {ROOT / 'config.toml'}" in result.stderr  # says what it used
+    assert list(tmp_path.iterdir()) == []  # not the folder, not a file
+
+
+def test_outbox_reads_a_stopped_agents_state_file_without_touching_it(tmp_path: Path) -> None:
+    store = Store(tmp_path)  # as a stopped agent leaves it: checkpointed, no -wal/-shm
+    store.close()
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    result = _outbox_cli(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["counts"] == {"pending": 0, "delivered": 0, "dead": 0}
+    assert f"state file: {tmp_path / 'agent.db'}" in result.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
 
 
 async def test_json_logs_carry_event_names(

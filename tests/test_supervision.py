@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -160,33 +159,24 @@ def _task(agent: Agent, name: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("fault", ["password_file", "ca_file"])
-def test_agent_exits_non_zero_when_the_mqtt_link_cannot_work(
+def test_an_unusable_mqtt_file_stops_the_agent_before_it_starts(
     broker: Mosquitto, tmp_path: Path, fault: str
 ) -> None:
-    env = {
-        "AGENT_RUNTIME__TASK_RESTART_LIMIT": "2",
-        "AGENT_RUNTIME__TASK_BACKOFF_MIN_S": "0.1",
-        "AGENT_RUNTIME__TASK_BACKOFF_MAX_S": "0.2",
-    }
+    # Formerly met by the MQTT link at run time (a crash loop until the restart limit);
+    # the files are now read when the config is loaded, so the agent exits 2 at once and
+    # systemd does not restart it (RestartPreventExitStatus=2).
     if fault == "password_file":
-        env |= {
-            "AGENT_MQTT__USERNAME": "agent",
-            "AGENT_MQTT__PASSWORD_FILE": str(tmp_path / "gone"),
-        }
+        env = {"AGENT_MQTT__USERNAME": "agent", "AGENT_MQTT__PASSWORD_FILE": str(tmp_path / "gone")}
     else:
-        env |= {"AGENT_MQTT__TLS": "true", "AGENT_MQTT__CA_FILE": str(tmp_path / "no-ca.pem")}
+        env = {"AGENT_MQTT__TLS": "true", "AGENT_MQTT__CA_FILE": str(tmp_path / "no-ca.pem")}
     proc = spawn_agent(tmp_path, broker, "http://127.0.0.1:9/", **env)
-    started = time.monotonic()
     try:
-        code = proc.wait(timeout=60)
+        code = proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
         raise
     log = (tmp_path / "agent.log").read_text()
-    assert code == 1, log[-3000:]
-    assert time.monotonic() - started < 60
-    assert "CONFIG_INVALID" in log or "cannot be" in log
-    assert "TASK_CRASHED task=mqtt-link" in log
-    assert "AGENT_FATAL" in log
-    assert "AGENT_STOPPED" in log  # it shut down cleanly before exiting
+    assert code == 2, log[-3000:]
+    assert f"mqtt.{fault}" in log
+    assert "AGENT_RUNNING" not in log

@@ -3,19 +3,21 @@
 Precedence (highest first): environment variables ``AGENT_<SECTION>__<KEY>``, then the TOML
 file, then the defaults (in :mod:`agent.config.sections`). Secrets (passwords, API keys)
 are never read from the TOML file: they come from environment variables or from files named
-by ``*_file`` settings
-(systemd ``LoadCredential=`` puts them under ``$CREDENTIALS_DIRECTORY``).
+by ``*_file`` settings (systemd ``LoadCredential=`` puts them under
+``$CREDENTIALS_DIRECTORY``). Every file the configuration names is read (or, for TLS
+files, checked and loaded) while it is loaded (:mod:`agent.config.secrets`), so
+:func:`load_config` reports every problem at once, each by key path, and nothing reads
+those files later.
 """
 
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,6 +25,8 @@ from pydantic_settings import (
 )
 
 from agent.config.cameras import AnalysisConfig, CameraEntry, CamerasConfig
+from agent.config.mqtt import MqttConfig
+from agent.config.secrets import SecretFile, secret_value
 from agent.config.sections import (
     AuthConfig,
     CallbackConfig,
@@ -31,7 +35,6 @@ from agent.config.sections import (
     LoggingConfig,
     MetricsConfig,
     ModelsConfig,
-    MqttConfig,
     RecognitionConfig,
     RuntimeConfig,
     Section,
@@ -58,14 +61,16 @@ __all__ = [
     "MqttConfig",
     "RecognitionConfig",
     "RuntimeConfig",
+    "SecretFile",
     "Section",
     "SiteConfig",
     "StorageConfig",
     "WebUiConfig",
     "api_keys",
+    "config_warnings",
     "load_config",
     "masked_dump",
-    "read_secret",
+    "secret_value",
 ]
 
 ENV_PREFIX = "AGENT_"
@@ -82,10 +87,15 @@ SECRET_KEYS: frozenset[tuple[str, str]] = frozenset(
 """(section, key) pairs that must never be written in the TOML file."""
 
 _toml_path: ContextVar[Path | None] = ContextVar("agent_config_toml", default=None)
+# Secrets found in the TOML file by the load in progress, reported with every other error.
+_toml_secrets: ContextVar[list[tuple[str, str]] | None] = ContextVar(
+    "agent_config_toml_secrets", default=None
+)
 
 
 class _TomlSource(PydanticBaseSettingsSource):
-    """Reads the TOML file chosen by :func:`load_config` (and rejects secrets in it)."""
+    """Reads the TOML file chosen by :func:`load_config`; secrets in it are left out and
+    recorded as errors (all of them), so the rest is still validated."""
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         raise NotImplementedError  # __call__ returns the whole mapping
@@ -96,19 +106,20 @@ class _TomlSource(PydanticBaseSettingsSource):
             return {}
         with path.open("rb") as handle:
             data = tomllib.load(handle)
-        for section, key in SECRET_KEYS:
+        found = _toml_secrets.get()
+        for section, key in sorted(SECRET_KEYS):
             table = data.get(section)
-            if isinstance(table, Mapping) and key in table:
-                raise ConfigError(
-                    [
+            if isinstance(table, dict) and key in table:
+                del table[key]  # never validated, so never echoed in another error
+                if found is not None:
+                    found.append(
                         (
                             f"{section}.{key}",
                             "secrets are not read from the config file; set "
                             f"{ENV_PREFIX}{section.upper()}__{key.upper()} or "
                             f"{section}.{key}_file",
                         )
-                    ]
-                )
+                    )
         return data
 
 
@@ -183,33 +194,45 @@ def load_config(path: Path | None = None) -> AgentConfig:
     """
     if path is not None and not path.is_file():
         raise ConfigError([("(file)", f"config file {str(path)!r} does not exist")])
-    token = _toml_path.set(path)
+    secrets: list[tuple[str, str]] = []
+    tokens = (_toml_path.set(path), _toml_secrets.set(secrets))
     try:
-        return AgentConfig()
+        config = AgentConfig()
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([("(file)", f"{path} is not valid TOML: {exc}")]) from exc
     except ValidationError as exc:
-        raise ConfigError(
-            [(_key_path(err["loc"]), err["msg"]) for err in exc.errors(include_url=False)]
-        ) from exc
+        errors = [
+            # "Value error, " is pydantic's wrapping of our validators' messages: noise here.
+            (_key_path(err["loc"]), err["msg"].removeprefix("Value error, "))
+            for err in exc.errors(include_url=False)
+        ]
+        raise ConfigError(secrets + errors) from exc
     finally:
-        _toml_path.reset(token)
-
-
-def read_secret(value: SecretStr | None, file: Path | None) -> str | None:
-    """Return a secret from its direct value or, failing that, from its file."""
-    if value is not None and value.get_secret_value():
-        return value.get_secret_value()
-    if file is not None:
-        # An empty file means "not set", never an empty password.
-        return file.read_text(encoding="utf-8").strip() or None
-    return None
+        _toml_path.reset(tokens[0])
+        _toml_secrets.reset(tokens[1])
+    if secrets:
+        raise ConfigError(secrets)
+    return config
 
 
 def api_keys(cfg: AuthConfig) -> list[str]:
     """The accepted command API keys (comma- or line-separated); empty means none set."""
-    raw = read_secret(cfg.api_keys, cfg.api_keys_file) or ""
+    raw = secret_value(cfg.api_keys, cfg.api_keys_file) or ""
     return [k.strip() for k in raw.replace("\n", ",").split(",") if k.strip()]
+
+
+def config_warnings(config: AgentConfig) -> list[tuple[str, str]]:
+    """Problems that do not stop the agent but make it useless or unsafe, by key path."""
+    warnings = []
+    if not api_keys(config.auth):
+        warnings.append(
+            (
+                "auth.api_keys",
+                f"no API key is set ({ENV_PREFIX}AUTH__API_KEYS or auth.api_keys_file, "
+                "or the file is empty): every command will be refused with 401",
+            )
+        )
+    return warnings
 
 
 def masked_dump(config: AgentConfig) -> dict[str, Any]:

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
 
+from agent.config.secrets import SecretFile
 from agent.config.sections import Section
 
 
@@ -23,10 +23,10 @@ class CameraEntry(Section):
         description="Stream URL without credentials (rtsp://, http://, file://, or a device "
         "index such as 0).",
     )
-    credentials_file: Path | None = Field(
+    credentials_file: SecretFile | None = Field(
         None,
         description="File holding 'user:password' for the stream (kept out of config.toml; "
-        "systemd LoadCredential= fits).",
+        "systemd LoadCredential= fits); read when the config is loaded.",
     )
 
     @field_validator("url")
@@ -42,9 +42,7 @@ class CameraEntry(Section):
 
     def stream_url(self) -> str:
         """The URL to open, with the credentials from ``credentials_file`` when set."""
-        if self.credentials_file is None:
-            return self.url
-        secret = self.credentials_file.read_text(encoding="utf-8").strip()
+        secret = self.credentials_file.get_secret_value() if self.credentials_file else None
         if not secret:
             return self.url
         parts = urlsplit(self.url)

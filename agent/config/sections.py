@@ -17,6 +17,8 @@ from pydantic import (
     model_validator,
 )
 
+from agent.config.secrets import SecretFile
+
 ExecutionProvider = Literal[
     "TensorrtExecutionProvider",
     "CUDAExecutionProvider",
@@ -301,86 +303,6 @@ class EnrollmentConfig(Section):
     )
 
 
-class MqttConfig(Section):
-    """The MQTT broker connection and topics."""
-
-    host: str = Field("127.0.0.1", min_length=1, max_length=253, description="Broker host.")
-    port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 is usual for TLS).")
-    client_id: str = Field(
-        "",
-        max_length=128,
-        description="Client id; empty = 'edge-agent-<site id>'. Must be stable for the "
-        "broker to keep the session across reconnects.",
-    )
-    protocol: Literal["auto", "5", "3.1.1"] = Field(
-        "auto", description="'auto' tries MQTT 5 first and falls back to 3.1.1."
-    )
-    topic_prefix: str = Field(
-        "attendance",
-        min_length=1,
-        max_length=64,
-        pattern=r"^[A-Za-z0-9_./-]+$",
-        description="Topics are <prefix>/<site id>/...",
-    )
-    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive, seconds.")
-    session_expiry_s: int = Field(
-        3600,
-        ge=0,
-        le=7 * 24 * 3600,
-        description="How long the broker keeps the agent's subscriptions and queued commands "
-        "while it is offline.",
-    )
-    username: str | None = Field(None, max_length=256, description="Broker user name.")
-    password: SecretStr | None = Field(
-        None, description="Broker password (environment AGENT_MQTT__PASSWORD only)."
-    )
-    password_file: Path | None = Field(None, description="File holding the broker password.")
-    tls: bool = Field(False, description="Connect with TLS.")
-    ca_file: Path | None = Field(None, description="CA bundle for the broker's certificate.")
-    cert_file: Path | None = Field(None, description="Client certificate (mutual TLS).")
-    key_file: Path | None = Field(None, description="Client private key (mutual TLS).")
-    reconnect_min_s: float = Field(1.0, ge=0.1, le=60, description="First reconnect delay.")
-    reconnect_max_s: float = Field(30.0, ge=1, le=600, description="Longest reconnect delay.")
-    max_payload_bytes: int = Field(
-        16 * 1024 * 1024,
-        ge=1024,
-        le=256 * 1024 * 1024,
-        description="Larger command payloads are refused with 422.",
-    )
-    unauthenticated_reply_topics: tuple[str, ...] = Field(
-        (),
-        max_length=32,
-        description="MQTT topic filters a request WITHOUT a valid key may name as its v5 "
-        "response topic for its 401; elsewhere the 401 goes to <prefix>/<site>/reply (an "
-        "anonymous sender must not make the agent publish where it likes).",
-    )
-    max_queued_commands: int = Field(
-        64,
-        ge=1,
-        le=10_000,
-        description="Command messages waiting to be handled at most; more are discarded "
-        "unanswered (logged) while the agent is flooded.",
-    )
-    reply_cache_s: int = Field(
-        86400,
-        ge=60,
-        le=30 * 86400,
-        description="How long a reply is kept to answer a redelivered requestId again.",
-    )
-
-    @model_validator(mode="after")
-    def _consistent(self) -> MqttConfig:
-        if self.reconnect_min_s > self.reconnect_max_s:
-            raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together (mutual TLS)")
-        return self
-
-    def effective_client_id(self, site_id: str) -> str:
-        """The client id sent to the broker."""
-        return self.client_id or f"edge-agent-{site_id}"
-
-
 class CallbackConfig(Section):
     """Where recognition results may be sent, and the key sent with them."""
 
@@ -394,7 +316,9 @@ class CallbackConfig(Section):
     api_key: SecretStr | None = Field(
         None, description="X-API-Key sent with callbacks (environment AGENT_CALLBACK__API_KEY)."
     )
-    api_key_file: Path | None = Field(None, description="File holding the callback API key.")
+    api_key_file: SecretFile | None = Field(
+        None, description="File holding the callback API key (read when the config is loaded)."
+    )
     timeout_s: float = Field(10.0, ge=0.5, le=120, description="Total time for one POST.")
     attempts_per_round: int = Field(
         3, ge=1, le=10, description="POSTs per round before backing off (seed: 3)."
@@ -511,7 +435,10 @@ class AuthConfig(Section):
         None,
         description="Comma-separated API keys accepted on commands (env AGENT_AUTH__API_KEYS).",
     )
-    api_keys_file: Path | None = Field(None, description="File holding the API keys, one per line.")
+    api_keys_file: SecretFile | None = Field(
+        None,
+        description="File holding the API keys, one per line (read when the config is loaded).",
+    )
 
 
 class MetricsConfig(Section):
@@ -541,7 +468,9 @@ class WebUiConfig(Section):
         description="Password of the page (HTTP Basic, any user name, or 'Authorization: "
         "Bearer'); environment AGENT_WEBUI__PASSWORD only. Required off loopback.",
     )
-    password_file: Path | None = Field(None, description="File holding the page's password.")
+    password_file: SecretFile | None = Field(
+        None, description="File holding the page's password (read when the config is loaded)."
+    )
     face_labels: Literal["id", "code", "name"] = Field(
         "id",
         description="What recognised faces are labelled with on snapshots: the student id, "
