@@ -24,9 +24,11 @@ So a frame is covered in three passes, merged into one list:
    coarse box until they are due for a re-check, so a settled room costs little.
 3. **Sweep**: native-resolution tiles (overlapping, so a face cut by one tile's edge is
    whole in the next), one tile per analysis while the session still has roster students
-   not yet recognised, for faces too small even to be proposed. A sweep that finds nothing
-   new waits longer before the next one (``sweep_min_interval_s`` doubling up to
-   ``sweep_max_interval_s``).
+   not yet recognised, for faces too small even to be proposed, and only while the budget
+   is at least half full (regions come first). After a sweep that found someone new the
+   next starts ``sweep_min_interval_s`` later; after one that found nobody new, 4x that,
+   doubling up to ``sweep_max_interval_s`` (at once in a room whose faces were all at
+   least :data:`TINY_FACE_PX` wide: the shrunk frame proposes those reliably).
 
 Regions and tiles are paid from the agent-wide fine-detection budget
 (``[analysis] fine_detect_cores``, :class:`agent.scheduler.FineBudget`).
@@ -61,6 +63,7 @@ REGION_FACE_PX = 32.0  # faces smaller than this are upscaled in their region (a
 EDGE_PX = 2.0  # a face this close to an inner edge of a region or tile is cut by it
 MAX_REGIONS = 48  # per analysis: a pathological scene cannot take the whole budget
 SWEEP_RESERVE = 0.5  # a sweep tile waits while the budget is below half: regions first
+TINY_FACE_PX = 24.0  # the shrunk frame proposes 18-19 of 19 faces from here up (at 0.1)
 REJECT_ANALYSES = 8  # a candidate a region check rejected is not re-checked for this long
 MERGE_OVERLAP = 0.4  # IoU or containment above which two detections are one face
 
@@ -216,17 +219,25 @@ class Sweep:
             self.cursor = 0
         return self.tiles[self.cursor]
 
-    def advance(self, now: float, found_new: int) -> None:
-        """One tile done; at the end of a sweep, choose when the next one starts."""
+    def advance(self, now: float, found_new: int, *, tiny_faces: bool = True) -> None:
+        """One tile done; at the end of a sweep, choose when the next one starts.
+
+        ``tiny_faces``: the camera has seen faces so small that the shrunk frame barely
+        proposes them (under :data:`TINY_FACE_PX`); in a room without them, a sweep that
+        found nobody new is followed by the longest pause at once.
+        """
         self.cursor += 1
         self.found += found_new
         if self.cursor < len(self.tiles):
             return
         self.completed += 1
-        if self.found or not self.interval_s:
+        if self.found:
             self.interval_s = self.min_interval_s
-        else:
-            self.interval_s = min(self.max_interval_s, self.interval_s * 2)
+        elif not tiny_faces:
+            self.interval_s = self.max_interval_s
+        else:  # nobody new: the candidates see this room; pause longer each time
+            previous = max(self.interval_s, self.min_interval_s * 2)
+            self.interval_s = min(self.max_interval_s, previous * 2)
         self.next_at = now + self.interval_s
         self.cursor = 0
         self.found = 0
@@ -241,6 +252,7 @@ class CameraCoverage:
     rejected: list[tuple[Region, int]] = field(default_factory=list)  # region, until
     analyses: int = 0
     regions: int = 0  # regions re-detected so far
+    tiny_faces: bool = False  # a face under TINY_FACE_PX was tracked on this camera
 
     @classmethod
     def for_config(cls, cfg: RecognitionConfig) -> CameraCoverage:

@@ -19,6 +19,7 @@ from agent.camera_view import FaceBox
 from agent.config import RecognitionConfig
 from agent.coverage import (
     MAX_REGIONS,
+    TINY_FACE_PX,
     Budget,
     CameraCoverage,
     detect_frame,
@@ -154,9 +155,12 @@ def analyse_frame(
     first_new = tracker.next_id
     tracks = tracker.update(found.faces, lambda t: looked_for(t, found, cfg))
     fresh = [t for t in tracks if t.track_id >= first_new]
+    coverage.tiny_faces |= any(t.face.width < TINY_FACE_PX for t in fresh)
     if found.tiles:
         coverage.sweep.advance(
-            time.monotonic(), sum(1 for t in fresh if t.face.source is FaceSource.TILE)
+            time.monotonic(),
+            sum(1 for t in fresh if t.face.source is FaceSource.TILE),
+            tiny_faces=coverage.tiny_faces,
         )
     todo = sorted(
         (t for t in tracks if tracker.needs_embedding(t) and is_precise(t.face, cfg)),

@@ -15,6 +15,7 @@ from agent.config import AgentConfig, RecognitionConfig
 from agent.coverage import (
     TILE_OVERLAP_PX,
     CameraCoverage,
+    Sweep,
     detect_frame,
     detect_in,
     merge,
@@ -213,3 +214,39 @@ def test_weak_tiny_matches_never_confirm_a_wrong_student(
         assert all(score < cfg.match_threshold + cfg.small_face_margin for _, score in result.near)
     assert confirmed <= {"biden"}
     assert "biden" in examined  # the back-row face was found and matched, not skipped
+
+
+def test_sweeps_pause_longer_while_they_find_nobody_new() -> None:
+    sweep = Sweep(min_interval_s=5.0, max_interval_s=60.0)
+    assert sweep.due(0.0)
+    pauses = []
+    now = 0.0
+    for found in (0, 0, 0, 0, 1, 0):
+        for index in range(6):  # one tile per analysis; 1080p has six
+            assert sweep.next_tile(*HD) == sweep.tiles[index]
+            sweep.advance(now, found if index == 2 else 0)
+            if index < 5:
+                assert sweep.due(now)  # a sweep under way continues
+        pauses.append(sweep.next_at - now)
+        assert not sweep.due(now)
+        now = sweep.next_at
+    assert pauses == [20.0, 40.0, 60.0, 60.0, 5.0, 20.0]
+    assert sweep.completed == 6
+
+
+def test_the_full_resolution_budget_is_shared_and_can_be_off() -> None:
+    budget = FineBudget(0.25)
+    assert budget.available() and budget.available(reserve=0.5)
+    budget.charge(0.2)  # most of what may be saved up
+    assert budget.available() and not budget.available(reserve=0.5)
+    budget.charge(0.5)  # a detection may overdraw; then nothing starts until repaid
+    assert not budget.available()
+    assert not FineBudget(0.0).available()
+
+
+def test_a_room_without_tiny_faces_is_swept_rarely() -> None:
+    sweep = Sweep(min_interval_s=5.0, max_interval_s=60.0)
+    for _ in range(6):
+        sweep.next_tile(*HD)
+        sweep.advance(100.0, 0, tiny_faces=False)
+    assert sweep.next_at == 160.0

@@ -180,7 +180,8 @@ class RecognitionConfig(Section):
         60.0,
         ge=0.5,
         le=3600,
-        description="After sweeps that find nobody new the pause doubles up to this (a "
+        description="After a sweep that finds nobody new the pause is 4 x "
+        "sweep_min_interval_s, doubling after each such sweep up to this (a "
         "settled room is swept rarely: 24 cameras cost 0.05 of a core); a latecomer too "
         "small even to be proposed by the shrunk frame is found within about this long.",
     )
