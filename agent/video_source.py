@@ -58,11 +58,16 @@ class SourceError(AgentError):
 
 @dataclass
 class Grab:
-    """What one ``grab`` brought: whether the stream is still there, and whether a new
-    decoded frame is ready for ``retrieve``."""
+    """What one ``grab`` brought: whether the stream is still there, whether it was a video
+    packet, whether that packet is usable (the stream has given the decoder a keyframe to
+    start from since it was opened), and whether a new decoded frame is ready for
+    ``retrieve``. Packets of other tracks (audio) are read too, so that a stream whose
+    video stopped while its audio goes on is noticed (see ``PyAvSource``)."""
 
     ok: bool
     decoded: bool = False
+    video: bool = False
+    fresh: bool = False
 
 
 class VideoSource(Protocol):
@@ -109,9 +114,15 @@ class PyAvSource:
         self._container = container
         self._stream = stream
         self._codec = stream.codec_context
-        self._packets = container.demux(stream)
+        # Every track is demuxed, not only the video: PyAV's demux(video) skips audio
+        # packets inside one call, and FFmpeg's read timeout restarts with each of them, so
+        # a camera whose video died while its audio went on blocked a read for ever
+        # (measured: GStreamer RTSP server, H.264 + A-law). Other packets are returned
+        # unread and the camera reader watches the age of the last usable video packet.
+        self._packets = container.demux()
         self._frame: Any = None
         self._synced = False  # the decoder has seen a keyframe since the last gap
+        self._keyed = False  # the stream has sent a keyframe since it was opened
         rate = stream.average_rate or stream.guessed_rate
         self.fps = float(rate) if rate else 0.0
 
@@ -157,14 +168,20 @@ class PyAvSource:
             raise SourceError(f"read failed: {_describe(exc)}") from exc
         if packet is None:
             return Grab(ok=False)
+        if packet.stream_index != self._stream.index:
+            return Grab(ok=True)  # audio or data: read only to keep the read loop turning
         key = bool(packet.is_keyframe)
+        # Usable = a decoder could have made a frame of it: nothing before the stream's
+        # first keyframe is (a stream that never sends one must not look alive).
+        self._keyed = self._keyed or key
+        fresh = self._keyed
         if mode is DecodeMode.KEYFRAMES:
             # A P-frame after skipped frames would decode as garbage: wait for a keyframe.
             self._synced = False
             if not (key and wanted):
-                return Grab(ok=True)
+                return Grab(ok=True, video=True, fresh=fresh)
         elif not self._synced and not key:
-            return Grab(ok=True)
+            return Grab(ok=True, video=True, fresh=fresh)
         try:
             frames = self._codec.decode(packet)
         except Exception as exc:  # a damaged packet: skip it, resync at the next keyframe
@@ -173,9 +190,9 @@ class PyAvSource:
         if key:
             self._synced = mode is DecodeMode.FULL
         if not frames:
-            return Grab(ok=True)
+            return Grab(ok=True, video=True, fresh=fresh)
         self._frame = frames[-1]
-        return Grab(ok=True, decoded=True)
+        return Grab(ok=True, decoded=True, video=True, fresh=True)
 
     def retrieve(self) -> Image | None:
         """The last decoded frame in BGR."""
@@ -244,7 +261,7 @@ class OpenCvSource:
             ok = bool(self._cap.grab())
         except Exception as exc:
             raise SourceError(f"read failed: {_describe(exc)}") from exc
-        return Grab(ok=ok, decoded=ok)
+        return Grab(ok=ok, decoded=ok, video=ok, fresh=ok)
 
     def retrieve(self) -> Image | None:
         """Convert the grabbed frame."""

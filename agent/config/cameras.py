@@ -63,7 +63,12 @@ class CamerasConfig(Section):
         2.0, ge=0.2, le=60, description="Longest wait inside one read (OpenCV FFmpeg option)."
     )
     max_frame_age_s: float = Field(
-        3.0, ge=0.5, le=120, description="No new frame for this long = the stream is hung."
+        3.0,
+        ge=0.5,
+        le=120,
+        description="No usable video frame for this long = the stream is hung. Usable: "
+        "after the stream's first keyframe (keep this above the cameras' keyframe "
+        "interval), video only (audio packets do not count).",
     )
     reconnect_attempts: int = Field(
         3, ge=1, le=100, description="Reconnect attempts before a camera is dead (seed: 3)."
