@@ -109,6 +109,10 @@ def probe_camera(
     except Exception as exc:  # SourceError, or anything a backend raises
         took = time.monotonic() - started
         text = str(exc)
+        if isinstance(exc, SourceError) and exc.code is ErrorCode.CAMERA_FRAME_TOO_LARGE:
+            return CameraTestResult(
+                safe, False, seconds=round(took, 2), error_code=exc.code, error=text
+            )
         # A library may report an open that waited out the timeout as something else (PyAV
         # against a silent socket: "Invalid data"); to a technician it is a timeout.
         if "timed out" in text or took >= cameras.open_timeout_s * 0.9:
@@ -156,7 +160,12 @@ def _read_for(
         try:
             grab = source.grab(DecodeMode.FULL, wanted=True)
             image = source.retrieve() if grab.decoded else None
-        except SourceError:  # a failed read like any other
+        except SourceError as exc:  # a failed read like any other, but say a refused size
+            if exc.code is ErrorCode.CAMERA_FRAME_TOO_LARGE:
+                took = round(time.monotonic() - started, 2)
+                return CameraTestResult(
+                    safe, False, seconds=took, error_code=exc.code, error=str(exc)
+                )
             break
         if not grab.ok:
             break

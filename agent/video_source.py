@@ -25,9 +25,11 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from agent import frame_size
 from agent.config import CamerasConfig
 from agent.errors import AgentError, ErrorCode
 from agent.faces import Image
+from agent.frame_size import jpeg_size, too_large
 
 try:  # PyAV is a dependency; without it every camera is read with OpenCV.
     import av
@@ -48,12 +50,18 @@ class SourceError(AgentError):
     """Opening or reading a stream failed; ``str()`` is a one-line reason (it becomes the
     camera's ``lastError`` and the CAMERA_DISCONNECTED message)."""
 
-    def __init__(self, reason: str, *, opening: bool = False) -> None:
-        super().__init__(
-            ErrorCode.CAMERA_OPEN_FAILED if opening else ErrorCode.CAMERA_NO_FRAME,
-            reason,
-            status=502,
-        )
+    def __init__(
+        self, reason: str, *, opening: bool = False, code: ErrorCode | None = None
+    ) -> None:
+        default = ErrorCode.CAMERA_OPEN_FAILED if opening else ErrorCode.CAMERA_NO_FRAME
+        super().__init__(code or default, reason, status=502)
+
+
+def _check_size(width: int, height: int, cfg: CamerasConfig, *, opening: bool = False) -> None:
+    """Raise SourceError (CAMERA_FRAME_TOO_LARGE) for a frame over ``max_frame_pixels``."""
+    reason = too_large(width, height, cfg.max_frame_pixels)
+    if reason is not None:
+        raise SourceError(reason, opening=opening, code=frame_size.CODE)
 
 
 @dataclass
@@ -110,10 +118,14 @@ class PyAvSource:
 
     name = "pyav"
 
-    def __init__(self, container: Any, stream: Any) -> None:
+    def __init__(self, container: Any, stream: Any, cfg: CamerasConfig) -> None:
         self._container = container
         self._stream = stream
+        self._cfg = cfg
         self._codec = stream.codec_context
+        # FFmpeg's own cap: the decoder refuses a larger picture before allocating it,
+        # also after a resolution change in the middle of the stream.
+        self._codec.options = {"max_pixels": str(cfg.max_frame_pixels)}
         # Every track is demuxed, not only the video: PyAV's demux(video) skips audio
         # packets inside one call, and FFmpeg's read timeout restarts with each of them, so
         # a camera whose video died while its audio went on blocked a read for ever
@@ -131,6 +143,10 @@ class PyAvSource:
         """Open ``url`` with the FFmpeg options and both timeouts of ``cfg``."""
         target = url[len("file://") :] if url.startswith("file://") else url
         options = dict(pair.split(";", 1) for pair in cfg.ffmpeg_options.split("|") if ";" in pair)
+        # Probing the stream may decode a frame: never one over the cap (measured: a
+        # 16000x16000 MJPEG stream then opens with its size unknown, and the first decode
+        # is refused below).
+        options["max_pixels"] = str(cfg.max_frame_pixels)
         container: Any = None
         try:
             container = av.open(
@@ -146,6 +162,7 @@ class PyAvSource:
             # decoder).
             stream.thread_type = "SLICE"
             stream.codec_context.thread_count = 1
+            _check_size(stream.codec_context.width, stream.codec_context.height, cfg, opening=True)
         except SourceError:
             _close(container)
             raise
@@ -154,7 +171,7 @@ class PyAvSource:
             if "Immediate exit requested" in str(exc):
                 raise SourceError("open timed out", opening=True) from exc
             raise SourceError(f"open failed: {_describe(exc)}", opening=True) from exc
-        return cls(container, stream)
+        return cls(container, stream, cfg)
 
     def grab(self, mode: DecodeMode, wanted: bool) -> Grab:
         """Read one packet; decode it when the mode asks for it."""
@@ -186,13 +203,27 @@ class PyAvSource:
             frames = self._codec.decode(packet)
         except Exception as exc:  # a damaged packet: skip it, resync at the next keyframe
             self._synced = False
+            self._check_packet_size(packet)
             raise SourceError(f"decode failed: {_describe(exc)}") from exc
         if key:
             self._synced = mode is DecodeMode.FULL
         if not frames:
             return Grab(ok=True, video=True, fresh=fresh)
+        _check_size(frames[-1].width, frames[-1].height, self._cfg)
         self._frame = frames[-1]
         return Grab(ok=True, decoded=True, video=True, fresh=True)
+
+    def _check_packet_size(self, packet: Any) -> None:
+        """After a failed decode: whether the frame was refused for its size (FFmpeg says
+        only "Invalid argument"). A JPEG's header says its size; other codecs leave the
+        new size in the decoder's context."""
+        size = None
+        if self._codec.name == "mjpeg":
+            with contextlib.suppress(Exception):
+                size = jpeg_size(bytes(packet))
+        if size is None:
+            size = (self._codec.width, self._codec.height)
+        _check_size(*size, self._cfg)
 
     def retrieve(self) -> Image | None:
         """The last decoded frame in BGR."""
@@ -218,9 +249,14 @@ class OpenCvSource:
 
     name = "opencv"
 
-    def __init__(self, cap: Any, fps: float) -> None:
+    def __init__(self, cap: Any, cfg: CamerasConfig) -> None:
         self._cap = cap
-        self.fps = fps
+        self._cfg = cfg
+        try:
+            fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        except Exception:  # cv2.error: no rate known
+            fps = 0.0
+        self.fps = fps if 1.0 <= fps <= 120.0 else 0.0
 
     @classmethod
     def open(cls, url: str, cfg: CamerasConfig) -> OpenCvSource:
@@ -249,11 +285,23 @@ class OpenCvSource:
             # OpenCV says only "not opened": an open that took the whole timeout timed out.
             timed_out = time.monotonic() - started >= cfg.open_timeout_s * 0.9
             raise SourceError("open timed out" if timed_out else "open refused", opening=True)
+        source = cls(cap, cfg)
         try:
-            fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        except Exception:  # cv2.error: no rate known
-            fps = 0.0
-        return cls(cap, fps if 1.0 <= fps <= 120.0 else 0.0)
+            source.check_size(opening=True)
+        except SourceError:
+            _release(cap)
+            raise
+        return source
+
+    def check_size(self, *, opening: bool = False) -> None:
+        """Refuse a stream whose frames are over ``max_frame_pixels``. OpenCV decodes
+        inside ``grab``, so this only stops a large stream after its first frame."""
+        try:
+            width = int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
+            height = int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+        except Exception:  # cv2.error: size unknown; the frame is checked when retrieved
+            return
+        _check_size(width, height, self._cfg, opening=opening)
 
     def grab(self, mode: DecodeMode, wanted: bool) -> Grab:
         """Read (and, OpenCV being what it is, decode) one frame."""
@@ -261,6 +309,8 @@ class OpenCvSource:
             ok = bool(self._cap.grab())
         except Exception as exc:
             raise SourceError(f"read failed: {_describe(exc)}") from exc
+        if ok:
+            self.check_size()  # the size may change in the middle of a stream
         return Grab(ok=ok, decoded=ok, video=ok, fresh=ok)
 
     def retrieve(self) -> Image | None:

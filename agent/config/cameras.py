@@ -100,6 +100,16 @@ class CamerasConfig(Section):
         description="OPENCV_FFMPEG_CAPTURE_OPTIONS: RTSP over TCP and a fast open (measured "
         "0.13 s instead of 2.8 s).",
     )
+    max_frame_pixels: int = Field(
+        4096 * 2160,
+        ge=320 * 240,
+        le=16384 * 16384,
+        description="Largest frame accepted, in pixels (default: 4096x2160, 4K). A stream "
+        "over it is refused before decoding where the stream says its size (the open; a "
+        "JPEG's header; FFmpeg's decoder refuses it otherwise) with CAMERA_FRAME_TOO_LARGE, "
+        "also after a resolution change in the middle of the stream: a decoded frame costs "
+        "its size in memory several times over.",
+    )
 
     allow_shared: bool = Field(
         False,
