@@ -31,15 +31,21 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from urllib.parse import unquote
 
 from agent.config import CamerasConfig
 from agent.faces import Image
 
 # redact_url is re-exported: tests/test_camera_units.py imports it from here.
-from agent.redaction import log_safe, redact_text, redact_url
+from agent.redaction import log_safe, redact_text, redact_url, url_secrets
 from agent.status_models import CameraHealth
-from agent.video_source import DecodeMode, SourceError, VideoSource, choose_decoder, open_source
+from agent.video_source import (
+    DecodeMode,
+    SourceError,
+    VideoSource,
+    choose_decoder,
+    open_source,
+    opencv_options,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +96,6 @@ class LoopCounters:
     up_seconds: float = 0.0
     live_since: float | None = None
     analysed_at: deque[float] = field(default_factory=lambda: deque(maxlen=256))
-
-
-def url_secrets(url: str) -> list[str]:
-    """The credentials inside a camera URL, raw and percent-decoded, so they can be masked
-    in error text that might quote them (an exception message, a traceback)."""
-    scheme_end = url.find("://")
-    rest = url[scheme_end + 3 :] if scheme_end >= 0 else url
-    userinfo = rest.rpartition("@")[0] if "@" in rest else ""
-    secrets = {userinfo, *userinfo.split(":", 1)[1:]}
-    return [s for raw in secrets for s in {raw, unquote(raw)} if s]
 
 
 StateCallback = Callable[[str, CameraState, str], None]
@@ -155,7 +151,7 @@ class CameraReader:
 
     def start(self) -> None:
         """Start the reader thread."""
-        os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = self.cfg.ffmpeg_options
+        os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = opencv_options(self.cfg)
         self._thread = threading.Thread(
             target=self._thread_main, name=f"camera-{self.camera_id}", daemon=True
         )

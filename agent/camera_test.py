@@ -23,22 +23,25 @@ import numpy as np
 # The capture is opened as the camera reader opens it (same backend choice, same
 # credential masking); camera.py keeps those helpers private to its module.
 from agent.allowlist import check_under
-from agent.camera import url_secrets
+from agent.camera_urls import CAMERA_PORTS, CameraUrlError
 from agent.config import CamerasConfig
-from agent.errors import AgentError, ErrorCode
-from agent.redaction import redact_text, redact_url
+from agent.errors import ErrorCode
+from agent.redaction import redact_text, redact_url, url_secrets
 from agent.snapshot import SnapshotError, encode_jpeg
-from agent.video_source import DecodeMode, SourceError, VideoSource, open_source
+from agent.video_source import (
+    DecodeMode,
+    SourceError,
+    VideoSource,
+    open_source,
+    opencv_options,
+)
 
-CAMERA_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
 MAX_TEST_FRAMES = 300  # a 60 fps camera read for the longest test (5 s)
 
 
-class CameraUrlError(AgentError, ValueError):
-    """The camera test may not open this URL; the message says why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(ErrorCode.CAMERA_URL_NOT_ALLOWED, reason, status=403)
+def _forbidden(reason: str) -> CameraUrlError:
+    """The camera test answers a URL it may not open with 403."""
+    return CameraUrlError(reason, status=403)
 
 
 def check_camera_url(url: str, allowed_urls: Iterable[str]) -> None:
@@ -50,7 +53,7 @@ def check_camera_url(url: str, allowed_urls: Iterable[str]) -> None:
         allowed_urls,
         ports=CAMERA_PORTS,
         allow_userinfo=True,
-        error=CameraUrlError,
+        error=_forbidden,
         refusal="is not a registry camera and not under [webui] camera_test_allowed_urls",
     )
 
@@ -103,7 +106,7 @@ def probe_camera(
     secrets = url_secrets(url)
     safe = redact_url(url)
     started = time.monotonic()
-    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = cameras.ffmpeg_options
+    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = opencv_options(cameras)
     try:
         source = open_source(url, cameras)
     except Exception as exc:  # SourceError, or anything a backend raises

@@ -106,6 +106,12 @@ def choose_decoder(url: str, cfg: CamerasConfig) -> str:
     return "pyav"
 
 
+def opencv_options(cfg: CamerasConfig) -> str:
+    """OPENCV_FFMPEG_CAPTURE_OPTIONS for ``cfg``: its FFmpeg options, and no HTTP redirect
+    followed (as with PyAV; measured: OpenCV's FFmpeg honours ``max_redirects``)."""
+    return f"{cfg.ffmpeg_options}|max_redirects;0"
+
+
 def open_source(url: str, cfg: CamerasConfig) -> VideoSource:
     """Open a stream with the configured library and timeouts; raises SourceError."""
     if choose_decoder(url, cfg) == "pyav":
@@ -147,6 +153,10 @@ class PyAvSource:
         # 16000x16000 MJPEG stream then opens with its size unknown, and the first decode
         # is refused below).
         options["max_pixels"] = str(cfg.max_frame_pixels)
+        if target.startswith(("http://", "https://")):
+            # Redirects are not followed: the URL that was checked against the allowlists
+            # ([cameras] allowed_urls, [webui] camera_test_allowed_urls) is the one opened.
+            options["max_redirects"] = "0"
         container: Any = None
         try:
             container = av.open(
@@ -170,7 +180,8 @@ class PyAvSource:
             _close(container)
             if "Immediate exit requested" in str(exc):
                 raise SourceError("open timed out", opening=True) from exc
-            raise SourceError(f"open failed: {_describe(exc)}", opening=True) from exc
+            hint = " (HTTP redirects are not followed)" if "max_redirects" in options else ""
+            raise SourceError(f"open failed: {_describe(exc)}{hint}", opening=True) from exc
         return cls(container, stream, cfg)
 
     def grab(self, mode: DecodeMode, wanted: bool) -> Grab:

@@ -44,7 +44,8 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from agent.camera_test import CameraUrlError, check_camera_url, probe_camera
+from agent.camera_test import check_camera_url, probe_camera
+from agent.camera_urls import CameraUrlError
 from agent.camera_view import CameraView
 from agent.config import AgentConfig, read_secret
 from agent.errors import ErrorCode
