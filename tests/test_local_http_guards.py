@@ -110,3 +110,23 @@ async def test_camera_test_does_not_follow_a_redirect_out_of_the_allowlist(
     assert "redirect" in result["error"]["message"]
     assert redirector.hits["/redirect"] == 1
     assert outside.hits["/camera"] == 0
+
+
+async def test_status_and_metrics_refuse_other_host_names_on_loopback(
+    serve: Serve, tmp_path: Path
+) -> None:
+    base = await serve(_config(tmp_path))
+    for path in ("/status", "/metrics", "/healthz", "/"):
+        status, body = await _get(f"{base}{path}", Host="rebound.example")
+        assert status == 403, (path, status)
+        assert json.loads(body)["code"] == "REQUEST_FORBIDDEN", path
+        for host in ("localhost:9108", "127.0.0.1", "[::1]:9108"):
+            assert (await _get(f"{base}{path}", Host=host))[0] == 200, (path, host)
+
+
+async def test_off_loopback_metrics_answer_any_host_name(serve: Serve, tmp_path: Path) -> None:
+    # Listening on the school's network (for a Prometheus server) is a choice the site made:
+    # there the host name is whatever the scraper uses.
+    base = await serve(_config(tmp_path, metrics={"host": "0.0.0.0"}))
+    for path in ("/status", "/metrics", "/healthz"):
+        assert (await _get(f"{base}{path}", Host="box.school.lan:9108"))[0] == 200, path
