@@ -42,6 +42,7 @@ async def test_inline_camera_urls_outside_the_allowed_networks_are_refused(
         "mapped": "rtsp://[::ffff:8.8.8.8]:554/x",
         "sibling": "rtsp://cameras.school.lan:8554/livex",
         "port": "rtsp://cameras.school.lan:554/live/room",
+        "badport": "rtsp://127.0.0.1:99999/x",  # not a URL a camera can have
     }
     allowed = {
         "private": "rtsp://192.168.1.20:554/stream",
