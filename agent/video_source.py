@@ -306,7 +306,9 @@ class OpenCvSource:
 
     def check_size(self, *, opening: bool = False) -> None:
         """Refuse a stream whose frames are over ``max_frame_pixels``. OpenCV decodes
-        inside ``grab``, so this only stops a large stream after its first frame."""
+        inside ``grab``, so this only stops a large stream after its first frame; and it
+        scales every frame to the stream's first size (measured: 320x240 then 640x480
+        MJPEG frames all come out 320x240), so a later size change is not seen here."""
         try:
             width = int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
             height = int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
