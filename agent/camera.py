@@ -31,15 +31,21 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from urllib.parse import unquote
 
 from agent.config import CamerasConfig
 from agent.faces import Image
 
 # redact_url is re-exported: tests/test_camera_units.py imports it from here.
-from agent.redaction import log_safe, redact_text, redact_url
+from agent.redaction import log_safe, redact_text, redact_url, url_secrets
 from agent.status_models import CameraHealth
-from agent.video_source import DecodeMode, SourceError, VideoSource, choose_decoder, open_source
+from agent.video_source import (
+    DecodeMode,
+    SourceError,
+    VideoSource,
+    choose_decoder,
+    open_source,
+    opencv_options,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +75,14 @@ class Frame:
 class ReaderCounters:
     """Written by the reader thread only (the loop reads them for status)."""
 
-    frames_read: int = 0  # packets (PyAV) or frames (OpenCV) received from the stream
+    frames_read: int = 0  # video packets (PyAV) or frames (OpenCV) received from the stream
     frames_decoded: int = 0
     frames_invalid: int = 0  # decoded but unusable
     reconnects: int = 0
     last_error: str = ""
-    last_frame_at: float | None = None  # monotonic time of the last packet or frame
+    # Monotonic time of the last usable video packet or frame (one a decoder can use: not
+    # before the stream's first keyframe, not audio).
+    last_frame_at: float | None = None
 
 
 @dataclass
@@ -88,16 +96,6 @@ class LoopCounters:
     up_seconds: float = 0.0
     live_since: float | None = None
     analysed_at: deque[float] = field(default_factory=lambda: deque(maxlen=256))
-
-
-def url_secrets(url: str) -> list[str]:
-    """The credentials inside a camera URL, raw and percent-decoded, so they can be masked
-    in error text that might quote them (an exception message, a traceback)."""
-    scheme_end = url.find("://")
-    rest = url[scheme_end + 3 :] if scheme_end >= 0 else url
-    userinfo = rest.rpartition("@")[0] if "@" in rest else ""
-    secrets = {userinfo, *userinfo.split(":", 1)[1:]}
-    return [s for raw in secrets for s in {raw, unquote(raw)} if s]
 
 
 StateCallback = Callable[[str, CameraState, str], None]
@@ -153,7 +151,7 @@ class CameraReader:
 
     def start(self) -> None:
         """Start the reader thread."""
-        os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = self.cfg.ffmpeg_options
+        os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = opencv_options(self.cfg)
         self._thread = threading.Thread(
             target=self._thread_main, name=f"camera-{self.camera_id}", daemon=True
         )
@@ -278,6 +276,8 @@ class CameraReader:
 
     def _apply_state(self, state: CameraState, reason: str) -> None:
         """On the loop: a state change the thread reported."""
+        if reason:  # the thread's finding is newer than the loop's stall check
+            self.loop_counters.stall_error = ""
         if state is self.state:
             return
         self._set_state(state)
@@ -357,85 +357,103 @@ class CameraReader:
         safe_url = redact_url(self.url)
         while not self._stop.is_set():
             source = self._thread_open()
-            if source is None:
-                attempts += 1
-                if self._thread_state is CameraState.DEAD:
-                    log.info("CAMERA_PROBE_FAILED camera=%s next_in=%.0fs", self._log_id, probe)
-                    self._stop.wait(probe)
-                    probe = min(self.cfg.probe_max_s, probe * 2)
+            if source is not None:
+                try:
+                    reason, delivered = self._thread_read_until_failure(source, attempts)
+                finally:  # also on a crash: the stream holds a socket and a decoder
+                    source.release()
+                if self._stop.is_set():
+                    break
+                self.counters.last_error = reason
+                log.warning("CAMERA_READ_FAIL camera=%s reason=%s", self._log_id, reason)
+                if delivered:  # it was live: start the attempts afresh
+                    attempts = 0
+                    probe = self.cfg.probe_min_s
+                    log.info("CAMERA_RECONNECT camera=%s", self._log_id)
+                    self._thread_report(CameraState.RECONNECTING, reason)
                     continue
-                event = (
-                    "CAMERA_RECONNECT_TIMEOUT"
-                    if "timed out" in self.counters.last_error
-                    else "CAMERA_RECONNECT_ERROR"
-                )
-                log.warning(
-                    "%s camera=%s url=%s attempt=%d/%d error=%s",
-                    event,
+                # Opened but never gave a usable frame (no keyframe, no video): a failed
+                # attempt like a failed open, so such a camera ends DEAD with the reason.
+            attempts += 1
+            if self._thread_state is CameraState.DEAD:
+                log.info("CAMERA_PROBE_FAILED camera=%s next_in=%.0fs", self._log_id, probe)
+                self._stop.wait(probe)
+                probe = min(self.cfg.probe_max_s, probe * 2)
+                continue
+            event = (
+                "CAMERA_RECONNECT_TIMEOUT"
+                if "timed out" in self.counters.last_error
+                else "CAMERA_RECONNECT_ERROR"
+            )
+            log.warning(
+                "%s camera=%s url=%s attempt=%d/%d error=%s",
+                event,
+                self._log_id,
+                safe_url,
+                attempts,
+                self.cfg.reconnect_attempts,
+                self.counters.last_error,
+            )
+            if attempts >= self.cfg.reconnect_attempts:
+                log.error(
+                    "CAMERA_DEAD camera=%s url=%s after %d attempts",
                     self._log_id,
                     safe_url,
                     attempts,
-                    self.cfg.reconnect_attempts,
-                    self.counters.last_error,
                 )
-                if attempts >= self.cfg.reconnect_attempts:
-                    log.error(
-                        "CAMERA_DEAD camera=%s url=%s after %d attempts",
-                        self._log_id,
-                        safe_url,
-                        attempts,
-                    )
-                    self._thread_report(CameraState.DEAD, self.counters.last_error)
-                    self._stop.wait(probe)
-                    continue
-                self._stop.wait(self.cfg.reconnect_interval_s)
+                self._thread_report(CameraState.DEAD, self.counters.last_error)
+                self._stop.wait(probe)
                 continue
-            if attempts or self._thread_state is CameraState.DEAD:
-                self.counters.reconnects += 1
-                log.info(
-                    "CAMERA_RECONNECT_OK camera=%s after %d attempt(s)", self._log_id, attempts
-                )
-            attempts = 0
-            probe = self.cfg.probe_min_s
-            self._thread_report(CameraState.LIVE)
-            try:
-                reason = self._thread_read_until_failure(source)
-            finally:  # also on a crash: the stream holds a socket and a decoder
-                source.release()
-            if self._stop.is_set():
-                break
-            self.counters.last_error = reason
-            log.warning("CAMERA_READ_FAIL camera=%s reason=%s", self._log_id, reason)
-            log.info("CAMERA_RECONNECT camera=%s", self._log_id)
-            self._thread_report(CameraState.RECONNECTING, reason)
+            self._stop.wait(self.cfg.reconnect_interval_s)
 
-    def _thread_read_until_failure(self, source: VideoSource) -> str:
-        """Read until a failure (returned as the reason) or a stop request. A library error
-        is a failure like any other: the stream is reopened."""
+    def _thread_went_live(self, attempts: int) -> None:
+        """The first usable frame since the stream was opened: the camera is live."""
+        if attempts or self._thread_state is CameraState.DEAD:
+            self.counters.reconnects += 1
+            log.info("CAMERA_RECONNECT_OK camera=%s after %d attempt(s)", self._log_id, attempts)
+        self._thread_report(CameraState.LIVE)
+
+    def _thread_read_until_failure(self, source: VideoSource, attempts: int) -> tuple[str, bool]:
+        """Read until a failure or a stop request; returns the reason and whether a usable
+        frame came at all. A library error is a failure like any other: the stream is
+        reopened. Only usable video counts as a frame: packets before the first keyframe
+        and other tracks' packets do not keep a camera alive."""
         fps = source.fps or 10.0
         pace = 1.0 / fps if self.url.startswith("file://") else 0.0
-        last = time.monotonic()
+        last = time.monotonic()  # the last usable frame (or the open)
+        delivered = False
+        unusable = 0  # video packets since `last` that no decoder could use
         slow = 0.9 * self.cfg.read_timeout_s
         while not self._stop.is_set():
             before = time.monotonic()
             try:
                 grab = source.grab(self.decode_mode, self._want.is_set())
             except SourceError as exc:
-                return self._thread_mask(str(exc))
+                return self._thread_mask(str(exc)), delivered
             now = time.monotonic()
             if not grab.ok:
-                return "read failed (stream ended or connection lost)"
+                return "read failed (stream ended or connection lost)", delivered
             if now - before >= slow:
                 # The read waited out its timeout: FFmpeg hands back buffered data from a
                 # stream that stopped (measured with a frozen RTSP server: one "frame" per
                 # timeout). It is not a live frame, so it does not refresh the frame age.
                 if now - last > self.cfg.max_frame_age_s:
-                    return f"no new frame for {now - last:.1f} s (stream hung)"
+                    return f"no new frame for {now - last:.1f} s (stream hung)", delivered
+                continue
+            if grab.video:
+                self.counters.frames_read += 1
+            if not grab.fresh:
+                unusable += grab.video
+                if now - last > self.cfg.max_frame_age_s:
+                    return _unusable_reason(now - last, unusable), delivered
                 continue
             last = now
-            self.counters.frames_read += 1
+            unusable = 0
             self.counters.last_frame_at = now
-            if self._thread_state is not CameraState.LIVE:  # frames flow again after a stall
+            if not delivered:
+                delivered = True
+                self._thread_went_live(attempts)
+            elif self._thread_state is not CameraState.LIVE:  # frames flow after a stall
                 self._thread_report(CameraState.LIVE)
             elif self.state is CameraState.RECONNECTING:  # the loop saw a stall; it is over
                 self._thread_state = CameraState.RECONNECTING
@@ -446,7 +464,7 @@ class CameraReader:
                     self._thread_hand_over(source, before, now)
             if pace:
                 self._stop.wait(pace)
-        return "stopped"
+        return "stopped", delivered
 
     def _thread_hand_over(self, source: VideoSource, before: float, now: float) -> None:
         """Convert the decoded frame and give it to the waiting analysis."""
@@ -462,6 +480,16 @@ class CameraReader:
             self.counters.frames_invalid += 1
         else:
             self._thread_deliver(Frame(image, now, time.time()))
+
+
+def _unusable_reason(seconds: float, video_packets: int) -> str:
+    """Why a stream that still sends data has no usable frame."""
+    if video_packets:
+        return (
+            f"no keyframe for {seconds:.1f} s ({video_packets} video packets that cannot be "
+            "decoded): set the camera's keyframe (I-frame) interval below max_frame_age_s"
+        )
+    return f"no video for {seconds:.1f} s (only audio or other tracks arrive)"
 
 
 def _resolve(future: asyncio.Future[Frame], frame: Frame) -> None:

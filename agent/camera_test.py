@@ -23,22 +23,25 @@ import numpy as np
 # The capture is opened as the camera reader opens it (same backend choice, same
 # credential masking); camera.py keeps those helpers private to its module.
 from agent.allowlist import check_under
-from agent.camera import url_secrets
+from agent.camera_urls import CAMERA_PORTS, CameraUrlError
 from agent.config import CamerasConfig
-from agent.errors import AgentError, ErrorCode
-from agent.redaction import redact_text, redact_url
+from agent.errors import ErrorCode
+from agent.redaction import redact_text, redact_url, url_secrets
 from agent.snapshot import SnapshotError, encode_jpeg
-from agent.video_source import DecodeMode, SourceError, VideoSource, open_source
+from agent.video_source import (
+    DecodeMode,
+    SourceError,
+    VideoSource,
+    open_source,
+    opencv_options,
+)
 
-CAMERA_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
 MAX_TEST_FRAMES = 300  # a 60 fps camera read for the longest test (5 s)
 
 
-class CameraUrlError(AgentError, ValueError):
-    """The camera test may not open this URL; the message says why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(ErrorCode.CAMERA_URL_NOT_ALLOWED, reason, status=403)
+def _forbidden(reason: str) -> CameraUrlError:
+    """The camera test answers a URL it may not open with 403."""
+    return CameraUrlError(reason, status=403)
 
 
 def check_camera_url(url: str, allowed_urls: Iterable[str]) -> None:
@@ -50,7 +53,7 @@ def check_camera_url(url: str, allowed_urls: Iterable[str]) -> None:
         allowed_urls,
         ports=CAMERA_PORTS,
         allow_userinfo=True,
-        error=CameraUrlError,
+        error=_forbidden,
         refusal="is not a registry camera and not under [webui] camera_test_allowed_urls",
     )
 
@@ -103,12 +106,16 @@ def probe_camera(
     secrets = url_secrets(url)
     safe = redact_url(url)
     started = time.monotonic()
-    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = cameras.ffmpeg_options
+    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = opencv_options(cameras)
     try:
         source = open_source(url, cameras)
     except Exception as exc:  # SourceError, or anything a backend raises
         took = time.monotonic() - started
         text = str(exc)
+        if isinstance(exc, SourceError) and exc.code is ErrorCode.CAMERA_FRAME_TOO_LARGE:
+            return CameraTestResult(
+                safe, False, seconds=round(took, 2), error_code=exc.code, error=text
+            )
         # A library may report an open that waited out the timeout as something else (PyAV
         # against a silent socket: "Invalid data"); to a technician it is a timeout.
         if "timed out" in text or took >= cameras.open_timeout_s * 0.9:
@@ -156,7 +163,12 @@ def _read_for(
         try:
             grab = source.grab(DecodeMode.FULL, wanted=True)
             image = source.retrieve() if grab.decoded else None
-        except SourceError:  # a failed read like any other
+        except SourceError as exc:  # a failed read like any other, but say a refused size
+            if exc.code is ErrorCode.CAMERA_FRAME_TOO_LARGE:
+                took = round(time.monotonic() - started, 2)
+                return CameraTestResult(
+                    safe, False, seconds=took, error_code=exc.code, error=str(exc)
+                )
             break
         if not grab.ok:
             break

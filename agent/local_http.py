@@ -14,6 +14,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agent.config.sections import MetricsConfig
+from agent.host_guard import host_guard
 from agent.metrics import Metrics
 from agent.status_models import AgentStatus, wire
 from agent.webui import WebUi
@@ -73,7 +74,10 @@ class LocalHttp:
 
     def build_app(self) -> web.Application:
         """The application with every route (``start`` serves it; tests may serve it)."""
-        app = web.Application(middlewares=self.ui.middlewares() if self.ui else ())
+        # The Host check first: /status and /metrics are read by the same pages a DNS
+        # rebinding attack would use on the status page.
+        guards = [host_guard(self.cfg.host), *(self.ui.middlewares() if self.ui else ())]
+        app = web.Application(middlewares=guards)
         app.on_response_prepare.append(_security_headers)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/status", self._status)

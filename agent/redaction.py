@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from urllib.parse import unquote
 
 __all__ = ["log_safe", "redact_text", "redact_url"]
 
@@ -166,3 +167,13 @@ def _escape(text: str, limit: int) -> str:
         pieces.append(piece)
         used += len(piece)
     return "".join(pieces)
+
+
+def url_secrets(url: str) -> list[str]:
+    """The credentials inside a camera URL, raw and percent-decoded, so they can be masked
+    in error text that might quote them (an exception message, a traceback)."""
+    scheme_end = url.find("://")
+    rest = url[scheme_end + 3 :] if scheme_end >= 0 else url
+    userinfo = rest.rpartition("@")[0] if "@" in rest else ""
+    secrets = {userinfo, *userinfo.split(":", 1)[1:]}
+    return [s for raw in secrets for s in {raw, unquote(raw)} if s]

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from agent.allowlist import CallbackUrlError, check_callback_url, is_allowed
+from agent.camera_urls import check_inline_camera_url
 from agent.camera_view import ViewLookup
 from agent.config import CallbackConfig, CamerasConfig, RecognitionConfig, RuntimeConfig
 from agent.errors import AgentError, ErrorCode
@@ -155,6 +156,7 @@ class SessionManager:
         resolved, unknown = [], []
         for spec in command.cameras:
             if spec.rtsp_url:
+                check_inline_camera_url(spec.id, spec.rtsp_url, self._cameras)
                 resolved.append(SessionCamera(spec.id, spec.name or spec.id, spec.rtsp_url))
                 continue
             entry = self._cameras.find(spec.id)

@@ -25,9 +25,11 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from agent import frame_size
 from agent.config import CamerasConfig
 from agent.errors import AgentError, ErrorCode
 from agent.faces import Image
+from agent.frame_size import jpeg_size, too_large
 
 try:  # PyAV is a dependency; without it every camera is read with OpenCV.
     import av
@@ -48,21 +50,32 @@ class SourceError(AgentError):
     """Opening or reading a stream failed; ``str()`` is a one-line reason (it becomes the
     camera's ``lastError`` and the CAMERA_DISCONNECTED message)."""
 
-    def __init__(self, reason: str, *, opening: bool = False) -> None:
-        super().__init__(
-            ErrorCode.CAMERA_OPEN_FAILED if opening else ErrorCode.CAMERA_NO_FRAME,
-            reason,
-            status=502,
-        )
+    def __init__(
+        self, reason: str, *, opening: bool = False, code: ErrorCode | None = None
+    ) -> None:
+        default = ErrorCode.CAMERA_OPEN_FAILED if opening else ErrorCode.CAMERA_NO_FRAME
+        super().__init__(code or default, reason, status=502)
+
+
+def _check_size(width: int, height: int, cfg: CamerasConfig, *, opening: bool = False) -> None:
+    """Raise SourceError (CAMERA_FRAME_TOO_LARGE) for a frame over ``max_frame_pixels``."""
+    reason = too_large(width, height, cfg.max_frame_pixels)
+    if reason is not None:
+        raise SourceError(reason, opening=opening, code=frame_size.CODE)
 
 
 @dataclass
 class Grab:
-    """What one ``grab`` brought: whether the stream is still there, and whether a new
-    decoded frame is ready for ``retrieve``."""
+    """What one ``grab`` brought: whether the stream is still there, whether it was a video
+    packet, whether that packet is usable (the stream has given the decoder a keyframe to
+    start from since it was opened), and whether a new decoded frame is ready for
+    ``retrieve``. Packets of other tracks (audio) are read too, so that a stream whose
+    video stopped while its audio goes on is noticed (see ``PyAvSource``)."""
 
     ok: bool
     decoded: bool = False
+    video: bool = False
+    fresh: bool = False
 
 
 class VideoSource(Protocol):
@@ -93,6 +106,12 @@ def choose_decoder(url: str, cfg: CamerasConfig) -> str:
     return "pyav"
 
 
+def opencv_options(cfg: CamerasConfig) -> str:
+    """OPENCV_FFMPEG_CAPTURE_OPTIONS for ``cfg``: its FFmpeg options, and no HTTP redirect
+    followed (as with PyAV; measured: OpenCV's FFmpeg honours ``max_redirects``)."""
+    return f"{cfg.ffmpeg_options}|max_redirects;0"
+
+
 def open_source(url: str, cfg: CamerasConfig) -> VideoSource:
     """Open a stream with the configured library and timeouts; raises SourceError."""
     if choose_decoder(url, cfg) == "pyav":
@@ -105,13 +124,23 @@ class PyAvSource:
 
     name = "pyav"
 
-    def __init__(self, container: Any, stream: Any) -> None:
+    def __init__(self, container: Any, stream: Any, cfg: CamerasConfig) -> None:
         self._container = container
         self._stream = stream
+        self._cfg = cfg
         self._codec = stream.codec_context
-        self._packets = container.demux(stream)
+        # FFmpeg's own cap: the decoder refuses a larger picture before allocating it,
+        # also after a resolution change in the middle of the stream.
+        self._codec.options = {"max_pixels": str(cfg.max_frame_pixels)}
+        # Every track is demuxed, not only the video: PyAV's demux(video) skips audio
+        # packets inside one call, and FFmpeg's read timeout restarts with each of them, so
+        # a camera whose video died while its audio went on blocked a read for ever
+        # (measured: GStreamer RTSP server, H.264 + A-law). Other packets are returned
+        # unread and the camera reader watches the age of the last usable video packet.
+        self._packets = container.demux()
         self._frame: Any = None
         self._synced = False  # the decoder has seen a keyframe since the last gap
+        self._keyed = False  # the stream has sent a keyframe since it was opened
         rate = stream.average_rate or stream.guessed_rate
         self.fps = float(rate) if rate else 0.0
 
@@ -120,6 +149,14 @@ class PyAvSource:
         """Open ``url`` with the FFmpeg options and both timeouts of ``cfg``."""
         target = url[len("file://") :] if url.startswith("file://") else url
         options = dict(pair.split(";", 1) for pair in cfg.ffmpeg_options.split("|") if ";" in pair)
+        # Probing the stream may decode a frame: never one over the cap (measured: a
+        # 16000x16000 MJPEG stream then opens with its size unknown, and the first decode
+        # is refused below).
+        options["max_pixels"] = str(cfg.max_frame_pixels)
+        if target.startswith(("http://", "https://")):
+            # Redirects are not followed: the URL that was checked against the allowlists
+            # ([cameras] allowed_urls, [webui] camera_test_allowed_urls) is the one opened.
+            options["max_redirects"] = "0"
         container: Any = None
         try:
             container = av.open(
@@ -135,6 +172,7 @@ class PyAvSource:
             # decoder).
             stream.thread_type = "SLICE"
             stream.codec_context.thread_count = 1
+            _check_size(stream.codec_context.width, stream.codec_context.height, cfg, opening=True)
         except SourceError:
             _close(container)
             raise
@@ -142,8 +180,9 @@ class PyAvSource:
             _close(container)
             if "Immediate exit requested" in str(exc):
                 raise SourceError("open timed out", opening=True) from exc
-            raise SourceError(f"open failed: {_describe(exc)}", opening=True) from exc
-        return cls(container, stream)
+            hint = " (HTTP redirects are not followed)" if "max_redirects" in options else ""
+            raise SourceError(f"open failed: {_describe(exc)}{hint}", opening=True) from exc
+        return cls(container, stream, cfg)
 
     def grab(self, mode: DecodeMode, wanted: bool) -> Grab:
         """Read one packet; decode it when the mode asks for it."""
@@ -157,25 +196,45 @@ class PyAvSource:
             raise SourceError(f"read failed: {_describe(exc)}") from exc
         if packet is None:
             return Grab(ok=False)
+        if packet.stream_index != self._stream.index:
+            return Grab(ok=True)  # audio or data: read only to keep the read loop turning
         key = bool(packet.is_keyframe)
+        # Usable = a decoder could have made a frame of it: nothing before the stream's
+        # first keyframe is (a stream that never sends one must not look alive).
+        self._keyed = self._keyed or key
+        fresh = self._keyed
         if mode is DecodeMode.KEYFRAMES:
             # A P-frame after skipped frames would decode as garbage: wait for a keyframe.
             self._synced = False
             if not (key and wanted):
-                return Grab(ok=True)
+                return Grab(ok=True, video=True, fresh=fresh)
         elif not self._synced and not key:
-            return Grab(ok=True)
+            return Grab(ok=True, video=True, fresh=fresh)
         try:
             frames = self._codec.decode(packet)
         except Exception as exc:  # a damaged packet: skip it, resync at the next keyframe
             self._synced = False
+            self._check_packet_size(packet)
             raise SourceError(f"decode failed: {_describe(exc)}") from exc
         if key:
             self._synced = mode is DecodeMode.FULL
         if not frames:
-            return Grab(ok=True)
+            return Grab(ok=True, video=True, fresh=fresh)
+        _check_size(frames[-1].width, frames[-1].height, self._cfg)
         self._frame = frames[-1]
-        return Grab(ok=True, decoded=True)
+        return Grab(ok=True, decoded=True, video=True, fresh=True)
+
+    def _check_packet_size(self, packet: Any) -> None:
+        """After a failed decode: whether the frame was refused for its size (FFmpeg says
+        only "Invalid argument"). A JPEG's header says its size; other codecs leave the
+        new size in the decoder's context."""
+        size = None
+        if self._codec.name == "mjpeg":
+            with contextlib.suppress(Exception):
+                size = jpeg_size(bytes(packet))
+        if size is None:
+            size = (self._codec.width, self._codec.height)
+        _check_size(*size, self._cfg)
 
     def retrieve(self) -> Image | None:
         """The last decoded frame in BGR."""
@@ -201,9 +260,14 @@ class OpenCvSource:
 
     name = "opencv"
 
-    def __init__(self, cap: Any, fps: float) -> None:
+    def __init__(self, cap: Any, cfg: CamerasConfig) -> None:
         self._cap = cap
-        self.fps = fps
+        self._cfg = cfg
+        try:
+            fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        except Exception:  # cv2.error: no rate known
+            fps = 0.0
+        self.fps = fps if 1.0 <= fps <= 120.0 else 0.0
 
     @classmethod
     def open(cls, url: str, cfg: CamerasConfig) -> OpenCvSource:
@@ -232,11 +296,25 @@ class OpenCvSource:
             # OpenCV says only "not opened": an open that took the whole timeout timed out.
             timed_out = time.monotonic() - started >= cfg.open_timeout_s * 0.9
             raise SourceError("open timed out" if timed_out else "open refused", opening=True)
+        source = cls(cap, cfg)
         try:
-            fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        except Exception:  # cv2.error: no rate known
-            fps = 0.0
-        return cls(cap, fps if 1.0 <= fps <= 120.0 else 0.0)
+            source.check_size(opening=True)
+        except SourceError:
+            _release(cap)
+            raise
+        return source
+
+    def check_size(self, *, opening: bool = False) -> None:
+        """Refuse a stream whose frames are over ``max_frame_pixels``. OpenCV decodes
+        inside ``grab``, so this only stops a large stream after its first frame; and it
+        scales every frame to the stream's first size (measured: 320x240 then 640x480
+        MJPEG frames all come out 320x240), so a later size change is not seen here."""
+        try:
+            width = int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
+            height = int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+        except Exception:  # cv2.error: size unknown; the frame is checked when retrieved
+            return
+        _check_size(width, height, self._cfg, opening=opening)
 
     def grab(self, mode: DecodeMode, wanted: bool) -> Grab:
         """Read (and, OpenCV being what it is, decode) one frame."""
@@ -244,7 +322,9 @@ class OpenCvSource:
             ok = bool(self._cap.grab())
         except Exception as exc:
             raise SourceError(f"read failed: {_describe(exc)}") from exc
-        return Grab(ok=ok, decoded=ok)
+        if ok:
+            self.check_size()  # the size may change in the middle of a stream
+        return Grab(ok=ok, decoded=ok, video=ok, fresh=ok)
 
     def retrieve(self) -> Image | None:
         """Convert the grabbed frame."""

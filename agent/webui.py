@@ -29,7 +29,6 @@ import binascii
 import contextlib
 import functools
 import hmac
-import ipaddress
 import json
 import logging
 import threading
@@ -44,10 +43,12 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from agent.camera_test import CameraUrlError, check_camera_url, probe_camera
+from agent.camera_test import check_camera_url, probe_camera
+from agent.camera_urls import CameraUrlError
 from agent.camera_view import CameraView
 from agent.config import AgentConfig, secret_value
 from agent.errors import ErrorCode
+from agent.host_guard import is_loopback
 from agent.redaction import log_safe, redact_url
 from agent.sessions import ActiveSession
 from agent.snapshot import SnapshotError, render_snapshot
@@ -67,24 +68,6 @@ STATIC = {
 MAX_LABELS = 100
 AUTH_FAILURES_ALLOWED = 10  # wrong passwords from one address within AUTH_WINDOW_S
 AUTH_WINDOW_S = 60.0
-
-
-def is_loopback(host: str) -> bool:
-    """Whether a listen address or a Host header's name is this machine only."""
-    name = host.strip().strip("[]").lower()
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
-def _host_name(host_header: str) -> str:
-    """The name part of a Host header (``[::1]:9108`` -> ``::1``)."""
-    if host_header.startswith("["):
-        return host_header[1 : host_header.find("]")] if "]" in host_header else host_header
-    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
 
 
 def _error(status: int, code: ErrorCode, message: str, **headers: str) -> web.Response:
@@ -202,13 +185,7 @@ class WebUi:
             return await handler(request)
         if self._refused is not None:
             return _error(403, ErrorCode.WEBUI_PASSWORD_REQUIRED, self._refused)
-        if self._loopback and not is_loopback(_host_name(request.host)):
-            return _error(
-                403,
-                ErrorCode.REQUEST_FORBIDDEN,
-                "The page answers requests addressed to this machine only: open "
-                "http://127.0.0.1:<port>/ (over an SSH tunnel from elsewhere).",
-            )
+        # The Host check (DNS rebinding) is agent.host_guard's, for every route.
         if self._password is not None:
             remote = request.remote or "?"
             if self._throttled(remote):

@@ -92,7 +92,7 @@ class RtspServer:
 
     def __init__(
         self,
-        frames_dir: Path,
+        frames_dir: Path | None,
         *,
         fps: int = 10,
         width: int = 640,
@@ -100,8 +100,19 @@ class RtspServer:
         port: int | None = None,
         path: str = "/stream",
         bitrate_kbps: int = 2048,
+        audio: bool = False,
+        video_stops_after: float = 0.0,
+        no_keyframes: bool = False,
     ) -> None:
-        self.frames_dir = Path(frames_dir)
+        """``frames_dir`` None serves GStreamer's test picture. Faulty cameras: ``audio``
+        adds an audio track, ``video_stops_after`` drops all video after that many seconds
+        (the audio goes on), ``no_keyframes`` drops every keyframe."""
+        self.frames_dir = None if frames_dir is None else Path(frames_dir)
+        self.faults: list[str] = [
+            *(["--audio"] if audio else []),
+            *(["--video-stops-after", str(video_stops_after)] if video_stops_after else []),
+            *(["--no-keyframes"] if no_keyframes else []),
+        ]
         self.fps = fps
         self.width = width
         self.height = height
@@ -167,8 +178,12 @@ class RtspServer:
                     str(SERVER_SCRIPT),
                     "--port",
                     str(self.port),
-                    "--frames",
-                    str(self.frames_dir),
+                    *(
+                        ["--pattern"]
+                        if self.frames_dir is None
+                        else ["--frames", str(self.frames_dir)]
+                    ),
+                    *self.faults,
                     "--fps",
                     str(self.fps),
                     "--width",

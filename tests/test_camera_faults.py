@@ -22,6 +22,9 @@ from tests.waiting import wait_until
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 
 BAD_URL = "rtsp://user:secret@127.0.0.1:99999/x"
+# Through session/start a URL must parse (an invalid port is refused with
+# CAMERA_URL_NOT_ALLOWED, tests/test_camera_urls.py): nothing listens on port 1.
+UNREACHABLE_URL = "rtsp://user:secret@127.0.0.1:1/x"
 FAST = {
     "reconnect_attempts": 1,
     "reconnect_interval_s": 0.1,
@@ -219,7 +222,7 @@ async def test_agent_stops_session_when_its_only_camera_url_is_bad(
     cfg = agent_config(tmp_path, broker, cameras=FAST)
     async with running_agent(cfg, sink, cameras=True) as agent, backend(broker) as b:
         payload = start_payload(
-            "slot-bad", yao_embedding, cameras=[{"id": "c1", "rtspUrl": BAD_URL}]
+            "slot-bad", yao_embedding, cameras=[{"id": "c1", "rtspUrl": UNREACHABLE_URL}]
         )
         reply = await b.send("session/start", payload)
         assert reply["status"] == 200, reply
@@ -229,5 +232,5 @@ async def test_agent_stops_session_when_its_only_camera_url_is_bad(
     assert stopped.reason == "ALL_CAMERAS_FAILED"
     assert sink.statuses("slot-bad") == ["STARTED", "STOPPED"]
     assert "ALL_CAMERAS_DEAD slot=slot-bad" in caplog.text
-    assert "rtsp://***@127.0.0.1:99999/x" in caplog.text  # COMMAND_RECEIVED and the camera
+    assert "rtsp://***@127.0.0.1:1/x" in caplog.text  # COMMAND_RECEIVED and the camera
     assert "secret" not in caplog.text

@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestServer
 
-from agent.camera_test import CameraUrlError, check_camera_url
+from agent.camera_test import check_camera_url
+from agent.camera_urls import CameraUrlError
 from agent.camera_view import CameraView, FaceBox
 from agent.config import AgentConfig, ConfigError, load_config, masked_dump
 from agent.engine import FaceEngine

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -10,6 +11,17 @@ from pydantic import Field, field_validator
 
 from agent.config.secrets import SecretFile
 from agent.config.sections import Section
+
+# Loopback and the private ranges (RFC 1918, IPv6 unique local): where a school's cameras are.
+PRIVATE_NETWORKS = (
+    "127.0.0.0/8",
+    "::1/128",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "fc00::/7",
+)
+CAMERA_SCHEMES = ("rtsp", "rtsps", "http", "https")
 
 
 class CameraEntry(Section):
@@ -61,7 +73,12 @@ class CamerasConfig(Section):
         2.0, ge=0.2, le=60, description="Longest wait inside one read (OpenCV FFmpeg option)."
     )
     max_frame_age_s: float = Field(
-        3.0, ge=0.5, le=120, description="No new frame for this long = the stream is hung."
+        3.0,
+        ge=0.5,
+        le=120,
+        description="No usable video frame for this long = the stream is hung. Usable: "
+        "after the stream's first keyframe (keep this above the cameras' keyframe "
+        "interval), video only (audio packets do not count).",
     )
     reconnect_attempts: int = Field(
         3, ge=1, le=100, description="Reconnect attempts before a camera is dead (seed: 3)."
@@ -93,7 +110,33 @@ class CamerasConfig(Section):
         description="OPENCV_FFMPEG_CAPTURE_OPTIONS: RTSP over TCP and a fast open (measured "
         "0.13 s instead of 2.8 s).",
     )
+    max_frame_pixels: int = Field(
+        4096 * 2160,
+        ge=320 * 240,
+        le=16384 * 16384,
+        description="Largest frame accepted, in pixels (default: 4096x2160, 4K). A stream "
+        "over it is refused before decoding where the stream says its size (the open; a "
+        "JPEG's header; FFmpeg's decoder refuses it otherwise) with CAMERA_FRAME_TOO_LARGE, "
+        "also after a resolution change in the middle of the stream: a decoded frame costs "
+        "its size in memory several times over.",
+    )
 
+    allowed_networks: tuple[str, ...] = Field(
+        PRIVATE_NETWORKS,
+        max_length=256,
+        description="An inline camera URL (session/start rtspUrl) whose host is an IP "
+        "address in one of these networks (CIDR) is allowed, any port and path. Default: "
+        "loopback and the private ranges. Host names are not resolved for this: they need "
+        "an allowed_urls entry. Registry cameras are always allowed.",
+    )
+    allowed_urls: tuple[str, ...] = Field(
+        (),
+        max_length=256,
+        description="Inline camera URLs allowed besides allowed_networks: same scheme, host "
+        "and port as an entry and a path under its path by whole segments (e.g. "
+        "'rtsp://cameras.school.lan:554/live'). Other inline URLs are refused "
+        "(CAMERA_URL_NOT_ALLOWED).",
+    )
     allow_shared: bool = Field(
         False,
         description="Let two sessions read the same camera at once (each opens its own "
@@ -102,6 +145,27 @@ class CamerasConfig(Section):
     registry: tuple[CameraEntry, ...] = Field(
         (), max_length=256, description="Cameras that commands may name by id."
     )
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, networks: tuple[str, ...]) -> tuple[str, ...]:
+        for network in networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{network!r} is not a network such as '10.0.0.0/8'") from exc
+        return networks
+
+    @field_validator("allowed_urls")
+    @classmethod
+    def _camera_urls(cls, urls: tuple[str, ...]) -> tuple[str, ...]:
+        for url in urls:
+            parts = urlsplit(url)  # a ValueError is reported as this key's error too
+            if parts.scheme not in CAMERA_SCHEMES or not parts.hostname:
+                raise ValueError(f"{url!r} must be an rtsp(s):// or http(s):// URL with a host")
+            if "@" in parts.netloc or ".." in parts.path:
+                raise ValueError(f"{url!r} must have no user information and no '..' segment")
+        return urls
 
     @field_validator("registry")
     @classmethod
