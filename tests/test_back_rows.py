@@ -20,7 +20,14 @@ from agent.devkit.classroom import Person, face_box_of, make_classroom_frames
 from agent.engine import FaceEngine
 from agent.faces import FaceSource
 from agent.protocol import PresenceStatus, RecognitionEvent, SessionStatusEvent
-from tests.agent_harness import RecordingSink, agent_config, backend, running_agent, start_payload
+from tests.agent_harness import (
+    RecordingSink,
+    agent_config,
+    backend,
+    running_agent,
+    scrape_metrics,
+    start_payload,
+)
 from tests.rtsp import INSTALL_HINT, RtspServer, gst_rtsp_available
 from tests.waiting import wait_until
 
@@ -120,6 +127,21 @@ async def test_back_row_students_are_recognised_at_default_settings(
         widths = health.coverage.face_widths
         small = sum(widths.seen[1:3])  # 16-20 and 20-24 px
         assert small >= 2 and sum(widths.recognised[1:4]) >= 4, widths
+        metrics = (await scrape_metrics(agent)).splitlines()
+
+        def sample(family: str, *labels: str) -> float:
+            (line,) = [
+                m for m in metrics if m.startswith(family + "{") and all(x in m for x in labels)
+            ]
+            return float(line.rsplit(" ", 1)[1])
+
+        here = ('slot="slot-back"', 'camera="c"')
+        assert sample("edge_agent_camera_fine_detect_cores", *here) >= 0
+        seen_small = sample(
+            "edge_agent_camera_faces_by_width_total", *here, 'kind="seen"', 'width="16-20"'
+        )
+        assert seen_small >= widths.seen[1] >= 1
+        assert sample("edge_agent_session_presence", 'slot="slot-back"', 'status="PRESENT"') == 4
         stop = await b.send("session/stop", {"slotId": "slot-back"})
         assert stop["status"] == 200, stop
     assert sorted(_recognised(sink, "slot-back")) == sorted(present)  # once each, no lin
