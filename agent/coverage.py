@@ -63,6 +63,7 @@ REGION_FACE_PX = 32.0  # faces smaller than this are upscaled in their region (a
 EDGE_PX = 2.0  # a face this close to an inner edge of a region or tile is cut by it
 MAX_REGIONS = 48  # per analysis: a pathological scene cannot take the whole budget
 SWEEP_RESERVE = 0.5  # a sweep tile waits while the budget is below half: regions first
+FALLBACK_MIN_PX = 32.0  # the old minimum: coarse landmarks still align faces this wide
 TINY_FACE_PX = 24.0  # the shrunk frame proposes 18-19 of 19 faces from here up (at 0.1)
 REJECT_ANALYSES = 8  # a candidate a region check rejected is not re-checked for this long
 MERGE_OVERLAP = 0.4  # IoU or containment above which two detections are one face
@@ -279,6 +280,7 @@ class Detections:
     tiles: int = 0
     fine_seconds: float = 0.0
     searched: list[Region] = field(default_factory=list)  # where native resolution looked
+    unrefined: set[int] = field(default_factory=set)  # ids of faces embedded unchecked
 
 
 def _best_track(face: DetectedFace, tracks: Sequence[Track], iou: float) -> Track | None:
@@ -325,6 +327,45 @@ class _Fine:
         return found
 
 
+@dataclass
+class _Plan:
+    """What the candidates say about this analysis: faces usable as they are, coarse
+    boxes that keep settled tracks alive, and where to look again at native resolution
+    (with the candidate when there is one)."""
+
+    solid: list[DetectedFace] = field(default_factory=list)
+    coasting: list[DetectedFace] = field(default_factory=list)
+    todo: list[tuple[FloatArray, DetectedFace | None]] = field(default_factory=list)
+
+
+def _plan(
+    candidates: list[DetectedFace],
+    tracker: FaceTracker,
+    coverage: CameraCoverage,
+    cfg: RecognitionConfig,
+) -> _Plan:
+    plan = _Plan()
+    explained: set[int] = set()
+    for cand in candidates:
+        track = _best_track(cand, tracker.tracks, tracker.iou)
+        if track is not None:
+            explained.add(track.track_id)
+        if is_precise(cand, cfg):
+            plan.solid.append(cand)
+        elif track is not None and not tracker.needs_embedding(track, ahead=1):
+            plan.coasting.append(cand)  # settled: the coarse box keeps its track alive
+        elif not coverage.was_rejected(cand.bbox):
+            plan.todo.append((cand.bbox, cand))
+    for track in tracker.tracks:  # small faces the shrunk frame lost this time
+        if (
+            track.track_id not in explained
+            and track.face.width < cfg.refine_below_px
+            and tracker.needs_embedding(track, ahead=1)
+        ):
+            plan.todo.append((track.face.bbox, None))
+    return plan
+
+
 def detect_frame(
     engine: FaceEngine,
     image: Image,
@@ -340,7 +381,10 @@ def detect_frame(
     """Run the three passes (candidates, regions, sweep tile) and merge them.
 
     ``max_regions`` caps the regions checked for faces that need an embedding (there is
-    no point confirming more faces than can be embedded this analysis).
+    no point confirming more faces than can be embedded this analysis). Confident
+    candidates of at least :data:`FALLBACK_MIN_PX` that could not be checked (budget
+    spent) are used as they are, as before full-resolution coverage existed
+    (``Detections.unrefined``).
     """
     coverage.analyses += 1
     coverage.rejected = [(r, u) for r, u in coverage.rejected if u > coverage.analyses]
@@ -348,31 +392,14 @@ def detect_frame(
     fine = _Fine(engine, image, cfg, budget)
     candidates = engine.detect(image, threshold=min(cfg.candidate_threshold, cfg.det_threshold))
     fine.out.candidates = len(candidates)
-    solid = [c for c in candidates if is_precise(c, cfg)]
-    coasting: list[DetectedFace] = []
-    todo: list[FloatArray] = []
-    explained: set[int] = set()
-    for cand in candidates:
-        track = _best_track(cand, tracker.tracks, tracker.iou)
-        if track is not None:
-            explained.add(track.track_id)
-        if is_precise(cand, cfg):
-            continue
-        if track is not None and not tracker.needs_embedding(track, ahead=1):
-            coasting.append(cand)  # settled: the coarse box keeps its track alive
-        elif not coverage.was_rejected(cand.bbox):
-            todo.append(cand.bbox)
-    for track in tracker.tracks:  # small faces the shrunk frame lost this time
-        if (
-            track.track_id not in explained
-            and track.face.width < cfg.refine_below_px
-            and tracker.needs_embedding(track, ahead=1)
-        ):
-            todo.append(track.face.bbox)
+    plan = _plan(candidates, tracker, coverage, cfg)
     regions: list[DetectedFace] = []
-    for bbox in todo[: min(MAX_REGIONS, max_regions)]:
-        if not fine.allowed():
-            break
+    unchecked: list[DetectedFace] = []
+    for index, (bbox, cand) in enumerate(plan.todo):
+        if index >= min(MAX_REGIONS, max_regions) or not fine.allowed():
+            if cand is not None and cand.score >= cfg.det_threshold:
+                unchecked.append(cand)
+            continue
         region = region_around(bbox, width, height)
         found = fine.run(region, FaceSource.REGION, _region_scale(float(bbox[2] - bbox[0])))
         fine.out.regions += 1
@@ -381,13 +408,13 @@ def detect_frame(
             coverage.reject(region)
         regions += found
     tile_faces: list[DetectedFace] = []
-    now = clock()
-    if sweep and coverage.sweep.due(now) and fine.allowed(SWEEP_RESERVE):
+    if sweep and coverage.sweep.due(clock()) and fine.allowed(SWEEP_RESERVE):
         tile_faces = fine.run(coverage.sweep.next_tile(width, height), FaceSource.TILE)
         fine.out.tiles = 1
-    fine.out.faces = [
-        f for f in merge([regions, tile_faces, solid, coasting]) if f.width >= cfg.min_face_px
-    ]
+    fallback = [f for f in unchecked if f.width >= FALLBACK_MIN_PX]
+    merged = merge([regions, tile_faces, plan.solid, fallback, plan.coasting])
+    fine.out.faces = [f for f in merged if f.width >= cfg.min_face_px]
+    fine.out.unrefined = {id(f) for f in fallback}
     return fine.out
 
 

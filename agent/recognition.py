@@ -163,7 +163,12 @@ def analyse_frame(
             tiny_faces=coverage.tiny_faces,
         )
     todo = sorted(
-        (t for t in tracks if tracker.needs_embedding(t) and is_precise(t.face, cfg)),
+        (
+            t
+            for t in tracks
+            if tracker.needs_embedding(t)
+            and (is_precise(t.face, cfg) or id(t.face) in found.unrefined)
+        ),
         key=_embed_order,
     )
     wanted = len(todo)

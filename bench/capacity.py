@@ -672,12 +672,14 @@ VARIANTS: dict[str, dict[str, str]] = {
         "AGENT_RECOGNITION__DET_LONG_SIDE": "1280",
         "AGENT_RECOGNITION__MIN_FACE_PX": "16",
         "AGENT_RECOGNITION__CANDIDATE_THRESHOLD": "0.5",
+        "AGENT_RECOGNITION__REFINE_BELOW_PX": "0",
         "AGENT_ANALYSIS__FINE_DETECT_CORES": "0",
     },
     # The shrunk frame only, with the defaults before full-resolution coverage.
     "shrunk-only": {
         "AGENT_RECOGNITION__MIN_FACE_PX": "32",
         "AGENT_RECOGNITION__CANDIDATE_THRESHOLD": "0.5",
+        "AGENT_RECOGNITION__REFINE_BELOW_PX": "0",
         "AGENT_RECOGNITION__SMALL_FACE_MARGIN": "0",
         "AGENT_RECOGNITION__FULL_WEIGHT_PX": "8",
         "AGENT_ANALYSIS__FINE_DETECT_CORES": "0",

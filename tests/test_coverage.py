@@ -250,3 +250,31 @@ def test_a_room_without_tiny_faces_is_swept_rarely() -> None:
         sweep.next_tile(*HD)
         sweep.advance(100.0, 0, tiny_faces=False)
     assert sweep.next_at == 160.0
+
+
+def test_with_the_budget_spent_confident_faces_are_used_as_before(
+    engine: FaceEngine, config: AgentConfig, tmp_path: Path, shared_faces: Path
+) -> None:
+    """No full-resolution detection left: a confident 44 px face is still embedded from
+    the shrunk frame's landmarks (the behaviour before coverage); an 18 px one waits."""
+    cfg = config.recognition
+    obama, kit = shared_faces / "fr_obama_1.jpg", shared_faces / "fr_kit_harington_3.jpg"
+    people = [
+        Person("o", obama, 0, 1, (500, 400), (0, 0), 44, face_box_of(obama, engine)),
+        Person("k", kit, 0, 1, (1200, 400), (0, 0), 18, face_box_of(kit, engine)),
+    ]
+    image = make_classroom_frames(tmp_path / "f", people, seconds=0.2, fps=5, size=HD).image(0)
+    roster = Roster(["obama"], [embedding(engine, shared_faces / "fr_obama_2.jpg")])
+    result = analyse_frame(
+        engine,
+        image,
+        tracker_for(cfg),
+        roster,
+        cfg,
+        cfg.match_threshold,
+        coverage=CameraCoverage.for_config(cfg),
+        fine=FineBudget(0.0),
+        sweep=True,
+    )
+    assert (result.regions, result.tiles, result.fine_seconds) == (0, 0, 0.0)
+    assert result.embedded == 1
