@@ -159,6 +159,10 @@ function testButton(card, cameraId) {
   card.actions.append(button);
 }
 
+function plural(n, word) {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
+}
+
 function presenceText(p) {
   if (!p) return null;
   return `${p.present} present, ${p.uncertain} uncertain, ${p.notSeen} not seen`;
@@ -170,7 +174,7 @@ function coverageRows(c) {
     ? c.widths.map((w) => `${w.range} px: ${w.seen} seen, ${w.recognised} recognised`).join("; ")
     : "no faces yet";
   return [
-    ["Full-resolution detection", `${num(c.fineDetectCores * 100, 1)} % of a core (${c.sweeps} sweeps, ${c.regions} regions)`],
+    ["Full-resolution detection", `${num(c.fineDetectCores * 100, 1)} % of a core (${plural(c.sweeps, "sweep")}, ${plural(c.regions, "region")})`],
     ["Face widths", widths],
     ["Placement", c.placementHint || "faces large enough", c.placementHint ? "bad" : null],
   ];
