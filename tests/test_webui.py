@@ -449,3 +449,33 @@ async def test_one_camera_test_at_a_time(serve: Serve, tmp_path: Path) -> None:
     hung = by_status[200]
     assert not hung["ok"] and hung["error"]["code"] == "CAMERA_OPEN_FAILED"
     assert "open_timeout_s" in hung["error"]["message"]  # says what to check
+
+
+def test_state_shows_coverage_presence_and_the_placement_hint() -> None:
+    data = json.loads(json.dumps(STATUS_DATA))
+    data["sessions"][0]["presenceCounts"] = {"present": 14, "uncertain": 1, "notSeen": 5}
+    data["sessions"][0]["cameras"][0].update(
+        state="LIVE",
+        coverage={
+            "fineDetectCores": 0.012,
+            "sweeps": 3,
+            "regions": 120,
+            "faceWidths": {
+                "buckets": ["<16", "16-20", "20-24", "24-32", "32-48", "48-80", "80+"],
+                "seen": [0, 6, 5, 2, 1, 0, 0],
+                "recognised": [0, 4, 5, 2, 1, 0, 0],
+            },
+            "placementHint": "79% of the faces this camera sees are under 24 px wide: ...",
+        },
+    )
+    (session,) = page_state(AgentStatus.model_validate(data))["sessions"]
+    assert session["presence"] == {"present": 14, "uncertain": 1, "notSeen": 5}
+    coverage = session["cameras"][0]["coverage"]
+    assert (coverage["fineDetectCores"], coverage["sweeps"], coverage["regions"]) == (0.012, 3, 120)
+    assert coverage["widths"] == [  # empty ranges are left out
+        {"range": "16-20", "seen": 6, "recognised": 4},
+        {"range": "20-24", "seen": 5, "recognised": 5},
+        {"range": "24-32", "seen": 2, "recognised": 2},
+        {"range": "32-48", "seen": 1, "recognised": 1},
+    ]
+    assert coverage["placementHint"].startswith("79% of the faces")
