@@ -32,6 +32,7 @@ from agent.pipeline import RecognitionRunner
 from agent.protocol import StatusReason
 from agent.replies import ReplyRouter
 from agent.scheduler import AnalysisScheduler
+from agent.session_history import SessionHistory
 from agent.sessions import SessionManager, SessionRunner
 from agent.status import StatusReporter
 from agent.status_models import wire
@@ -195,6 +196,7 @@ class Agent:
             )
             await watcher.reload()
             await delivery.start(scanner=False)
+            history = await SessionHistory.loaded(store)
             sessions = self.sessions = SessionManager(
                 store=store,
                 models=self.models,
@@ -207,6 +209,7 @@ class Agent:
                 limits=cfg.runtime,
                 on_change=self._mark_status_dirty,
                 on_stopped=self._session_stopped,
+                history=history,
             )
             # The link, the status report and the command processor need each other; the
             # link calls the other two only once it runs, so it takes them late-bound.
@@ -228,6 +231,7 @@ class Agent:
                 delivery=delivery,
                 supervisor=supervisor,
                 scheduler=scheduler,
+                history=history,
             )
             processor = CommandProcessor(
                 command_prefix=f"{cfg.mqtt.topic_prefix}/{cfg.site.id}/cmd",
