@@ -21,6 +21,7 @@ from agent.outbox import Outbox
 from agent.scheduler import AnalysisScheduler
 from agent.session_history import SessionHistory
 from agent.sessions import SessionManager
+from agent.space_notice import SpaceNotice
 from agent.status_models import AgentInfo, AgentStatus, MqttStatus, OnlineMessage
 from agent.supervisor import Supervisor
 
@@ -44,6 +45,7 @@ class StatusReporter:
     supervisor: Supervisor
     scheduler: AnalysisScheduler | None = None
     history: SessionHistory | None = None
+    space_notice: SpaceNotice | None = None
 
     def online(self) -> OnlineMessage:
         """The retained availability message."""
@@ -66,6 +68,9 @@ class StatusReporter:
             else [f"ONNX_PROVIDER_DEGRADED: {w}" for w in engine.provider_warnings()]
         )
         found.extend(self.supervisor.warnings())
+        space_change = self.space_notice.warning() if self.space_notice else None
+        if space_change:
+            found.append(space_change)
         for session in self.sessions.sessions:
             left = session.waiting_for_cameras() if session.waiting_for_cameras else None
             if left is not None:

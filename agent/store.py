@@ -182,12 +182,17 @@ def _m005_ended_sessions(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m006_agent_facts(db: sqlite_utils.Database) -> None:
+    db.table("agent_facts").create({"key": str, "value": str}, pk="key")  # agent.space_notice
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("001_sessions", _m001_sessions),
     ("002_outbox", _m002_outbox),
     ("003_recognized", _m003_recognized),
     ("004_presence", _m004_presence),
     ("005_ended_sessions", _m005_ended_sessions),
+    ("006_agent_facts", _m006_agent_facts),
 ]
 """Applied in order, each once; append new ones, never edit applied ones."""
 
