@@ -100,8 +100,11 @@ async def test_short_grace_stops_the_session_with_all_cameras_failed(
         yao_camera.kill()
         await sink.wait_for("CAMERA_DISCONNECTED", "slot-s", timeout=15)
         down = time.monotonic()
-        left = _waiting(await b.send("status", {}))
+        status = await b.send("status", {})
+        left = _waiting(status)
         assert left is not None and 0 < left <= 3
+        (warning,) = [w for w in status["data"]["warnings"] if w.startswith("CAMERAS_DOWN")]
+        assert "slot-s" in warning
         await sink.wait_for("STOPPED", "slot-s", timeout=10)
         waited = time.monotonic() - down
         assert agent.sessions is not None and agent.sessions.get("slot-s") is None

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from agent.cli import _print_status
 from agent.devkit.brokers import Mosquitto
 from agent.inference import ModelSlot
 from agent.protocol import StatusReason
@@ -131,7 +132,7 @@ async def test_warning_lasts_an_hour(tmp_path: Path) -> None:
     assert history.warnings(now + 61 * 60) == []
 
 
-def test_page_shows_ended_sessions_in_words() -> None:
+def test_page_and_cli_show_ended_sessions_in_words(capsys: pytest.CaptureFixture[str]) -> None:
     data = {
         "agent": {"version": "1", "siteId": "s", "state": "RUNNING", "uptimeSeconds": 1.0},
         "model": wire(ModelSlot().describe()),
@@ -167,3 +168,7 @@ def test_page_shows_ended_sessions_in_words() -> None:
     assert wire(AgentStatus.model_validate(data))["recentSessions"][0]["reason"] == (
         "ALL_CAMERAS_FAILED"
     )
+    _print_status(AgentStatus.model_validate(data))  # what `python -m agent status` prints
+    out = capsys.readouterr().out
+    assert "ended   slot-1  ALL_CAMERAS_FAILED (every camera stayed down past the grace)" in out
+    assert "recognised 25/30" in out
