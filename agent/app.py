@@ -32,7 +32,9 @@ from agent.pipeline import RecognitionRunner
 from agent.protocol import StatusReason
 from agent.replies import ReplyRouter
 from agent.scheduler import AnalysisScheduler
+from agent.session_history import SessionHistory
 from agent.sessions import SessionManager, SessionRunner
+from agent.space_notice import SpaceNotice
 from agent.status import StatusReporter
 from agent.status_models import wire
 from agent.store import Store
@@ -79,6 +81,7 @@ class Agent:
         self.delivery: Delivery | None = None
         self.supervisor: Supervisor | None = None
         self.reporter: StatusReporter | None = None
+        self.space_notice: SpaceNotice | None = None
 
     # Model ----------------------------------------------------------------------------
 
@@ -87,12 +90,21 @@ class Agent:
         recognizers no session needs, tell the backend."""
         for warning in engine.provider_warnings():
             log.warning("ONNX_PROVIDER_DEGRADED %s", warning)
+        if self.space_notice is not None:
+            await self.space_notice.serving(engine.embedding_space)
         sessions = self.sessions
         if sessions is not None:
             if self.state is AgentState.RUNNING:
                 await sessions.resume_all()
             sessions.release_unused_models()
         self._mark_status_dirty()
+
+    async def _load_state_views(self, store: Store) -> SessionHistory:
+        """What the state file remembers for operators: ended sessions, and the embedding
+        space in service (read before the first pack loads, which may change it)."""
+        notice = self.space_notice = SpaceNotice(store, self._mark_status_dirty)
+        await notice.load()
+        return await SessionHistory.loaded(store)
 
     def _session_stopped(self, slot_id: str) -> None:
         """Forget the slot's delivery counters; unload recognizers no session needs now."""
@@ -193,6 +205,7 @@ class Agent:
             watcher = self.watcher = ModelWatcher(
                 cfg.models, cfg.recognition, self.models, pool, on_swap=self._on_swap
             )
+            history = await self._load_state_views(store)
             await watcher.reload()
             await delivery.start(scanner=False)
             sessions = self.sessions = SessionManager(
@@ -207,6 +220,7 @@ class Agent:
                 limits=cfg.runtime,
                 on_change=self._mark_status_dirty,
                 on_stopped=self._session_stopped,
+                history=history,
             )
             # The link, the status report and the command processor need each other; the
             # link calls the other two only once it runs, so it takes them late-bound.
@@ -228,6 +242,8 @@ class Agent:
                 delivery=delivery,
                 supervisor=supervisor,
                 scheduler=scheduler,
+                history=history,
+                space_notice=self.space_notice,
             )
             processor = CommandProcessor(
                 command_prefix=f"{cfg.mqtt.topic_prefix}/{cfg.site.id}/cmd",
@@ -241,6 +257,7 @@ class Agent:
                     pool=pool,
                     enrollment=cfg.enrollment,
                     status=reporter,
+                    space_notice=self.space_notice,
                 ),
                 send_reply=ReplyRouter(link, cfg.mqtt.unauthenticated_reply_topics).send,
                 accepting=lambda: self.state is AgentState.RUNNING,

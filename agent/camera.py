@@ -7,7 +7,8 @@ it converts a frame to BGR only when the analyser asked for one, and hands it to
 loop; nothing is queued, so results are always about *now*. Failures follow the seed: a
 failed read (or no frame for ``max_frame_age_s``) releases the stream and retries the open
 ``reconnect_attempts`` times, ``reconnect_interval_s`` apart; when all fail the camera is
-dead for the session, and is then re-probed with capped backoff until it comes back. A
+dead for the session, and is then re-probed every ``probe_min_s`` for ``probe_fast_for_s``
+(a rebooting camera is LIVE again within seconds of its return), then with capped backoff. A
 library error is a failed open or read like any other; any other exception on the thread
 is logged (CAMERA_THREAD_CRASHED, with the traceback) and ends the reader as DEAD with the
 reason, never silently. Logs never show the URL's credentials.
@@ -83,6 +84,7 @@ class ReaderCounters:
     # Monotonic time of the last usable video packet or frame (one a decoder can use: not
     # before the stream's first keyframe, not audio).
     last_frame_at: float | None = None
+    next_retry_at: float | None = None  # wall time of the next open attempt while down
 
 
 @dataclass
@@ -259,6 +261,7 @@ class CameraReader:
             decode_mode=self.effective_decode_mode.value,
             reconnects=counters.reconnects,
             last_error=self.last_error or None,
+            next_retry_at=counters.next_retry_at if self.state is not CameraState.LIVE else None,
             up_seconds=round(self.up_seconds(), 1),
         )
 
@@ -351,9 +354,23 @@ class CameraReader:
                 return
         self._thread_report(CameraState.STOPPED)
 
+    def _thread_wait(self, seconds: float) -> None:
+        """Wait before the next open attempt (status shows when it comes)."""
+        self.counters.next_retry_at = time.time() + seconds
+        self._stop.wait(seconds)
+
+    def _thread_probe_interval(self, lost_at: float, probe: float) -> tuple[float, float]:
+        """This wait and the next one while dead: ``probe_min_s`` during ``probe_fast_for_s``
+        after the loss (a camera reboot is over in 30-90 s, and the session waits for it),
+        then doubling up to ``probe_max_s`` (a camera gone for good costs little)."""
+        if time.monotonic() - lost_at < self.cfg.probe_fast_for_s:
+            return self.cfg.probe_min_s, probe
+        return probe, min(self.cfg.probe_max_s, probe * 2)
+
     def _thread_read_loop(self) -> None:
         attempts = 0
         probe = self.cfg.probe_min_s
+        lost_at = time.monotonic()
         safe_url = redact_url(self.url)
         while not self._stop.is_set():
             source = self._thread_open()
@@ -369,6 +386,7 @@ class CameraReader:
                 if delivered:  # it was live: start the attempts afresh
                     attempts = 0
                     probe = self.cfg.probe_min_s
+                    lost_at = time.monotonic()
                     log.info("CAMERA_RECONNECT camera=%s", self._log_id)
                     self._thread_report(CameraState.RECONNECTING, reason)
                     continue
@@ -376,9 +394,9 @@ class CameraReader:
                 # attempt like a failed open, so such a camera ends DEAD with the reason.
             attempts += 1
             if self._thread_state is CameraState.DEAD:
-                log.info("CAMERA_PROBE_FAILED camera=%s next_in=%.0fs", self._log_id, probe)
-                self._stop.wait(probe)
-                probe = min(self.cfg.probe_max_s, probe * 2)
+                wait, probe = self._thread_probe_interval(lost_at, probe)
+                log.info("CAMERA_PROBE_FAILED camera=%s next_in=%.0fs", self._log_id, wait)
+                self._thread_wait(wait)
                 continue
             event = (
                 "CAMERA_RECONNECT_TIMEOUT"
@@ -402,12 +420,13 @@ class CameraReader:
                     attempts,
                 )
                 self._thread_report(CameraState.DEAD, self.counters.last_error)
-                self._stop.wait(probe)
+                self._thread_wait(self.cfg.probe_min_s)
                 continue
-            self._stop.wait(self.cfg.reconnect_interval_s)
+            self._thread_wait(self.cfg.reconnect_interval_s)
 
     def _thread_went_live(self, attempts: int) -> None:
         """The first usable frame since the stream was opened: the camera is live."""
+        self.counters.next_retry_at = None
         if attempts or self._thread_state is CameraState.DEAD:
             self.counters.reconnects += 1
             log.info("CAMERA_RECONNECT_OK camera=%s after %d attempt(s)", self._log_id, attempts)

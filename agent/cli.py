@@ -245,6 +245,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _print_status(status: AgentStatus) -> None:
+    from agent.session_history import reason_words
+
     agent, model = status.agent, status.model
     print(
         f"agent   {agent.state}  version {agent.version}  site {agent.site_id}  "
@@ -262,7 +264,11 @@ def _print_status(status: AgentStatus) -> None:
         f"delivered {counts.get('delivered', 0)}"
     )
     for session in status.sessions:
-        print(f"session {session.slot_id}  {session.mode}  {session.students} students")
+        waiting = session.waiting_for_cameras_seconds
+        print(
+            f"session {session.slot_id}  {session.mode}  {session.students} students"
+            + ("" if waiting is None else f"  WAITING for its cameras, stops in {waiting:.0f} s")
+        )
         for cam in session.cameras:
             if isinstance(cam, CameraHealth):
                 line = (
@@ -273,6 +279,12 @@ def _print_status(status: AgentStatus) -> None:
             else:
                 line = f"  camera {cam.id}  ?  age None s  analysed 0  reconnects 0"
             print(line.rstrip())
+    for ended in status.recent_sessions:
+        print(
+            f"ended   {ended.slot_id}  {ended.reason} ({reason_words(ended.reason)})  "
+            f"{ended.started_at} to {ended.ended_at}  "
+            f"recognised {ended.recognised}/{ended.students}"
+        )
     for warning in status.warnings:
         print(f"WARNING {warning}")
 

@@ -6,9 +6,11 @@ its own session. 2xx = delivered; 408, 429, 5xx, timeouts and connection errors 
 (``Retry-After`` honoured); any other 4xx, any 3xx (redirects are never followed: they
 would carry the API key and the face crop to another host, or turn the POST into a GET)
 and a URL the allowlist no longer admits = dead letter, logged, counted and shown in status
-at once. Failed attempts and dead letters both feed the per-session auto-stop rule (N
-consecutive failures, or T seconds without a success): a backend that refuses every event
-stops its sessions like one that does not answer.
+at once. Failed rounds (an event's every attempt of a round failing, not a single POST)
+and dead letters both feed the per-session auto-stop rule (N consecutive failures, or T
+seconds without a success): a backend that refuses every event stops its sessions like one
+that does not answer, while the defaults weather a 10-minute backend outage (the events
+wait in the outbox and are delivered in order once it is back).
 """
 
 from __future__ import annotations
@@ -232,7 +234,6 @@ class Delivery:
                 outcome.status,
                 log_safe(outcome.error, 300),
             )
-            self._record_failure(event.slot_id)
             if round_attempt < self.cfg.attempts_per_round:
                 wait = self.cfg.first_retry_s * 2 ** (round_attempt - 1)
                 await asyncio.sleep(max(wait, outcome.retry_after or 0.0))
@@ -250,6 +251,9 @@ class Delivery:
             backoff,
             attempts,
         )
+        # The whole round failed: one failure for auto-stop (a single POST is not one; a
+        # backend restart fails several POSTs while every event is safe in the outbox).
+        self._record_failure(event.slot_id)
 
     async def _dead_letter(self, event: OutboxEvent, attempts: int, outcome: Outcome) -> None:
         """Keep a permanently refused event as a dead letter and say so everywhere at once:

@@ -7,7 +7,8 @@ its camera's next turn from the agent-wide :class:`~agent.scheduler.AnalysisSche
 when one tracked face matched them in k of its last n analyses; the
 :class:`~agent.attendance.AttendanceReporter` turns that into one RECOGNITION event.
 Camera failures become CAMERA_DISCONNECTED / CAMERA_RECONNECTED events, and the session
-ends (ALL_CAMERAS_FAILED) when every camera is dead.
+ends (ALL_CAMERAS_FAILED) when every camera stays down past the grace
+(:mod:`agent.camera_watch`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from agent.attendance import AttendanceReporter, Seen
 from agent.camera import CameraReader, CameraState
 from agent.camera_view import CameraView
+from agent.camera_watch import CameraWatch
 from agent.config import AnalysisConfig, CamerasConfig, RecognitionConfig
 from agent.coverage import CameraCoverage
 from agent.events import EventFactory, EventSink, emit_or_log
@@ -140,7 +142,16 @@ class RecognitionRunner:
                         name=f"analyse-{session.slot_id}-{reader.camera_id}",
                     )
                 )
-            return await self._watch_cameras(session, readers, changes)
+            watch = CameraWatch(
+                session.slot_id,
+                readers,
+                self.cameras_cfg.all_dead_grace_s,
+                lambda status, reason, reader, message: self._status(
+                    session, status, reason, reader, message
+                ),
+            )
+            session.waiting_for_cameras = watch.seconds_left
+            return await watch.run(changes)
         finally:
             for task in tasks:
                 task.cancel()
@@ -148,39 +159,6 @@ class RecognitionRunner:
             for camera in scheduled:
                 self.scheduler.unregister(camera)
             await asyncio.gather(*(r.stop() for r in readers))
-
-    async def _watch_cameras(
-        self,
-        session: ActiveSession,
-        readers: list[CameraReader],
-        changes: asyncio.Queue[tuple[str, CameraState, str]],
-    ) -> StatusReason:
-        """Turn camera state changes into status events; return when all are dead."""
-        disconnected: set[str] = set()
-        while True:
-            camera_id, state, reason = await changes.get()
-            reader = next(r for r in readers if r.camera_id == camera_id)
-            if state is CameraState.DEAD:
-                if all(r.state is CameraState.DEAD for r in readers):
-                    log.error("ALL_CAMERAS_DEAD slot=%s", session.slot_id)
-                    return StatusReason.ALL_CAMERAS_FAILED
-                disconnected.add(camera_id)
-                await self._status(
-                    session,
-                    SessionStatus.CAMERA_DISCONNECTED,
-                    StatusReason.CAMERA_FAILURE,
-                    reader,
-                    reason,
-                )
-            elif state is CameraState.LIVE and camera_id in disconnected:
-                disconnected.discard(camera_id)
-                await self._status(
-                    session,
-                    SessionStatus.CAMERA_RECONNECTED,
-                    StatusReason.CAMERA_RECOVERED,
-                    reader,
-                    "",
-                )
 
     def _uptimes(self, session: ActiveSession, readers: list[CameraReader]) -> list[CameraUptime]:
         total = max(0.0, time.time() - session.started_at.timestamp())

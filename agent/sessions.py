@@ -33,6 +33,7 @@ from agent.protocol import (
     SessionStatus,
     StatusReason,
 )
+from agent.session_history import SessionHistory
 from agent.session_limits import check_limits
 from agent.status_models import CameraHealth, CameraRef, SessionSummary
 from agent.store import Store, StoreError
@@ -68,6 +69,8 @@ class ActiveSession:
     uptimes: Callable[[], list[CameraUptime]] | None = None
     # Set by the runner: the last analysed frame of a camera, with its faces.
     camera_view: ViewLookup | None = None
+    # Set by the runner: seconds of grace left while every camera is down, else None.
+    waiting_for_cameras: Callable[[], float | None] | None = None
 
     @property
     def slot_id(self) -> str:
@@ -93,6 +96,9 @@ class ActiveSession:
             started_at=self.started_at.isoformat(),
             presence_counts=self.presence.counts(),
             presence=self.final_presence,
+            waiting_for_cameras_seconds=self.waiting_for_cameras()
+            if self.waiting_for_cameras
+            else None,
         )
 
 
@@ -127,6 +133,7 @@ class SessionManager:
         limits: RuntimeConfig | None = None,
         on_change: Callable[[], None] = lambda: None,
         on_stopped: Callable[[str], None] = lambda slot_id: None,
+        history: SessionHistory | None = None,
     ) -> None:
         self._store = store
         self._models = models
@@ -138,6 +145,7 @@ class SessionManager:
         self._runner = runner
         self._on_change = on_change
         self._on_stopped = on_stopped
+        self._history = history
         self._limits = limits or RuntimeConfig()
         self._sessions: dict[str, ActiveSession] = {}
         self._stopping: dict[str, ActiveSession] = {}
@@ -364,6 +372,8 @@ class SessionManager:
             if failed:
                 session.stop_reason = StatusReason.STOP_FAILED
             await self._emit(session, SessionStatus.STOPPED, reason)
+            if self._history is not None:
+                await self._history.ended(session, reason, self._events.now())
         finally:
             del self._stopping[session.slot_id]
         self._on_stopped(session.slot_id)

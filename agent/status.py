@@ -19,7 +19,9 @@ from agent.model_watch import ModelWatcher
 from agent.mqtt import MqttLink
 from agent.outbox import Outbox
 from agent.scheduler import AnalysisScheduler
+from agent.session_history import SessionHistory
 from agent.sessions import SessionManager
+from agent.space_notice import SpaceNotice
 from agent.status_models import AgentInfo, AgentStatus, MqttStatus, OnlineMessage
 from agent.supervisor import Supervisor
 
@@ -42,6 +44,8 @@ class StatusReporter:
     delivery: Delivery
     supervisor: Supervisor
     scheduler: AnalysisScheduler | None = None
+    history: SessionHistory | None = None
+    space_notice: SpaceNotice | None = None
 
     def online(self) -> OnlineMessage:
         """The retained availability message."""
@@ -64,6 +68,18 @@ class StatusReporter:
             else [f"ONNX_PROVIDER_DEGRADED: {w}" for w in engine.provider_warnings()]
         )
         found.extend(self.supervisor.warnings())
+        space_change = self.space_notice.warning() if self.space_notice else None
+        if space_change:
+            found.append(space_change)
+        for session in self.sessions.sessions:
+            left = session.waiting_for_cameras() if session.waiting_for_cameras else None
+            if left is not None:
+                found.append(
+                    f"CAMERAS_DOWN: every camera of slot {session.slot_id} is down; the "
+                    f"session stops (ALL_CAMERAS_FAILED) in {left:.0f} s unless one comes back"
+                )
+        if self.history is not None:
+            found.extend(self.history.warnings())
         if self.models.reload_error:
             found.append(f"{ErrorCode.MODEL_RELOAD_FAILED}: {self.models.reload_error}")
         news = self.delivery.dead_letters
@@ -102,6 +118,7 @@ class StatusReporter:
             ),
             model=self.models.describe().model_copy(update={"reloads": self.watcher.describe()}),
             sessions=[s.summary() for s in self.sessions.sessions],
+            recent_sessions=self.history.recent() if self.history else [],
             mqtt=MqttStatus(
                 connected=link.connected, protocol=link.protocol, connects=link.connects
             ),

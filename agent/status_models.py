@@ -67,6 +67,11 @@ class CameraHealth(WireModel):
     frames_invalid: int = Field(alias="framesInvalid", ge=0)
     reconnects: int = Field(ge=0, description="Successful reconnects.")
     last_error: str | None = Field(alias="lastError")
+    next_retry_at: float | None = Field(
+        None,
+        alias="nextRetryAt",
+        description="While the camera is down: when the next open attempt comes (Unix time).",
+    )
     up_seconds: float = Field(alias="upSeconds", ge=0, description="Time the camera was live.")
     analysis_rate: float | None = Field(
         None, alias="analysisRate", description="Analyses per second over the last 10 s."
@@ -116,6 +121,25 @@ class SessionSummary(WireModel):
         description="The ``session/stop`` reply only: one verdict per roster student, as "
         "in the STOPPED event.",
     )
+    waiting_for_cameras_seconds: float | None = Field(
+        None,
+        alias="waitingForCamerasSeconds",
+        ge=0,
+        description="Set while every camera of the session is down: seconds left of "
+        "[cameras] all_dead_grace_s before it stops with ALL_CAMERAS_FAILED.",
+    )
+
+
+class EndedSession(WireModel):
+    """A session that ended (``recentSessions`` of the status): how and when."""
+
+    slot_id: str = Field(alias="slotId")
+    status: Literal["STOPPED"] = "STOPPED"
+    reason: str = Field(description="The STOPPED event's reason (REQUESTED, ...).")
+    started_at: str = Field(alias="startedAt", description="ISO 8601 with an offset.")
+    ended_at: str = Field(alias="endedAt", description="ISO 8601 with an offset.")
+    recognised: int = Field(ge=0, description="Roster students recognised (PRESENT).")
+    students: int = Field(ge=0, description="Roster size.")
 
 
 class EngineInfo(WireModel):
@@ -262,6 +286,11 @@ class AgentStatus(WireModel):
     agent: AgentInfo
     model: ModelStatus
     sessions: list[SessionSummary]
+    recent_sessions: list[EndedSession] = Field(
+        default_factory=list,
+        alias="recentSessions",
+        description="The last 20 ended sessions, newest first (kept across restarts).",
+    )
     mqtt: MqttStatus
     outbox: OutboxStats | None
     tasks: list[TaskStatus] = Field(default_factory=list)

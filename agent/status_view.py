@@ -7,12 +7,15 @@ goes through :func:`page_state`, so a change in the status data is adapted here 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from agent.session_history import EXPECTED, reason_words
 from agent.status_models import (
     AgentStatus,
     CameraHealth,
     CameraRef,
+    EndedSession,
     ModelLoaded,
     ModelNotLoaded,
     OutboxStats,
@@ -20,6 +23,34 @@ from agent.status_models import (
 )
 
 DISCONNECTED = frozenset({"RECONNECTING", "DEAD"})
+STALE_AFTER_S = 5.0  # a snapshot older than this is shown greyed
+
+# What a camera's last error means, first match wins: (words in the error, the reason).
+# The raw text (an FFmpeg or Python exception) stays in the status for a technician.
+REASONS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (
+        ("401", "403", "unauthori", "forbidden", "authoriz"),
+        "unauthorised: check the user and password",
+    ),
+    (("refused", "errno 111"), "refused: the camera is off, rebooting or not serving on this port"),
+    (("404", "not found"), "stream not found: check the stream path"),
+    (("timed out", "timeout"), "timed out: the camera does not answer (power or network)"),
+    (
+        # FFmpeg's words when an RTSP server accepts the connection and says nothing
+        # (measured: tests/test_camera_cards.py), or answers with something else.
+        ("invalid data found when processing input",),
+        "timed out or not a stream: the camera connects but sends no video stream",
+    ),
+    (
+        ("no route", "unreachable", "name or service", "name resolution", "resolve"),
+        "unreachable: check the address and the network",
+    ),
+    (
+        ("no video", "no frame", "no new frame", "hung", "ended", "connection lost"),
+        "no video: the stream stopped sending frames",
+    ),
+    (("decode",), "undecodable video: check the camera's codec settings"),
+)
 
 
 def display_state(state: object) -> str:
@@ -28,7 +59,31 @@ def display_state(state: object) -> str:
     return "DISCONNECTED" if text in DISCONNECTED else text
 
 
-def _camera(cam: CameraHealth | CameraRef) -> dict[str, Any]:
+def camera_reason(error: str | None) -> str | None:
+    """A camera's last error in a few words (refused, timed out, unauthorised, no video...);
+    None without an error."""
+    if not error:
+        return None
+    text = error.lower()
+    for needles, words in REASONS:
+        if any(n in text for n in needles):
+            return words
+    return "camera error: see `python -m agent status` for the details"
+
+
+def _trouble(health: CameraHealth, now: float) -> dict[str, Any]:
+    """What a card says of a camera in trouble: the reason in words, the next retry, and
+    whether its snapshot is stale (the camera is not live, or its frame is old)."""
+    age = health.frame_age_seconds
+    retry = health.next_retry_at
+    return {
+        "reason": camera_reason(health.last_error) if health.state != "LIVE" else None,
+        "nextRetryInSeconds": None if retry is None else round(max(0.0, retry - now), 1),
+        "stale": health.state != "LIVE" or (age is not None and age > STALE_AFTER_S),
+    }
+
+
+def _camera(cam: CameraHealth | CameraRef, now: float) -> dict[str, Any]:
     """One camera card; a camera whose work has not started has its id and name only."""
     health = cam if isinstance(cam, CameraHealth) else None
     card: dict[str, Any] = {
@@ -43,6 +98,11 @@ def _camera(cam: CameraHealth | CameraRef) -> dict[str, Any]:
         "upSeconds": health.up_seconds if health else None,
     }
     card["display"] = display_state(card["state"])
+    card.update(
+        _trouble(health, now)
+        if health is not None
+        else {"reason": None, "nextRetryInSeconds": None, "stale": False}
+    )
     if health is not None:  # the analysis load, when the status has it
         optional = {
             "analysisRate": health.analysis_rate,
@@ -68,17 +128,32 @@ def _camera(cam: CameraHealth | CameraRef) -> dict[str, Any]:
     return card
 
 
-def _session(session: SessionSummary) -> dict[str, Any]:
+def _session(session: SessionSummary, now: float) -> dict[str, Any]:
     return {
         "slotId": session.slot_id,
         "mode": session.mode.value,
         "students": session.students,
         "endTime": session.end_time,
         "startedAt": session.started_at,
-        "cameras": [_camera(c) for c in session.cameras],
+        "cameras": [_camera(c, now) for c in session.cameras],
+        "waitingForCamerasSeconds": session.waiting_for_cameras_seconds,
         "presence": session.presence_counts.model_dump(by_alias=True)
         if session.presence_counts
         else None,
+    }
+
+
+def _ended(ended: EndedSession) -> dict[str, Any]:
+    """An ended session, its reason in words; ``byItself`` when nobody asked for the stop."""
+    return {
+        "slotId": ended.slot_id,
+        "reason": ended.reason,
+        "reasonWords": reason_words(ended.reason),
+        "byItself": ended.reason not in EXPECTED,
+        "startedAt": ended.started_at,
+        "endedAt": ended.ended_at,
+        "recognised": ended.recognised,
+        "students": ended.students,
     }
 
 
@@ -103,9 +178,12 @@ def _outbox(outbox: OutboxStats | None) -> dict[str, Any] | None:
     }
 
 
-def page_state(status: AgentStatus) -> dict[str, Any]:
+def page_state(status: AgentStatus, now: float | None = None) -> dict[str, Any]:
     """The page's view of the agent's status: the one place that reads the status for
-    the page (the JSON it polls is this dict, plus the registry's cameras)."""
+    the page (the JSON it polls is this dict, plus the registry's cameras). ``now`` (Unix
+    time, default the clock) turns retry times into seconds from now: the browser's clock
+    may differ from the box's."""
+    now = time.time() if now is None else now
     agent, model, mqtt = status.agent, status.model, status.mqtt
     loaded = model if isinstance(model, ModelLoaded) else None
     reloads = model.reloads
@@ -138,5 +216,6 @@ def page_state(status: AgentStatus) -> dict[str, Any]:
         },
         "outbox": _outbox(status.outbox),
         "warnings": list(status.warnings),
-        "sessions": [_session(s) for s in status.sessions],
+        "sessions": [_session(s, now) for s in status.sessions],
+        "recentSessions": [_ended(e) for e in status.recent_sessions],
     }

@@ -165,11 +165,34 @@ def _m004_presence(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m005_ended_sessions(db: sqlite_utils.Database) -> None:
+    # Read and written by agent.session_history: the sessions status lists as ended.
+    db.table("ended_sessions").create(
+        {
+            "id": int,
+            "slot_id": str,
+            "reason": str,
+            "started_at": str,
+            "ended_at": str,
+            "recognised": int,
+            "students": int,
+        },
+        pk="id",
+        not_null={"slot_id", "reason", "started_at", "ended_at"},
+    )
+
+
+def _m006_agent_facts(db: sqlite_utils.Database) -> None:
+    db.table("agent_facts").create({"key": str, "value": str}, pk="key")  # agent.space_notice
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("001_sessions", _m001_sessions),
     ("002_outbox", _m002_outbox),
     ("003_recognized", _m003_recognized),
     ("004_presence", _m004_presence),
+    ("005_ended_sessions", _m005_ended_sessions),
+    ("006_agent_facts", _m006_agent_facts),
 ]
 """Applied in order, each once; append new ones, never edit applied ones."""
 

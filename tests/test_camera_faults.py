@@ -32,6 +32,7 @@ FAST = {
     "read_timeout_s": 1.0,
     "probe_min_s": 0.2,
     "probe_max_s": 0.5,
+    "all_dead_grace_s": 0,  # the session stops at once (the grace: tests/test_camera_grace.py)
 }
 
 Change = tuple[str, CameraState, str]

@@ -269,7 +269,8 @@ async def test_all_cameras_dead_stops_the_session(
     roster: list[dict[str, Any]],
 ) -> None:
     sink = RecordingSink()
-    cfg = agent_config(tmp_path, broker, cameras=FAST_CAMERAS)
+    # No grace: the stop comes as soon as both are dead (the grace: test_camera_grace.py).
+    cfg = agent_config(tmp_path, broker, cameras={**FAST_CAMERAS, "all_dead_grace_s": 0})
     async with running_agent(cfg, sink, cameras=True) as agent, backend(broker) as b:
         await b.send("session/start", _payload("slot-d", roster, cam_a, cam_b))
         await wait_until(lambda: _camera(agent, "slot-d", "cam-0")["state"] == "LIVE", timeout=10)

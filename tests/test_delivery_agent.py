@@ -78,7 +78,8 @@ async def test_autostop_on_unresponsive_backend(
     broker: Mosquitto, server: CallbackServer, tmp_path: Path, yao_embedding: list[float], rule: str
 ) -> None:
     limits = (
-        {"autostop_failures": 10, "autostop_seconds": 0}
+        # 3 failed rounds of 3 POSTs each: a failure is a round, not a POST.
+        {"autostop_failures": 3, "attempts_per_round": 3, "autostop_seconds": 0}
         if rule == "failures"
         else {"autostop_failures": 0, "autostop_seconds": 1.5}
     )
@@ -106,8 +107,8 @@ async def test_autostop_on_unresponsive_backend(
         server.mode = {"": "ok"}
         await server.wait_delivered(2, timeout=10)
     if rule == "failures":
-        assert failures_seen == 10, failures_seen
-        assert all(alive_at_request[:10])  # not before the 10th failure
+        assert failures_seen == 9, failures_seen
+        assert all(alive_at_request[:9])  # not before the third round's last POST
     else:
         assert 1.5 <= stopped_after < 5
     bodies = [r.body for r in server.delivered()]

@@ -47,6 +47,7 @@ def test_camera_health_keys() -> None:
         "framesInvalid",
         "reconnects",
         "lastError",
+        "nextRetryAt",
         "upSeconds",
         "analysisRate",
         "analysesShed",
@@ -95,6 +96,7 @@ def test_status_keys_and_round_trip() -> None:
         "agent",
         "model",
         "sessions",
+        "recentSessions",
         "mqtt",
         "outbox",
         "tasks",
@@ -121,6 +123,7 @@ def test_status_keys_and_round_trip() -> None:
         "startedAt",
         "presenceCounts",
         "presence",
+        "waitingForCamerasSeconds",
     ]
     assert data["sessions"][0]["cameras"][1] == {"id": "cam-2", "name": "Room 2"}
     assert list(data["outbox"]) == [

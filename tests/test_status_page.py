@@ -44,6 +44,8 @@ CARD_STATE = f"""(() => {{
     faces: Number(img.dataset.faces || 0),
     labels: img.dataset.labels || "",
     alt: img.alt,
+    stale: img.classList.contains("stale"),
+    text: card.textContent,
   }};
 }})()"""
 MAX_SCREENSHOT_BYTES = 300_000
@@ -99,11 +101,24 @@ async def test_page_shows_live_camera_with_faces_then_disconnected(
         yao_camera.kill()
         gone = await browser.wait_for(
             f"(() => {{ const s = {CARD_STATE}; "
-            "return s && s.state === 'DISCONNECTED' ? s : null; })()",
+            "return s && s.state === 'DISCONNECTED' && s.text.includes('Next retry') "
+            "? s : null; })()",
             timeout=30,
             what="camera card DISCONNECTED after the camera was killed",
         )
         assert gone["badge"] == "DISCONNECTED"
+        # The card says why in words (no Python exception) and greys the old snapshot.
+        assert "refused: the camera is off" in gone["text"], gone["text"]
+        assert "Errno" not in gone["text"] and "Error:" not in gone["text"]
+        assert gone["stale"] is True
+        assert (await b.send("session/stop", {"slotId": "slot-page"}))["status"] == 200
+        ended = await browser.wait_for(
+            "(() => { const t = document.getElementById('recent-sessions').textContent; "
+            "return t.includes('slot-page') ? t : null; })()",
+            timeout=10,
+            what="the stopped session under Ended sessions",
+        )
+        assert "stopped by the backend (REQUESTED)" in ended
         assert await browser.evaluate("window.notReloaded === true")  # updated in place
 
         await browser.resize(390, 844, mobile=True)  # a phone: nothing wider than the screen

@@ -87,9 +87,27 @@ class CamerasConfig(Section):
         2.0, ge=0.0, le=120, description="Pause between reconnect attempts (seed: 2 s)."
     )
     probe_min_s: float = Field(
-        5.0, ge=0.1, le=600, description="First re-probe of a dead camera; doubles each time."
+        2.0,
+        ge=0.1,
+        le=600,
+        description="Re-probe interval of a dead camera during probe_fast_for_s after its "
+        "loss (a rebooted camera is back LIVE within this); then it doubles each time.",
     )
-    probe_max_s: float = Field(60.0, ge=0.1, le=3600, description="Longest re-probe interval.")
+    probe_max_s: float = Field(30.0, ge=0.1, le=3600, description="Longest re-probe interval.")
+    probe_fast_for_s: float = Field(
+        180.0,
+        ge=0,
+        le=86_400,
+        description="How long after a camera is lost it is re-probed every probe_min_s "
+        "before backing off (an IP camera reboot takes 30-90 s).",
+    )
+    all_dead_grace_s: float = Field(
+        180.0,
+        ge=0,
+        le=86_400,
+        description="When every camera of a session is down, keep probing this long before "
+        "the session stops with ALL_CAMERAS_FAILED (0: stop at once).",
+    )
     analysis_fps: float = Field(
         4.0, gt=0, le=30, description="Analyses per second per camera (at most)."
     )

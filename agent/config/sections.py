@@ -335,14 +335,17 @@ class CallbackConfig(Section):
         10,
         ge=0,
         le=10_000,
-        description="Stop a session after this many consecutive failed POSTs (0: never).",
+        description="Stop a session after this many consecutive failed delivery rounds "
+        "(all attempts_per_round POSTs of an event failing) or dead letters (0: never). "
+        "With the default backoff, 10 rounds take over 13 minutes.",
     )
     autostop_seconds: float = Field(
-        120.0,
+        900.0,
         ge=0,
         le=86_400,
-        description="Stop a session after this long without a "
-        "successful POST while failing (0: never).",
+        description="Stop a session after this long without a successful POST while "
+        "failing (0: never). 900 s weathers a 10-minute backend outage; 120 s (with "
+        "autostop_failures = 10) is the strict original setting.",
     )
     max_pending_events: int = Field(
         100_000,

@@ -18,6 +18,7 @@ from agent.handlers.status import StatusHandler
 from agent.inference import InferencePool, ModelSlot
 from agent.protocol import CommandName
 from agent.sessions import SessionManager
+from agent.space_notice import SpaceNotice
 from agent.status import StatusReporter
 
 __all__ = ["build_handlers"]
@@ -30,10 +31,14 @@ def build_handlers(
     pool: InferencePool,
     enrollment: EnrollmentConfig,
     status: StatusReporter,
+    space_notice: SpaceNotice | None = None,
 ) -> dict[CommandName, CommandHandler]:
-    """The handler of every command, keyed by the protocol's command names."""
+    """The handler of every command, keyed by the protocol's command names (a started
+    session ends ``space_notice``'s embedding-space change warning)."""
     return {
-        CommandName.SESSION_START: SessionStartHandler(sessions),
+        CommandName.SESSION_START: SessionStartHandler(
+            sessions, space_notice.session_started if space_notice else None
+        ),
         CommandName.SESSION_STOP: SessionStopHandler(sessions),
         CommandName.EMBEDDING_GENERATE: EmbeddingGenerateHandler(models, pool, enrollment),
         CommandName.STATUS: StatusHandler(status),

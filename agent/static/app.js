@@ -101,6 +101,7 @@ function renderAgent(state) {
   $("warnings").replaceChildren(
     ...(unique.length ? unique.map((w) => el("li", { text: w, className: "bad" })) : [el("li", { text: "None." })]),
   );
+  renderEnded(state.recentSessions || []);
   const r = m.reload || {};
   facts($("model-facts"), [
     ["Pack in service", m.loaded ? m.pack : "none", m.loaded ? null : "bad"],
@@ -116,6 +117,24 @@ function renderAgent(state) {
     ],
     ["Reloads / failures / swaps", `${r.attempts ?? 0} / ${r.failures ?? 0} / ${m.swaps ?? 0}`],
   ]);
+}
+
+function renderEnded(ended) {
+  // The last sessions that ended, newest first, the reason in words; one that ended by
+  // itself (cameras, backend) is marked, as the warning above says while it is recent.
+  $("recent-sessions").replaceChildren(
+    ...(ended.length
+      ? ended.map((e) =>
+          el("li", {
+            text:
+              `${e.slotId}: ${e.reasonWords} (${e.reason}), ` +
+              `${new Date(e.startedAt).toLocaleString()} to ${new Date(e.endedAt).toLocaleTimeString()}, ` +
+              `${e.recognised} of ${e.students} recognised`,
+            className: e.byItself ? "bad" : "",
+          }),
+        )
+      : [el("li", { text: "None yet." })]),
+  );
 }
 
 // Cameras ---------------------------------------------------------------------------
@@ -192,8 +211,23 @@ function renderCameras(state) {
       seen.add(key);
       card.heading.textContent = cam.name && cam.name !== cam.id ? `${cam.name} (${cam.id})` : cam.id;
       setState(card, cam.display);
+      const waiting = session.waitingForCamerasSeconds;
       const rows = [
         ["Session", `${session.slotId} (${session.mode}, ${session.students} students)`],
+        [
+          "Session waits",
+          waiting === null || waiting === undefined
+            ? null
+            : `every camera is down: stops in ${duration(waiting)} unless one comes back`,
+          "bad",
+        ],
+        ["Problem", cam.reason || null, "bad"],
+        [
+          "Next retry",
+          cam.nextRetryInSeconds === null || cam.nextRetryInSeconds === undefined
+            ? null
+            : `in ${duration(cam.nextRetryInSeconds)}`,
+        ],
         ["Frame age", cam.frameAgeSeconds === null ? "no frame yet" : `${num(cam.frameAgeSeconds, 2)} s`],
         ["Analysis rate", "analysisRate" in cam ? `${num(cam.analysisRate)} /s` : null],
         ["Frames read / analysed", `${cam.framesRead ?? 0} / ${cam.framesAnalysed ?? 0}`],
@@ -203,9 +237,11 @@ function renderCameras(state) {
         ["Analyses shed", "analysesShed" in cam ? String(cam.analysesShed) : null],
         ["Attendance", presenceText(session.presence)],
         ...coverageRows(cam.coverage),
-        ["Last error", cam.lastError || "none", cam.lastError ? "bad" : null],
       ].filter((row) => row[1] !== null);
       facts(card.dl, rows);
+      // A snapshot of a camera that is down (or whose frame is old) is the past: greyed.
+      card.img.classList.toggle("stale", Boolean(cam.stale));
+      card.article.dataset.stale = cam.stale ? "true" : "false";
       if (registryIds.has(cam.id)) testButton(card, cam.id);
       ordered.push(card.article);
     }
