@@ -32,6 +32,7 @@ FAST = {
     "reconnect_interval_s": 0.3,
     "probe_min_s": 0.5,
     "probe_max_s": 1.0,
+    "all_dead_grace_s": 0.0,  # the session stops as soon as its only camera is dead
 }
 Change = tuple[str, CameraState, str]
 
