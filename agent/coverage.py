@@ -64,7 +64,7 @@ EDGE_PX = 2.0  # a face this close to an inner edge of a region or tile is cut b
 MAX_REGIONS = 48  # per analysis: a pathological scene cannot take the whole budget
 SWEEP_RESERVE = 0.5  # a sweep tile waits while the budget is below half: regions first
 FALLBACK_MIN_PX = 32.0  # the old minimum: coarse landmarks still align faces this wide
-TINY_FACE_PX = 24.0  # the shrunk frame proposes 18-19 of 19 faces from here up (at 0.1)
+TINY_FACE_PX = 20.0  # the shrunk frame proposes 18-19 of 19 faces of 18-28 px (at 0.1)
 REJECT_ANALYSES = 8  # a candidate a region check rejected is not re-checked for this long
 MERGE_OVERLAP = 0.4  # IoU or containment above which two detections are one face
 
