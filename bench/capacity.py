@@ -291,7 +291,10 @@ def score_run(
     received: list[tuple[float, dict[str, Any]]],
     window_end: float,
 ) -> dict[str, Any]:
-    """Recall, false attendances and time-to-recognition from the callbacks received."""
+    """Recall, false attendances and time-to-recognition from the callbacks received.
+
+    A false attendance is an absent student reported, or a latecomer reported more than a
+    second before entering the view (a stranger or another student taken for them)."""
     present = {p.name: p for p in pupils if p.enrolled and p.present}
     absent = {p.name for p in pupils if p.enrolled and not p.present}
     first: dict[tuple[str, str], float] = {}
@@ -309,7 +312,11 @@ def score_run(
         recalls.append(len(seen) / len(present))
         for name in seen:
             enter = max(t0 + present[name].enter_s, start)
-            delays.append(first[(slot, name)] - enter)
+            delay = first[(slot, name)] - enter
+            if delay < -1.0:  # reported before coming in: someone else was taken for them
+                false += 1
+                continue
+            delays.append(delay)
     return {
         "recallMin": min(recalls) if recalls else 0.0,
         "recallMean": statistics.fmean(recalls) if recalls else 0.0,
