@@ -4,7 +4,7 @@ The thread reads every packet of the stream (``agent.video_source``) but decodes
 the analyser can use: every frame in :attr:`DecodeMode.FULL`, only the keyframes that an
 analysis is waiting for in :attr:`DecodeMode.KEYFRAMES` (the scheduler picks the mode);
 it converts a frame to BGR only when the analyser asked for one, and hands it to the event
-loop; nothing is queued, so results are always about *now*. Failures follow the seed: a
+loop; nothing is queued, so results are always about *now*. Failures: a
 failed read (or no frame for ``max_frame_age_s``) releases the stream and retries the open
 ``reconnect_attempts`` times, ``reconnect_interval_s`` apart; when all fail the camera is
 dead for the session, and is then re-probed every ``probe_min_s`` for ``probe_fast_for_s``
