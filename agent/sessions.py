@@ -233,7 +233,7 @@ class SessionManager:
         )
 
     async def start(self, command: SessionStart) -> SessionSummary:
-        """Start a session ; returns its summary."""
+        """Start a session; returns its summary."""
         if command.slot_id in self._sessions:
             log.warning("SESSION_EXISTS slot=%s", command.slot_id)
             raise AgentError(
