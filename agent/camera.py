@@ -31,14 +31,13 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 from agent.config import CamerasConfig
 from agent.faces import Image
 
 # redact_url is re-exported: tests/test_camera_units.py imports it from here.
 from agent.redaction import log_safe, redact_text, redact_url, url_secrets
-from agent.status_models import CameraHealth
+from agent.status_models import CameraHealth, CameraState
 from agent.video_source import (
     DecodeMode,
     SourceError,
@@ -51,16 +50,6 @@ from agent.video_source import (
 log = logging.getLogger(__name__)
 
 RATE_WINDOW_S = 10.0  # analysis rate shown in status: analyses over the last 10 s
-
-
-class CameraState(StrEnum):
-    """Where a camera reader is."""
-
-    CONNECTING = "CONNECTING"
-    LIVE = "LIVE"
-    RECONNECTING = "RECONNECTING"
-    DEAD = "DEAD"  # all reconnect attempts failed; being re-probed slowly
-    STOPPED = "STOPPED"
 
 
 @dataclass(frozen=True)

@@ -246,6 +246,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _print_status(status: AgentStatus) -> None:
     from agent.session_history import reason_words
+    from agent.status_view import display_state
 
     agent, model = status.agent, status.model
     print(
@@ -270,14 +271,15 @@ def _print_status(status: AgentStatus) -> None:
             + ("" if waiting is None else f"  WAITING for its cameras, stops in {waiting:.0f} s")
         )
         for cam in session.cameras:
+            # display_state: the page's words for a camera state, so both say the same.
             if isinstance(cam, CameraHealth):
                 line = (
-                    f"  camera {cam.id}  {cam.state}  age {cam.frame_age_seconds} s  "
-                    f"analysed {cam.frames_analysed}  reconnects {cam.reconnects}  "
-                    f"{cam.last_error or ''}"
+                    f"  camera {cam.id}  {display_state(cam.state)}  "
+                    f"age {cam.frame_age_seconds} s  analysed {cam.frames_analysed}  "
+                    f"reconnects {cam.reconnects}  {cam.last_error or ''}"
                 )
             else:
-                line = f"  camera {cam.id}  ?  age None s  analysed 0  reconnects 0"
+                line = f"  camera {cam.id}  {display_state(None)}  no frame yet"
             print(line.rstrip())
     for ended in status.recent_sessions:
         print(
