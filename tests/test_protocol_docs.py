@@ -139,3 +139,34 @@ def test_readme_lists_every_log_event_name() -> None:
     assert {"AGENT_FATAL", "METRICS_UNAVAILABLE", "CAMERA_RECONNECT_ERROR"} <= names
     missing = sorted(n for n in names if f"`{n}`" not in readme)
     assert not missing, f"README's log names miss {missing}"
+
+
+def test_protocol_lists_every_stop_reason() -> None:
+    from agent.protocol import StatusReason
+
+    text = PROTOCOL.read_text(encoding="utf-8")
+    for reason in StatusReason:
+        if reason in (StatusReason.CAMERA_FAILURE, StatusReason.CAMERA_RECOVERED):
+            continue  # camera events' reasons, not STOPPED's
+        assert f"| `STOPPED` | `{reason.value}` |" in text, f"STOPPED / {reason.value}"
+
+
+def test_session_reply_examples_have_every_summary_field() -> None:
+    """The start and stop replies in the doc show the summary as the code sends it: every
+    field (nulls included, ``wire`` keeps them), in order; the stop reply's cameras carry
+    their health."""
+    from agent.status_models import CameraHealth, SessionSummary
+
+    fields = [f.alias or name for name, f in SessionSummary.model_fields.items()]
+    health = [f.alias or name for name, f in CameraHealth.model_fields.items()]
+    replies = {
+        e["message"]: e["data"]
+        for e in _json_examples()
+        if isinstance(e, dict) and e.get("message") in ("Session started.", "Session stopped.")
+    }
+    assert set(replies) == {"Session started.", "Session stopped."}
+    for data in replies.values():
+        assert list(data) == fields
+    stopped = replies["Session stopped."]
+    assert all(list(c) == health and c["state"] == "STOPPED" for c in stopped["cameras"])
+    assert stopped["presence"] and stopped["waitingForCamerasSeconds"] is None
