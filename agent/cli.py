@@ -303,9 +303,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
-    """Descriptions and epilogs as written (their lists keep their lines); command names up
-    to 16 characters keep their help on the same line."""
-    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=30)
+    """Descriptions and epilogs as written (their lists keep their lines); every command's
+    help on its name's line."""
+    formatter = argparse.RawDescriptionHelpFormatter(prog, max_help_position=30)
+    # argparse measures the command names one indent short of where it prints them, so
+    # "check-config" would get its help on the next line: start the column wide enough.
+    formatter._action_max_length = 18
+    return formatter
 
 
 def _command(sub: Any, name: str) -> argparse.ArgumentParser:
