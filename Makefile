@@ -14,9 +14,11 @@ $(STAMP): pyproject.toml scripts/setup-venv.sh
 	touch $(STAMP)
 
 $(PACK): $(STAMP)
+	@echo "==> installing the default model pack into models/ (python -m agent models install-default)"
 	$(PY) -m agent models install-default
 
 system-deps:
+	@echo "==> checking the Debian packages the tests and the demo start (Mosquitto, GStreamer's RTSP server, Chromium)"
 	bash scripts/system-deps.sh
 
 lint: setup

@@ -4,7 +4,7 @@ The thread reads every packet of the stream (``agent.video_source``) but decodes
 the analyser can use: every frame in :attr:`DecodeMode.FULL`, only the keyframes that an
 analysis is waiting for in :attr:`DecodeMode.KEYFRAMES` (the scheduler picks the mode);
 it converts a frame to BGR only when the analyser asked for one, and hands it to the event
-loop; nothing is queued, so results are always about *now*. Failures follow the seed: a
+loop; nothing is queued, so results are always about *now*. Failures: a
 failed read (or no frame for ``max_frame_age_s``) releases the stream and retries the open
 ``reconnect_attempts`` times, ``reconnect_interval_s`` apart; when all fail the camera is
 dead for the session, and is then re-probed every ``probe_min_s`` for ``probe_fast_for_s``
@@ -31,14 +31,13 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 from agent.config import CamerasConfig
 from agent.faces import Image
 
 # redact_url is re-exported: tests/test_camera_units.py imports it from here.
 from agent.redaction import log_safe, redact_text, redact_url, url_secrets
-from agent.status_models import CameraHealth
+from agent.status_models import CameraHealth, CameraState
 from agent.video_source import (
     DecodeMode,
     SourceError,
@@ -51,16 +50,6 @@ from agent.video_source import (
 log = logging.getLogger(__name__)
 
 RATE_WINDOW_S = 10.0  # analysis rate shown in status: analyses over the last 10 s
-
-
-class CameraState(StrEnum):
-    """Where a camera reader is."""
-
-    CONNECTING = "CONNECTING"
-    LIVE = "LIVE"
-    RECONNECTING = "RECONNECTING"
-    DEAD = "DEAD"  # all reconnect attempts failed; being re-probed slowly
-    STOPPED = "STOPPED"
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from agent.camera import CameraReader, CameraState
+from agent.camera import CameraReader
 from agent.protocol import SessionStatus, StatusReason
 from agent.redaction import log_safe
+from agent.status_models import CameraState
 
 log = logging.getLogger(__name__)
 

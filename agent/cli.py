@@ -1,8 +1,8 @@
 """Command line: ``python -m agent <command>`` (also installed as ``edge-agent``).
 
-Exit codes: 0 success; 1 the command ran and failed (the reply says why; e.g. ``outbox``
-found no state file); 2 the configuration or the command line is invalid, or ``run`` found
-another agent running on its data directory.
+Its help text is in :mod:`agent.cli_help`. Exit codes: 0 success; 1 the command ran and
+failed (e.g. ``outbox`` found no state file); 2 the configuration or the command line is
+invalid, or ``run`` found another agent running on its data directory.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from agent import __version__
+from agent.cli_help import COMMANDS, DESCRIPTION, EXIT_CODES
 from agent.config import AgentConfig, ConfigError, config_warnings, load_config, masked_dump
 from agent.errors import AgentError, ModelNotLoadedError, ModelPackError
 from agent.instance_lock import InstanceLock, InstanceLockedError
@@ -246,6 +247,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _print_status(status: AgentStatus) -> None:
     from agent.session_history import reason_words
+    from agent.status_view import display_state
 
     agent, model = status.agent, status.model
     print(
@@ -270,14 +272,15 @@ def _print_status(status: AgentStatus) -> None:
             + ("" if waiting is None else f"  WAITING for its cameras, stops in {waiting:.0f} s")
         )
         for cam in session.cameras:
+            # display_state: the page's words for a camera state, so both say the same.
             if isinstance(cam, CameraHealth):
                 line = (
-                    f"  camera {cam.id}  {cam.state}  age {cam.frame_age_seconds} s  "
-                    f"analysed {cam.frames_analysed}  reconnects {cam.reconnects}  "
-                    f"{cam.last_error or ''}"
+                    f"  camera {cam.id}  {display_state(cam.state)}  "
+                    f"age {cam.frame_age_seconds} s  analysed {cam.frames_analysed}  "
+                    f"reconnects {cam.reconnects}  {cam.last_error or ''}"
                 )
             else:
-                line = f"  camera {cam.id}  ?  age None s  analysed 0  reconnects 0"
+                line = f"  camera {cam.id}  {display_state(None)}  no frame yet"
             print(line.rstrip())
     for ended in status.recent_sessions:
         print(
@@ -299,29 +302,53 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(cfg, session_seconds=args.seconds, broker=args.broker)
 
 
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    """Descriptions and epilogs as written (their lists keep their lines); every command's
+    help on its name's line."""
+    formatter = argparse.RawDescriptionHelpFormatter(prog, max_help_position=30)
+    # argparse measures the command names one indent short of where it prints them, so
+    # "check-config" would get its help on the next line: start the column wide enough.
+    formatter._action_max_length = 18
+    return formatter
+
+
+def _command(sub: Any, name: str) -> argparse.ArgumentParser:
+    """A subcommand's parser: plain-text description, actions and the exit codes."""
+    short, description = COMMANDS[name]
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=short, description=description, epilog=EXIT_CODES, formatter_class=_formatter
+    )
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for the documentation test)."""
-    parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="edge-agent",
+        description=DESCRIPTION,
+        epilog=EXIT_CODES,
+        formatter_class=_formatter,
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
 
-    check = sub.add_parser("check-config", help="validate the configuration and print it")
+    check = _command(sub, "check-config")
     check.add_argument("file", nargs="?", type=Path, default=None, help="TOML config file")
     _config_arg(check)
     check.set_defaults(func=cmd_check_config)
 
-    embed = sub.add_parser("embed", help="generate an enrollment embedding from a photo")
+    embed = _command(sub, "embed")
     embed.add_argument("photo", nargs="?", default=None, help="image file (JPEG, PNG, ...)")
     embed.add_argument("--submission-id", default=None, help="echoed in the result")
     embed.add_argument("--json", action="store_true", help="print the reply object as JSON")
     _config_arg(embed)
     embed.set_defaults(func=cmd_embed)
 
-    run = sub.add_parser("run", help="run the agent (MQTT commands, sessions)")
+    run = _command(sub, "run")
     _config_arg(run)
     run.set_defaults(func=cmd_run)
 
-    demo = sub.add_parser("demo", help="see the agent work end to end on bundled photos")
+    demo = _command(sub, "demo")
     demo.add_argument("--seconds", type=float, default=90.0, help="longest session time")
     demo.add_argument("--verbose", action="store_true", help="show the agent's log")
     demo.add_argument(
@@ -333,23 +360,27 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(demo)
     demo.set_defaults(func=cmd_demo)
 
-    status = sub.add_parser("status", help="show the running agent's state")
+    status = _command(sub, "status")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     status.add_argument("--port", type=int, default=0, help="endpoint port (default: config)")
     _config_arg(status)
     status.set_defaults(func=cmd_status)
 
-    outbox = sub.add_parser("outbox", help="show queued callback events, or retry dead letters")
-    outbox.add_argument("action", nargs="?", choices=["show", "retry"], default="show")
+    outbox = _command(sub, "outbox")
+    outbox.add_argument(
+        "action", nargs="?", choices=["show", "retry"], default="show", help="show or retry"
+    )
     _config_arg(outbox)
     outbox.set_defaults(func=cmd_outbox)
 
-    schemas = sub.add_parser("schemas", help="write the protocol's JSON Schemas")
+    schemas = _command(sub, "schemas")
     schemas.add_argument("--out", type=Path, default=Path("docs/schemas"), help="folder")
     schemas.set_defaults(func=cmd_schemas)
 
-    models = sub.add_parser("models", help="install the default pack or verify packs")
-    models.add_argument("action", choices=["install-default", "verify"])
+    models = _command(sub, "models")
+    models.add_argument(
+        "action", choices=["install-default", "verify"], help="install-default or verify"
+    )
     models.add_argument("pack", nargs="?", default="", help="pack folder name (verify)")
     _config_arg(models)
     models.set_defaults(func=cmd_models)

@@ -1,5 +1,5 @@
 """Callback delivery: posts outbox events to each session's callback URL, in order per
-session, with the seed's retry round and then capped exponential backoff, forever.
+session, a short retry round and then capped exponential backoff, forever.
 
 One worker task per slot with pending events, so a slow or dead callback URL only delays
 its own session. 2xx = delivered; 408, 429, 5xx, timeouts and connection errors = retry

@@ -1,10 +1,12 @@
 """``python -m agent demo``: the whole agent on an embedded default, in a few minutes.
 
 It builds a short classroom video from face photos shipped inside installed packages,
-serves it as a local MJPEG camera, starts a Mosquitto broker on a free port, a local
-callback receiver and the agent; enrolls the demo students through ``embedding/generate``,
-starts a session over MQTT, prints each recognition as the callback receives it, stops the
-session and prints a summary. Everything it starts is stopped before it returns.
+serves it as a local RTSP camera (GStreamer's RTSP server, :mod:`agent.devkit.rtsp`),
+starts a Mosquitto broker on a free port, a local callback receiver and the agent, and
+prints the status page's address; enrolls the demo students through
+``embedding/generate``, starts a session over MQTT, prints each recognition as the callback
+receives it, stops the session and prints the STOPPED event with the session's summary
+(each student's presence verdict). Everything it starts is stopped before it returns.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from typing import Any
 import aiomqtt
 import cv2
 import numpy as np
-from aiohttp import web
 
 from agent.app import Agent
 from agent.config import AgentConfig, EnrollmentConfig
@@ -34,6 +35,7 @@ from agent.devkit.brokers import BrokerError, Mosquitto, amqtt_broker, find_mosq
 from agent.devkit.callback_receiver import CallbackServer, Received
 from agent.devkit.classroom import Box, Person, make_classroom_frames
 from agent.devkit.ports import free_port
+from agent.devkit.rtsp import INSTALL_HINT, RtspServer, RtspServerError, gst_rtsp_available
 from agent.embedding import generate_embedding
 from agent.engine import FaceEngine
 from agent.errors import AgentError
@@ -111,9 +113,9 @@ def demo_students(engine: FaceEngine) -> list[Student]:
     return students
 
 
-def classroom_frames(students: list[Student], seconds: float, workdir: Path) -> list[bytes]:
-    """JPEG frames of a classroom where the students come in one after another, each face
-    drifting slowly in its own seat."""
+def classroom_frames(students: list[Student], seconds: float, workdir: Path) -> Path:
+    """Writes the JPEG frames ``%04d.jpg`` of a classroom where the students come in one
+    after another, each face drifting slowly in its own seat; returns their folder."""
     width, height = SIZE
     seats = [(0.15, 0.45), (0.4, 0.4), (0.65, 0.45), (0.85, 0.5), (0.3, 0.75), (0.6, 0.75)]
     people = [
@@ -130,45 +132,23 @@ def classroom_frames(students: list[Student], seconds: float, workdir: Path) -> 
         )
         for k, student in enumerate(students)
     ]
-    plan = make_classroom_frames(workdir, people, seconds=seconds, fps=FPS, size=SIZE)
-    return [plan.path(i).read_bytes() for i in range(plan.n_frames)]
+    return make_classroom_frames(workdir, people, seconds=seconds, fps=FPS, size=SIZE).frames_dir
 
 
 @asynccontextmanager
-async def mjpeg_camera(frames: list[bytes]) -> AsyncIterator[str]:
-    """An MJPEG camera over HTTP looping ``frames`` at FPS; yields its URL."""
-
-    async def camera(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(
-            headers={"Content-Type": "multipart/x-mixed-replace; boundary=frame"}
-        )
-        await response.prepare(request)
-        index = 0
-        try:
-            while True:
-                frame = frames[index % len(frames)]
-                await response.write(
-                    b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
-                    + str(len(frame)).encode()
-                    + b"\r\n\r\n"
-                    + frame
-                    + b"\r\n"
-                )
-                index += 1
-                await asyncio.sleep(1 / FPS)
-        except (ConnectionResetError, asyncio.CancelledError):
-            return response
-
-    app = web.Application()
-    app.router.add_get("/camera", camera)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+async def rtsp_camera(frames_dir: Path) -> AsyncIterator[str]:
+    """An RTSP camera looping the JPEG frames of ``frames_dir`` at FPS; yields its URL."""
+    if not await asyncio.to_thread(gst_rtsp_available):
+        raise SystemExit(f"No RTSP camera for the demo. {INSTALL_HINT}")
+    server = RtspServer(frames_dir, fps=FPS, width=SIZE[0], height=SIZE[1])
     try:
-        yield f"http://127.0.0.1:{port}/camera"
+        await asyncio.to_thread(server.start)  # blocks until it listens
+    except RtspServerError as exc:
+        raise SystemExit(f"The demo's RTSP camera did not start: {exc}") from exc
+    try:
+        yield server.url
     finally:
-        await runner.cleanup()
+        await asyncio.to_thread(server.stop)
 
 
 @asynccontextmanager
@@ -220,6 +200,23 @@ class _Services:
     callback_url: str
 
 
+def _demo_config(base: AgentConfig, services: _Services, workdir: Path) -> AgentConfig:
+    """The agent's configuration for the demo: its broker, state and callback, and the
+    status page on a free port of 127.0.0.1 (no password needed there)."""
+    data = base.model_dump()
+    data["site"]["id"] = "demo-site"
+    data["mqtt"]["port"] = services.broker_port
+    data["mqtt"]["protocol"] = services.protocol
+    data["storage"]["data_dir"] = workdir / "data"
+    data["auth"] = {"api_keys": API_KEY}
+    data["callback"]["allowed_urls"] = [services.callback_url]
+    data["metrics"]["enabled"] = True
+    data["metrics"]["host"] = "127.0.0.1"
+    data["metrics"]["port"] = free_port()
+    data["webui"]["enabled"] = True
+    return AgentConfig(**data)
+
+
 async def run_demo(base: AgentConfig, session_seconds: float, broker: str = "auto") -> int:
     """The demo; returns the exit code (0 when every enrolled student was recognised)."""
     started = time.monotonic()
@@ -234,50 +231,72 @@ async def run_demo(base: AgentConfig, session_seconds: float, broker: str = "aut
         workdir = Path(tmp)
         say(f"building a 12 s classroom video with {len(students)} people ...")
         # The visitor walks in second, well before the session ends.
-        frames = classroom_frames(
+        frames_dir = classroom_frames(
             [enrolled[0], students[-1], *enrolled[1:]], seconds=12, workdir=workdir / "video"
         )
         async with (
             embedded_broker(workdir, broker) as (broker_port, protocol),
-            mjpeg_camera(frames) as camera_url,
+            rtsp_camera(frames_dir) as camera_url,
             callback_receiver(received) as callback_url,
         ):
             services = _Services(broker_port, protocol, camera_url, callback_url)
-            data = base.model_dump()
-            data["site"]["id"] = "demo-site"
-            data["mqtt"]["port"] = broker_port
-            data["mqtt"]["protocol"] = protocol
-            data["storage"]["data_dir"] = workdir / "data"
-            data["auth"] = {"api_keys": API_KEY}
-            data["callback"]["allowed_urls"] = [callback_url]
-            data["metrics"]["port"] = 0
-            cfg = AgentConfig(**data)
+            cfg = _demo_config(base, services, workdir)
             say(
-                f"broker on port {broker_port} (MQTT {protocol}), camera at {camera_url}, "
+                f"broker on port {broker_port} (MQTT {protocol}), RTSP camera at {camera_url}, "
                 f"callback receiver at {callback_url}"
             )
+            page = f"http://{cfg.metrics.host}:{cfg.metrics.port}/"
+            say(f"status page: {page} (open it in a browser while the demo runs)")
             agent = Agent(cfg)
             stop = asyncio.Event()
             agent_task = asyncio.create_task(agent.run(stop), name="demo-agent")
             try:
-                return await _session(
-                    agent, services, enrolled, students, received, session_seconds, started
-                )
+                code = await _session(agent, services, enrolled, received, session_seconds)
             finally:
                 stop.set()
                 await agent_task
                 say("agent stopped; nothing left running")
+    print(f"({students[-1].name} was in the video as a visitor: not enrolled, so not reported)")
+    say(f"done in {time.monotonic() - started:.0f} s")
+    return code
+
+
+async def _enroll(backend: Backend, enrolled: list[Student]) -> list[dict[str, Any]]:
+    """Enrolls the students through ``embedding/generate``; returns the session's roster."""
+    roster = []
+    for student in enrolled:
+        reply = await backend.send(
+            "embedding/generate",
+            {
+                "submissionId": student.student_id,
+                "photo": base64.b64encode(student.photo).decode(),
+            },
+            timeout=60,
+        )
+        if reply["status"] != 200:
+            say(f"enrolling {student.name} failed: {reply['code']} {reply['message']}")
+            continue
+        roster.append(
+            {
+                "id": student.student_id,
+                "name": student.name,
+                "embeddings": [reply["data"]["embedding"]],
+                "embeddingSpace": reply["data"]["embeddingSpace"],
+            }
+        )
+        say(f"enrolled {student.name} (quality {reply['data']['quality']['score']})")
+    return roster
 
 
 async def _session(
     agent: Agent,
     services: _Services,
     enrolled: list[Student],
-    students: list[Student],
     received: asyncio.Queue[dict[str, Any]],
     session_seconds: float,
-    started: float,
 ) -> int:
+    """Enroll, run the session until everyone is recognised (or time is up), stop it and
+    print what the backend got; returns the exit code."""
     v5 = services.protocol == "5"
     version = aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311
     async with (
@@ -292,41 +311,15 @@ async def _session(
     ):
         while agent.link is None or not agent.link.connected:
             await asyncio.sleep(0.05)
-        roster = []
-        for student in enrolled:
-            reply = await backend.send(
-                "embedding/generate",
-                {
-                    "submissionId": student.student_id,
-                    "photo": base64.b64encode(student.photo).decode(),
-                },
-                timeout=60,
-            )
-            if reply["status"] != 200:
-                say(f"enrolling {student.name} failed: {reply['code']} {reply['message']}")
-                continue
-            roster.append(
-                {
-                    "id": student.student_id,
-                    "name": student.name,
-                    "embeddings": [reply["data"]["embedding"]],
-                    "embeddingSpace": reply["data"]["embeddingSpace"],
-                }
-            )
-            say(f"enrolled {student.name} (quality {reply['data']['quality']['score']})")
+        roster = await _enroll(backend, enrolled)
+        camera = {"id": "cam-1", "name": "Demo classroom", "rtspUrl": services.camera_url}
         reply = await backend.send(
             "session/start",
             {
                 "slotId": "demo-slot",
                 "mode": "ATTENDANCE",
                 "callbackUrl": services.callback_url,
-                "cameras": [
-                    {
-                        "id": "cam-1",
-                        "name": "Demo classroom",
-                        "rtspUrl": services.camera_url,
-                    }
-                ],
+                "cameras": [camera],
                 "students": roster,
             },
             timeout=60,
@@ -336,12 +329,28 @@ async def _session(
             return 1
         say(f"session started with {len(roster)} students; watching the camera ...")
         seen = await _watch(received, {s["id"] for s in roster}, session_seconds)
-        await backend.send("session/stop", {"slotId": "demo-slot"}, timeout=60)
-        await asyncio.sleep(0.5)
-    names = {s.student_id: s.name for s in students}
+        say("stopping the session (session/stop) ...")
+        stopped = await backend.send("session/stop", {"slotId": "demo-slot"}, timeout=60)
+        if stopped["status"] != 200:
+            say(f"session/stop failed: {stopped['code']} {stopped['message']}")
+            return 1
+        event = await _stopped_event(received, seen)
+    names = {s.student_id: s.name for s in enrolled}
+    _print_recognitions(names, [s["id"] for s in roster], seen)
+    if event is None:
+        say("no STOPPED event reached the callback receiver")
+        return 1
+    _print_stopped(event, stopped["data"], names)
+    return 0 if len(seen) == len(roster) else 1
+
+
+def _print_recognitions(
+    names: dict[str, str], roster: list[str], seen: dict[str, dict[str, Any]]
+) -> None:
+    """The first recognition of each roster student, or ``not seen``."""
     print("\nSummary")
     print(f"{'student':<16} {'recognised at':<34} {'camera':<16} confidence")
-    for student_id in (s["id"] for s in roster):
+    for student_id in roster:
         event = seen.get(student_id)
         if event is None:
             print(f"{names[student_id]:<16} {'not seen':<34}")
@@ -350,9 +359,51 @@ async def _session(
                 f"{names[student_id]:<16} {event['recognizedAt']:<34} "
                 f"{event['cameraName']:<16} {event['confidence']:.2f}"
             )
-    print(f"({students[-1].name} was in the video as a visitor: not enrolled, so not reported)")
-    say(f"done in {time.monotonic() - started:.0f} s")
-    return 0 if len(seen) == len(roster) else 1
+
+
+def _print_stopped(event: dict[str, Any], summary: dict[str, Any], names: dict[str, str]) -> None:
+    """The STOPPED event as the backend received it (reason, cameras' up-time, the presence
+    verdict on every roster student) and the session's summary from the stop reply."""
+    print(f"\nSESSION_STATUS STOPPED  reason {event['reason']}  at {event['occurredAt']}")
+    counts = summary.get("presenceCounts") or {}
+    print(
+        f"  session {summary['slotId']} ({summary['mode']}), {summary['students']} students, "
+        f"started {summary['startedAt']}: present {counts.get('present')}, uncertain "
+        f"{counts.get('uncertain')}, not seen {counts.get('notSeen')}"
+    )
+    for camera in event.get("cameras") or []:
+        print(
+            f"  camera {camera['cameraId']} ({camera.get('cameraName')}): up "
+            f"{camera['upSeconds']:.0f} s of {camera['sessionSeconds']:.0f} s"
+        )
+    print(f"  presence ({len(event.get('presence') or [])} students):")
+    print(f"  {'student':<16} {'verdict':<10} {'best score':<11} {'sightings':<10} first seen")
+    for entry in event.get("presence") or []:
+        score = entry.get("bestScore")
+        print(
+            f"  {names.get(entry['studentId'], entry['studentId']):<16} {entry['status']:<10} "
+            f"{'-' if score is None else f'{score:.2f}':<11} {entry['sightings']:<10} "
+            f"{entry.get('firstSeenAt') or '-'}"
+        )
+
+
+async def _stopped_event(
+    received: asyncio.Queue[dict[str, Any]], seen: dict[str, dict[str, Any]], timeout: float = 30
+) -> dict[str, Any] | None:
+    """Waits for the session's STOPPED event at the callback receiver (recognitions that
+    arrive meanwhile are kept); None if it does not come within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            async with asyncio.timeout(left):
+                event = await received.get()
+        except TimeoutError:
+            return None
+        if event["type"] == "RECOGNITION":
+            seen.setdefault(event["studentId"], event)
+        elif event.get("status") == "STOPPED":
+            return event
+    return None
 
 
 async def _watch(

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.attendance import AttendanceReporter, Seen
-from agent.camera import CameraReader, CameraState
+from agent.camera import CameraReader
 from agent.camera_view import CameraView
 from agent.camera_watch import CameraWatch
 from agent.config import AnalysisConfig, CamerasConfig, RecognitionConfig
@@ -33,7 +33,7 @@ from agent.protocol import CameraUptime, SessionMode, SessionStatus, StatusReaso
 from agent.recognition import AnalysisResult, analyse_frame
 from agent.scheduler import AnalysisScheduler, ScheduledCamera
 from agent.sessions import ActiveSession
-from agent.status_models import CameraCoverageStatus, CameraHealth
+from agent.status_models import CameraCoverageStatus, CameraHealth, CameraState
 from agent.store import Store, StoreError
 from agent.tracker import FaceTracker
 

@@ -39,7 +39,7 @@ Id = Annotated[
 
 
 def _id_from_int(value: Any) -> Any:
-    """Seed compatibility: a JSON integer id becomes its decimal string (42 -> "42").
+    """Compatibility with older backends: a JSON integer id becomes its decimal string (42 -> "42").
 
     Booleans (an ``int`` subclass in Python) and floats are refused, not converted."""
     if isinstance(value, bool) or not isinstance(value, str | int):
@@ -53,7 +53,7 @@ def _int_or(text: Any) -> BeforeValidator:
 
 
 WireId = Annotated[Id, _int_or(Id)]
-"""An id the backend may send as a string or, as the older seed did, as a JSON integer;
+"""An id the backend may send as a string or, as older backends did, as a JSON integer;
 always a string once validated (so stored, logged and echoed as a string)."""
 
 _SubmissionText = Annotated[str, StringConstraints(max_length=128)]

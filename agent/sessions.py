@@ -233,7 +233,7 @@ class SessionManager:
         )
 
     async def start(self, command: SessionStart) -> SessionSummary:
-        """Start a session (seed start_session); returns its summary."""
+        """Start a session; returns its summary."""
         if command.slot_id in self._sessions:
             log.warning("SESSION_EXISTS slot=%s", command.slot_id)
             raise AgentError(
@@ -330,7 +330,7 @@ class SessionManager:
     async def stop(
         self, slot_id: str, reason: StatusReason = StatusReason.REQUESTED
     ) -> SessionSummary:
-        """Stop a session (seed stop_session); returns its final summary."""
+        """Stop a session; returns its final summary."""
         session = self._sessions.get(slot_id)
         if session is None:
             raise AgentError(

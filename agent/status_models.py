@@ -9,11 +9,23 @@ JSON Schemas are generated with the protocol's (``python -m agent schemas``).
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import Field
 
 from agent.protocol import PresenceCounts, PresenceEntry, SessionMode, WireModel
+
+
+class CameraState(StrEnum):
+    """A session camera's state: the one vocabulary of the protocol (``state`` in status),
+    the status page, ``python -m agent status`` and the README."""
+
+    CONNECTING = "CONNECTING"  # opening the stream; no usable video yet
+    LIVE = "LIVE"  # usable video arrives
+    RECONNECTING = "RECONNECTING"  # lost; the reconnect attempts are under way
+    DEAD = "DEAD"  # every reconnect attempt failed; re-probed until the session ends
+    STOPPED = "STOPPED"  # the session's camera work has ended
 
 
 def wire(model: WireModel) -> dict[str, Any]:
@@ -53,6 +65,8 @@ class CameraHealth(WireModel):
     id: str = Field(description="Camera id.")
     name: str = Field(description="Display name.")
     state: str = Field(description="CONNECTING, LIVE, RECONNECTING, DEAD or STOPPED.")
+    # A str, not CameraState: the published schema stays as it is (the enum is the code's
+    # spelling of the same five words; tests/test_status_models.py checks they agree).
     frame_age_seconds: float | None = Field(
         alias="frameAgeSeconds", description="Seconds since the last frame; null before one."
     )

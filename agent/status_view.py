@@ -15,6 +15,7 @@ from agent.status_models import (
     AgentStatus,
     CameraHealth,
     CameraRef,
+    CameraState,
     EndedSession,
     ModelLoaded,
     ModelNotLoaded,
@@ -22,7 +23,6 @@ from agent.status_models import (
     SessionSummary,
 )
 
-DISCONNECTED = frozenset({"RECONNECTING", "DEAD"})
 STALE_AFTER_S = 5.0  # a snapshot older than this is shown greyed
 
 # What a camera's last error means, first match wins: (words in the error, the reason).
@@ -54,9 +54,10 @@ REASONS: tuple[tuple[tuple[str, ...], str], ...] = (
 
 
 def display_state(state: object) -> str:
-    """What the page calls a camera state: RECONNECTING and DEAD are DISCONNECTED."""
-    text = str(state or "UNKNOWN")
-    return "DISCONNECTED" if text in DISCONNECTED else text
+    """What the page calls a camera state: the protocol's own word (:class:`CameraState`),
+    so the page, the CLI and the status data agree. A camera whose work has not started
+    (no health yet) is CONNECTING."""
+    return str(state) if state else CameraState.CONNECTING.value
 
 
 def camera_reason(error: str | None) -> str | None:

@@ -2,7 +2,7 @@
 
 Set-up, as a new user would measure it:
 
-* **One RTSP server** (``tests/rtsp.py``: GStreamer, x264 ``ultrafast``, one encoder, one
+* **One RTSP server** (``agent/devkit/rtsp.py``: GStreamer, x264 ``ultrafast``, one encoder, one
   keyframe a second) serving a 1920x1080, 15 fps synthetic classroom made from real face
   photos (``agent/devkit/classroom.py``): 16 enrolled students present (4 of them come in
   late, at 10, 20, 30 and 40 s), 3 strangers, and 4 enrolled students who are absent;

@@ -1,6 +1,6 @@
 """Benchmark: the live pipeline on real RTSP cameras -- event latency and CPU per camera.
 
-Everything runs against real RTSP servers (``tests/rtsp.py``: GStreamer's RTSP server in its
+Everything runs against real RTSP servers (``agent/devkit/rtsp.py``: GStreamer's RTSP server in its
 own process under Debian's Python, x264 ``ultrafast``/``zerolatency``, one keyframe a second)
 serving synthetic 1280x720, 10 fps classrooms made from real face photos
 (``agent/devkit/classroom.py``). Every frame carries its clip frame index as a row of black and

@@ -40,15 +40,15 @@ def _health(**fields: Any) -> CameraHealth:
     return CameraHealth(**{**base, **fields})
 
 
-def _card(health: CameraHealth) -> dict[str, Any]:
-    data = {
+def _status(cameras: list[CameraHealth]) -> dict[str, Any]:
+    return {
         "agent": {"version": "1", "siteId": "s", "state": "RUNNING", "uptimeSeconds": 1.0},
         "model": wire(ModelSlot().describe()),
         "sessions": [
             {
                 "slotId": "slot-1",
                 "mode": "ATTENDANCE",
-                "cameras": [wire(health)],
+                "cameras": [wire(c) for c in cameras],
                 "students": 3,
                 "embeddingSpace": "arcface-x",
                 "threshold": 0.4,
@@ -61,6 +61,10 @@ def _card(health: CameraHealth) -> dict[str, Any]:
         "outbox": None,
         "warnings": [],
     }
+
+
+def _card(health: CameraHealth) -> dict[str, Any]:
+    data = _status([health])
     (session,) = page_state(AgentStatus.model_validate(data), now=NOW)["sessions"]
     assert session["waitingForCamerasSeconds"] == 120.0
     (card,) = session["cameras"]
@@ -72,12 +76,32 @@ def test_live_camera_card_has_no_trouble() -> None:
     assert (card["reason"], card["nextRetryInSeconds"], card["stale"]) == (None, None, False)
 
 
+@pytest.mark.parametrize("state", list(CameraState))
+def test_page_cli_and_docs_name_camera_states_alike(
+    state: CameraState, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One vocabulary: the card's badge, the CLI's line and the docs use the protocol's word."""
+    from pathlib import Path
+
+    from agent.cli import _print_status
+
+    card = _card(_health(state=state.value))
+    assert card["display"] == state.value
+    _print_status(AgentStatus.model_validate(_status([_health(state=state.value)])))
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if "camera cam-1" in x]
+    assert f"  {state.value}  " in line, line
+    root = Path(__file__).resolve().parent.parent
+    for doc in ("README.md", "docs/protocol.md"):
+        assert f"`{state.value}`" in (root / doc).read_text(encoding="utf-8"), doc
+    assert state.value in CameraHealth.model_fields["state"].description  # type: ignore[operator]
+
+
 def test_down_camera_card_says_why_when_and_greys_the_snapshot() -> None:
     error = "open failed: ConnectionRefusedError: [Errno 111] Connection refused: 'rtsp://x/1'"
     card = _card(
         _health(state="DEAD", frame_age_seconds=40.0, last_error=error, next_retry_at=NOW + 1.5)
     )
-    assert card["display"] == "DISCONNECTED"
+    assert card["display"] == "DEAD"  # the protocol's word, as the CLI prints it
     assert card["reason"].startswith("refused: ")
     assert card["nextRetryInSeconds"] == 1.5
     assert card["stale"] is True

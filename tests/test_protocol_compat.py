@@ -1,4 +1,4 @@
-"""Compatibility of the command wire format: integer ids from the older seed, and
+"""Compatibility of the command wire format: integer ids from older backends, and
 ``endTime`` as an ISO 8601 string only (never a Unix timestamp)."""
 
 from __future__ import annotations
@@ -219,7 +219,7 @@ def test_end_time_round_trips_through_the_saved_form() -> None:
 
 
 @pytest.mark.usefixtures("no_leftover_tasks")
-async def test_seed_integer_ids_over_mqtt(
+async def test_older_backends_integer_ids_over_mqtt(
     broker: Mosquitto, tmp_path: Path, yao_embedding: list[float]
 ) -> None:
     cfg = agent_config(
@@ -235,7 +235,7 @@ async def test_seed_integer_ids_over_mqtt(
     }
     sink = RecordingSink()
     async with running_agent(cfg, sink), backend(broker) as b:
-        started = await b.send("session/start", payload | {"requestId": "seed-start"})
+        started = await b.send("session/start", payload | {"requestId": "int-start"})
         status = await b.send("status", {})
     assert started["status"] == 200, started
     assert started["data"]["slotId"] == "42"
@@ -248,7 +248,7 @@ async def test_seed_integer_ids_over_mqtt(
     resumed = RecordingSink()
     async with running_agent(cfg, resumed), backend(broker) as b:
         again = await b.send("status", {})
-        stopped = await b.send("session/stop", {"requestId": "seed-stop", "slotId": 42})
+        stopped = await b.send("session/stop", {"requestId": "int-stop", "slotId": 42})
         gone = await b.send("session/stop", {"slotId": 42})
     assert [s["slotId"] for s in again["data"]["sessions"]] == ["42"]
     assert again["data"]["sessions"][0]["endTime"] == end

@@ -85,3 +85,88 @@ def test_protocol_examples_are_valid() -> None:
         checked += 1
     assert checked >= 10
     assert reports >= 2  # the status reply and session summaries
+
+
+def _log_event_names() -> set[str]:
+    """Every event name the agent logs: the leading NAME of each ``log.<level>("NAME ...")``,
+    and for ``log.<level>("%s ...", name)`` the names the variable is given in that function
+    (``event = "A" if ... else "B"``)."""
+    import ast
+    import re
+
+    levels = {"debug", "info", "warning", "error", "exception", "critical"}
+    pattern = re.compile(r"([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)\b")
+    names: set[str] = set()
+    for path in (ROOT / "agent").rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for func in ast.walk(tree):
+            if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            assigned: dict[str, list[str]] = {}
+            for node in ast.walk(func):
+                if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                    target = node.targets[0]
+                    if isinstance(target, ast.Name):
+                        assigned[target.id] = [
+                            c.value
+                            for c in ast.walk(node.value)
+                            if isinstance(c, ast.Constant) and isinstance(c.value, str)
+                        ]
+            for node in ast.walk(func):
+                if not (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in levels
+                    and node.args
+                    and isinstance(node.args[0], ast.Constant)
+                    and isinstance(node.args[0].value, str)
+                ):
+                    continue
+                text = node.args[0].value
+                if (match := pattern.match(text)) is not None:
+                    names.add(match.group(1))
+                elif text.startswith("%s") and len(node.args) > 1:
+                    arg = node.args[1]
+                    if isinstance(arg, ast.Name):
+                        names.update(n for n in assigned.get(arg.id, []) if pattern.fullmatch(n))
+    return names
+
+
+def test_readme_lists_every_log_event_name() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    names = _log_event_names()
+    # The extraction itself works: these are logged in the three forms it reads.
+    assert {"AGENT_FATAL", "METRICS_UNAVAILABLE", "CAMERA_RECONNECT_ERROR"} <= names
+    missing = sorted(n for n in names if f"`{n}`" not in readme)
+    assert not missing, f"README's log names miss {missing}"
+
+
+def test_protocol_lists_every_stop_reason() -> None:
+    from agent.protocol import StatusReason
+
+    text = PROTOCOL.read_text(encoding="utf-8")
+    for reason in StatusReason:
+        if reason in (StatusReason.CAMERA_FAILURE, StatusReason.CAMERA_RECOVERED):
+            continue  # camera events' reasons, not STOPPED's
+        assert f"| `STOPPED` | `{reason.value}` |" in text, f"STOPPED / {reason.value}"
+
+
+def test_session_reply_examples_have_every_summary_field() -> None:
+    """The start and stop replies in the doc show the summary as the code sends it: every
+    field (nulls included, ``wire`` keeps them), in order; the stop reply's cameras carry
+    their health."""
+    from agent.status_models import CameraHealth, SessionSummary
+
+    fields = [f.alias or name for name, f in SessionSummary.model_fields.items()]
+    health = [f.alias or name for name, f in CameraHealth.model_fields.items()]
+    replies = {
+        e["message"]: e["data"]
+        for e in _json_examples()
+        if isinstance(e, dict) and e.get("message") in ("Session started.", "Session stopped.")
+    }
+    assert set(replies) == {"Session started.", "Session stopped."}
+    for data in replies.values():
+        assert list(data) == fields
+    stopped = replies["Session stopped."]
+    assert all(list(c) == health and c["state"] == "STOPPED" for c in stopped["cameras"])
+    assert stopped["presence"] and stopped["waitingForCamerasSeconds"] is None

@@ -101,12 +101,12 @@ async def test_page_shows_live_camera_with_faces_then_disconnected(
         yao_camera.kill()
         gone = await browser.wait_for(
             f"(() => {{ const s = {CARD_STATE}; "
-            "return s && s.state === 'DISCONNECTED' && s.text.includes('Next retry') "
+            "return s && s.state === 'RECONNECTING' && s.text.includes('Next retry') "
             "? s : null; })()",
             timeout=30,
-            what="camera card DISCONNECTED after the camera was killed",
+            what="camera card RECONNECTING after the camera was killed",
         )
-        assert gone["badge"] == "DISCONNECTED"
+        assert gone["badge"] == "RECONNECTING"
         # The card says why in words (no Python exception) and greys the old snapshot.
         assert "refused: the camera is off" in gone["text"], gone["text"]
         assert "Errno" not in gone["text"] and "Error:" not in gone["text"]

@@ -264,7 +264,7 @@ async def test_state_adapts_the_status(serve: Serve, tmp_path: Path) -> None:
     state = json.loads(body)
     assert status == 200 and got["Cache-Control"] == "no-store"
     (cam,) = state["sessions"][0]["cameras"]
-    assert cam["display"] == "DISCONNECTED" and "analysisRate" not in cam
+    assert cam["display"] == "RECONNECTING" and "analysisRate" not in cam
     assert state["registry"] == [
         {"id": "cam-1", "name": "Room 1", "url": "rtsp://127.0.0.1:1/x", "slots": ["slot-1"]}
     ]

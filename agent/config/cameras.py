@@ -67,7 +67,7 @@ class CamerasConfig(Section):
     """The site's cameras and how they are read."""
 
     open_timeout_s: float = Field(
-        5.0, ge=0.5, le=60, description="Longest wait for a stream to open (seed: 5 s)."
+        5.0, ge=0.5, le=60, description="Longest wait for a stream to open."
     )
     read_timeout_s: float = Field(
         2.0, ge=0.2, le=60, description="Longest wait inside one read (OpenCV FFmpeg option)."
@@ -81,10 +81,10 @@ class CamerasConfig(Section):
         "interval), video only (audio packets do not count).",
     )
     reconnect_attempts: int = Field(
-        3, ge=1, le=100, description="Reconnect attempts before a camera is dead (seed: 3)."
+        3, ge=1, le=100, description="Reconnect attempts before a camera is dead."
     )
     reconnect_interval_s: float = Field(
-        2.0, ge=0.0, le=120, description="Pause between reconnect attempts (seed: 2 s)."
+        2.0, ge=0.0, le=120, description="Pause between reconnect attempts."
     )
     probe_min_s: float = Field(
         2.0,

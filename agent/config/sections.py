@@ -323,7 +323,7 @@ class CallbackConfig(Section):
     )
     timeout_s: float = Field(10.0, ge=0.5, le=120, description="Total time for one POST.")
     attempts_per_round: int = Field(
-        3, ge=1, le=10, description="POSTs per round before backing off (seed: 3)."
+        3, ge=1, le=10, description="POSTs per round before backing off."
     )
     first_retry_s: float = Field(
         1.0, ge=0.01, le=60, description="Wait after the first failed POST; doubles (1, 2, 4 s)."

@@ -1,7 +1,7 @@
 """Synthetic classroom videos made from real face photos, with per-frame ground truth.
 
-``make_classroom_frames`` writes JPEG frames ``%04d.jpg`` (what the demo's MJPEG camera and
-the tests' RTSP server serve): a fixed, deterministic classroom-like background (gradient,
+``make_classroom_frames`` writes JPEG frames ``%04d.jpg`` (what the RTSP camera of the demo
+and the tests serves): a fixed, deterministic classroom-like background (gradient,
 board, desks, texture) with each person's face photo composited at a chosen size, moving at a
 constant velocity during a time window. The returned ``ClassroomPlan`` says, for each frame,
 who is on it and where their face box is.

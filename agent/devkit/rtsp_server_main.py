@@ -1,9 +1,9 @@
-"""A test RTSP camera: serves a folder of JPEG frames, looped, as live H.264.
+"""A test and demo RTSP camera: serves a folder of JPEG frames, looped, as live H.264.
 
 Run it under Debian's ``/usr/bin/python3`` (the GStreamer bindings are Debian packages, not
 in the project's virtual environment)::
 
-    /usr/bin/python3 tests/rtsp_server_main.py --port 8554 --frames DIR --fps 10
+    /usr/bin/python3 agent/devkit/rtsp_server_main.py --port 8554 --frames DIR --fps 10
 
 Frames are ``DIR/%04d.jpg`` numbered from 0. The stream is ``rtsp://127.0.0.1:PORT/stream``
 (``--path``), shared by all clients: the pipeline starts at frame 0 when the first client
@@ -154,7 +154,7 @@ def main(argv: list[str]) -> int:
 
     def quit_loop() -> bool:
         loop.quit()
-        return GLib.SOURCE_REMOVE
+        return False  # GLib.SOURCE_REMOVE: the handler is not called again
 
     GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGTERM, quit_loop)
     GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGINT, quit_loop)
