@@ -187,6 +187,12 @@ def analyse_frame(
     )
     if todo:
         _vote(engine, image, todo, roster, cfg, threshold, result, observe)
+    _summarise(result, tracks, tracker)
+    return result
+
+
+def _summarise(result: AnalysisResult, tracks: list[Track], tracker: FaceTracker) -> None:
+    """What the camera needs next, its boxes, and the confirmed students in view."""
     alive = tracks or tracker.tracks  # faces missed for an analysis or two still count
     if not alive:
         result.priority = Priority.EMPTY
@@ -200,7 +206,6 @@ def analyse_frame(
             result.sightings.append(
                 Sighting(track.confirmed, track.best_scores[track.confirmed], track.face)
             )
-    return result
 
 
 def face_jpeg(engine: FaceEngine, image: Image, face: DetectedFace) -> str | None:

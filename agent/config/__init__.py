@@ -26,6 +26,7 @@ from pydantic_settings import (
 
 from agent.config.cameras import AnalysisConfig, CameraEntry, CamerasConfig
 from agent.config.mqtt import MqttConfig
+from agent.config.recognition import RecognitionConfig
 from agent.config.secrets import SecretFile, secret_value
 from agent.config.sections import (
     AuthConfig,
@@ -35,7 +36,6 @@ from agent.config.sections import (
     LoggingConfig,
     MetricsConfig,
     ModelsConfig,
-    RecognitionConfig,
     RuntimeConfig,
     Section,
     SiteConfig,
