@@ -85,3 +85,10 @@ def test_protocol_examples_are_valid() -> None:
         checked += 1
     assert checked >= 10
     assert reports >= 2  # the status reply and session summaries
+
+
+def test_protocol_doc_says_5xx_replies_are_not_cached() -> None:
+    """The code (CommandProcessor) caches only replies below 500; the doc must say so."""
+    text = " ".join(PROTOCOL.read_text(encoding="utf-8").split())
+    assert "error replies are cached too." not in text
+    assert "5xx replies" in text and "are **not** cached" in text
