@@ -37,6 +37,7 @@ from agent.status import StatusReporter
 from agent.status_models import wire
 from agent.store import Store
 from agent.supervisor import RestartPolicy, Supervisor
+from agent.video_source import install_opencv_options
 from agent.webui import UiSources, WebUi
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,8 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down cleanly."""
         cfg = self.cfg
+        # Before any camera thread exists: no open writes os.environ afterwards.
+        install_opencv_options(cfg.cameras)
         store = Store(cfg.storage.data_dir, busy_wait_s=cfg.storage.busy_wait_s)
         pool = self._pool = InferencePool(cfg.runtime.inference_workers)
         runtime = cfg.runtime
