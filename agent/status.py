@@ -64,6 +64,8 @@ class StatusReporter:
             else [f"ONNX_PROVIDER_DEGRADED: {w}" for w in engine.provider_warnings()]
         )
         found.extend(self.supervisor.warnings())
+        if insecure := self.link.cfg.exposure_warning():
+            found.append(insecure)
         if self.models.reload_error:
             found.append(f"{ErrorCode.MODEL_RELOAD_FAILED}: {self.models.reload_error}")
         news = self.delivery.dead_letters
