@@ -270,6 +270,7 @@ class Agent:
                     outbox,
                     reply_cache_s=cfg.mqtt.reply_cache_s,
                     delivered_retention_s=cfg.callback.delivered_retention_s,
+                    dead_letter_crop_retention_s=cfg.callback.dead_letter_crop_retention_s,
                 ),
             )
             if cfg.models.watch:

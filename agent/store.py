@@ -201,6 +201,9 @@ class Store:
                 self.db.execute("PRAGMA journal_mode=WAL")
             if mode != "ro":
                 self.db.execute("PRAGMA synchronous=FULL")
+                # Deleted rows (a session's roster: names, embeddings; face crops) are
+                # overwritten with zeros, not left in free pages (see delete_session).
+                self.db.execute("PRAGMA secure_delete=ON")
             if mode == "create":
                 self._migrate(migrations if migrations is not None else MIGRATIONS)
             self._reader = sqlite3.connect(self._reader_uri, uri=True, check_same_thread=False)
@@ -378,6 +381,16 @@ class Store:
             self.db.execute("delete from sessions where slot_id = ?", [slot_id])
             self.db.execute("delete from recognized where slot_id = ?", [slot_id])
             self.db.execute("delete from presence where slot_id = ?", [slot_id])
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Empty the WAL after a delete of personal data (store thread). The WAL still
+        holds the pages as they were before it (a roster, a face crop): copy the new ones
+        into the file, where secure_delete zeroed the old rows, and truncate the WAL. Best
+        effort: with a reader in the way SQLite reports busy and a later checkpoint does
+        it."""
+        with contextlib.suppress(sqlite3.Error):
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def sessions(self) -> list[dict[str, Any]]:
         """Persisted sessions, oldest first, with the command decoded (None when the
