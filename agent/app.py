@@ -194,7 +194,7 @@ class Agent:
         )
         try:
             watcher = self.watcher = ModelWatcher(
-                cfg.models, cfg.recognition, self.models, pool, on_swap=self._on_swap
+                cfg.models, cfg.recognition, self.models, pool, on_swap=self._on_swap, store=store
             )
             await watcher.reload()
             await delivery.start(scanner=False)

@@ -165,11 +165,18 @@ def _m004_presence(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m010_pack_sightings(db: sqlite_utils.Database) -> None:  # see agent.pack_order
+    db.table("pack_sightings").create(
+        {"name": str, "fingerprint": str, "first_seen": float}, pk="name"
+    )
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("001_sessions", _m001_sessions),
     ("002_outbox", _m002_outbox),
     ("003_recognized", _m003_recognized),
     ("004_presence", _m004_presence),
+    ("010_pack_sightings", _m010_pack_sightings),
 ]
 """Applied in order, each once; append new ones, never edit applied ones."""
 
@@ -384,11 +391,9 @@ class Store:
         self.checkpoint()
 
     def checkpoint(self) -> None:
-        """Empty the WAL after a delete of personal data (store thread). The WAL still
-        holds the pages as they were before it (a roster, a face crop): copy the new ones
-        into the file, where secure_delete zeroed the old rows, and truncate the WAL. Best
-        effort: with a reader in the way SQLite reports busy and a later checkpoint does
-        it."""
+        """After a delete of personal data (store thread): the WAL still holds the old pages
+        (a roster, a face crop); copy the new ones into the file, where secure_delete
+        zeroed the rows, and truncate the WAL. Best effort (busy with a reader in the way)."""
         with contextlib.suppress(sqlite3.Error):
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
