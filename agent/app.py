@@ -39,6 +39,7 @@ from agent.status import StatusReporter
 from agent.status_models import wire
 from agent.store import Store
 from agent.supervisor import RestartPolicy, Supervisor
+from agent.video_source import install_opencv_options
 from agent.webui import UiSources, WebUi
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ class Agent:
         runner: SessionRunner | None = None,
     ) -> None:
         self.cfg = cfg
+        # Before any camera thread exists: no camera open writes os.environ afterwards.
+        install_opencv_options(cfg.cameras)
         self.state = AgentState.STARTING
         self.models = ModelSlot()
         self._injected_sink = sink
@@ -203,7 +206,7 @@ class Agent:
         )
         try:
             watcher = self.watcher = ModelWatcher(
-                cfg.models, cfg.recognition, self.models, pool, on_swap=self._on_swap
+                cfg.models, cfg.recognition, self.models, pool, on_swap=self._on_swap, store=store
             )
             history = await self._load_state_views(store)
             await watcher.reload()
@@ -284,6 +287,7 @@ class Agent:
                     outbox,
                     reply_cache_s=cfg.mqtt.reply_cache_s,
                     delivered_retention_s=cfg.callback.delivered_retention_s,
+                    dead_letter_crop_retention_s=cfg.callback.dead_letter_crop_retention_s,
                 ),
             )
             if cfg.models.watch:

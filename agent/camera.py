@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import threading
 import time
 import traceback
@@ -44,7 +43,6 @@ from agent.video_source import (
     VideoSource,
     choose_decoder,
     open_source,
-    opencv_options,
 )
 
 log = logging.getLogger(__name__)
@@ -142,7 +140,6 @@ class CameraReader:
 
     def start(self) -> None:
         """Start the reader thread."""
-        os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = opencv_options(self.cfg)
         self._thread = threading.Thread(
             target=self._thread_main, name=f"camera-{self.camera_id}", daemon=True
         )

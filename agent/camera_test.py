@@ -11,7 +11,6 @@ credentials appears in results or logs.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterable
@@ -33,7 +32,6 @@ from agent.video_source import (
     SourceError,
     VideoSource,
     open_source,
-    opencv_options,
 )
 
 MAX_TEST_FRAMES = 300  # a 60 fps camera read for the longest test (5 s)
@@ -106,7 +104,6 @@ def probe_camera(
     secrets = url_secrets(url)
     safe = redact_url(url)
     started = time.monotonic()
-    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = opencv_options(cameras)
     try:
         source = open_source(url, cameras)
     except Exception as exc:  # SourceError, or anything a backend raises

@@ -9,6 +9,7 @@ safe to call from several worker threads at once (ONNX Runtime sessions are thre
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import time
@@ -23,7 +24,7 @@ from insightface.utils import face_align
 from agent.config import ModelsConfig, RecognitionConfig
 from agent.errors import ModelPackError
 from agent.faces import DETECTOR_STRIDE, DetectedFace, Face, FloatArray, Image
-from agent.modelpack import ModelPack
+from agent.modelpack import ModelPack, read_verified
 from agent.onnx_sessions import ProviderReport, create_session, describe_error
 from agent.status_models import EngineInfo
 
@@ -64,8 +65,13 @@ class FaceEngine:
         # create_session translates ONNX Runtime's own errors; the InsightFace wrappers
         # and the warm-up run may still raise anything (asserts, IndexError, ORT run
         # errors), so each step is translated here with the file it concerns.
+        # The bytes that were hashed are the bytes loaded: a file swapped after the pack
+        # was verified is refused, never loaded unchecked (the wrappers get no path).
+        det_data = read_verified(pack.detector_path, pack.detector_sha256, pack.name)
+        rec_data = read_verified(pack.recognizer_path, pack.recognizer_sha256, pack.name)
         det_session, det_report = create_session(
             pack.detector_path,
+            det_data,
             models.providers,
             models.intra_op_threads,
             tensorrt_cache=models.tensorrt_cache_dir,
@@ -73,6 +79,7 @@ class FaceEngine:
         )
         rec_session, rec_report = create_session(
             pack.recognizer_path,
+            rec_data,
             models.providers,
             models.intra_op_threads,
             optimize_prelu=models.optimize_prelu,
@@ -80,9 +87,9 @@ class FaceEngine:
             pack=pack.name,
         )
         try:
-            self._detector = SCRFD(
-                str(pack.detector_path), session=det_session, static_shape_sessions=False
-            )
+            # No model_file: SCRFD would re-read it by path for its input size; the
+            # session's own input shape is the same graph's.
+            self._detector = SCRFD(None, session=det_session, static_shape_sessions=False)
             self._detector.nms_thresh = recognition.nms_threshold
         except Exception as exc:
             raise ModelPackError(
@@ -91,7 +98,8 @@ class FaceEngine:
                 f"{describe_error(exc)}",
             ) from exc
         try:
-            self._recognizer = ArcFaceONNX(str(pack.recognizer_path), session=rec_session)
+            # ArcFaceONNX reads its graph (for input normalisation): from the same bytes.
+            self._recognizer = ArcFaceONNX(io.BytesIO(rec_data), session=rec_session)
         except Exception as exc:
             raise ModelPackError(
                 pack.name,

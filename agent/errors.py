@@ -63,6 +63,7 @@ class ErrorCode(StrEnum):
     REQUEST_FORBIDDEN = "REQUEST_FORBIDDEN"
     # Configuration and the process (CLI exits and logs only, never sent to the backend).
     CONFIG_INVALID = "CONFIG_INVALID"
+    MQTT_INSECURE = "MQTT_INSECURE"
     AGENT_ALREADY_RUNNING = "AGENT_ALREADY_RUNNING"
 
 

@@ -2,11 +2,13 @@
 running one, test it on a golden photo, and swap it in without stopping sessions.
 
 Rule for which pack is active: ``[models] pack`` when set, otherwise the newest pack
-folder (by modification time). A pack is considered only once its files have stopped
-changing for ``settle_s``; a manifest with sha256 hashes (written last by the technician)
-guarantees that a half-copied pack is never loaded. A pack that fails any check never
-replaces the one in service: the failure is logged and reported as
-``MODEL_RELOAD_FAILED``, and the pack is tried again when its files change.
+folder: the one the agent saw last in its present form (:mod:`agent.pack_order`; not the
+folder's modification time, which ``cp -a`` keeps old). A pack is considered only once its
+files have stopped changing for ``settle_s``; a manifest with sha256 hashes (written last
+by the technician) guarantees that a half-copied pack is never loaded. A pack that fails
+any check never replaces the one in service: the failure is logged and reported as
+``MODEL_RELOAD_FAILED``, and the pack is tried again only when its own files change (not
+on every change in ``models/``).
 
 While no pack is in service (at start-up) and no pack is configured, a pack that fails
 does not leave the agent without a model: the newest other pack that loads is put in
@@ -34,9 +36,11 @@ from agent.engine import FaceEngine
 from agent.errors import ModelPackError
 from agent.faces import Image
 from agent.inference import InferencePool, ModelSlot
-from agent.modelpack import ModelPack, list_pack_dirs, read_pack
+from agent.modelpack import ModelPack, read_pack
 from agent.onnx_sessions import describe_error
+from agent.pack_order import PackSightings
 from agent.status_models import ReloadStatus
+from agent.store import Store
 from agent.tracker import iou_matrix
 
 log = logging.getLogger(__name__)
@@ -45,30 +49,6 @@ CANARY_PHOTO = "yaoming.jpg"
 # Where InsightFace's buffalo_sc finds the face in the golden photo (x1, y1, x2, y2).
 CANARY_BOX = np.array([[71.5, 73.3, 177.0, 212.0]], np.float32)
 CANARY_MIN_IOU = 0.5
-
-
-def pack_dirs_newest_first(models_dir: Path) -> list[Path]:
-    """Pack folders by modification time, newest first (ties in name order).
-
-    A folder removed between listing and ``stat`` is skipped: a technician may be
-    deleting an old pack while the watcher looks.
-    """
-    dated: list[tuple[float, Path]] = []
-    for folder in list_pack_dirs(models_dir):
-        try:
-            dated.append((folder.stat().st_mtime, folder))
-        except FileNotFoundError:
-            continue
-    # sort() is stable with reverse=True, so equal times keep the name order.
-    return [folder for _, folder in sorted(dated, key=lambda item: item[0], reverse=True)]
-
-
-def newest_pack_dir(models_dir: Path, configured: str) -> Path | None:
-    """The folder the activation rule points at (configured, else the newest)."""
-    if configured:
-        return models_dir / configured
-    folders = pack_dirs_newest_first(models_dir)
-    return folders[0] if folders else None
 
 
 def canary(engine: FaceEngine) -> None:
@@ -138,6 +118,7 @@ class ModelWatcher:
         pool: InferencePool,
         *,
         on_swap: Callable[[FaceEngine], Awaitable[None]] | None = None,
+        store: Store | None = None,
     ) -> None:
         self.cfg = models
         self.recognition = recognition
@@ -148,6 +129,9 @@ class ModelWatcher:
         self.failures = 0
         self.last_attempt: float | None = None
         self._changed = asyncio.Event()
+        self.sightings = PackSightings(store)
+        # Folder name -> fingerprint when it failed: not retried until its files change.
+        self._refused: dict[str, str] = {}
 
     def _build(self, pack: ModelPack) -> FaceEngine:
         engine = FaceEngine(pack, self.cfg, self.recognition)
@@ -192,21 +176,25 @@ class ModelWatcher:
         self.attempts += 1
         self.last_attempt = time.time()
         try:
-            folder = newest_pack_dir(self.cfg.dir, self.cfg.pack)
+            ordered = await self.sightings.newest_first(self.cfg.dir)
         except OSError as exc:  # models folder unreadable: nothing to evaluate
             self._failed(self.cfg.dir.name, f"cannot list {self.cfg.dir}: {describe_error(exc)}")
             return False
+        folder = self.cfg.dir / self.cfg.pack if self.cfg.pack else next(iter(ordered), None)
         if folder is None:
             if self.slot.engine is None:
                 self.slot.clear(f"no model pack in {self.cfg.dir}")
                 log.error("MODEL_NOT_LOADED reason=no model pack in %s", self.cfg.dir)
             return False
+        if self._unchanged_since_failure(folder):
+            return False  # still broken as it was: an unrelated change is no reason to retry
         started = time.perf_counter()
         still_failing: str | None = None
         try:
             engine = await self._load(folder)
         except ModelPackError as exc:
             self._failed(folder.name, exc.reason)
+            self._remember_refusal(folder)
             if self.slot.engine is not None or self.cfg.pack:
                 return False
             still_failing = self.slot.reload_error
@@ -227,7 +215,7 @@ class ModelWatcher:
         """With no model in service, the newest pack other than ``failed`` that loads."""
         tried: list[str] = []
         try:
-            candidates = [p for p in pack_dirs_newest_first(self.cfg.dir) if p != failed]
+            candidates = [p for p in await self.sightings.newest_first(self.cfg.dir) if p != failed]
         except OSError as exc:
             log.error("MODEL_FALLBACK_FAILED cannot list %s: %s", self.cfg.dir, exc)
             candidates = []
@@ -275,6 +263,19 @@ class ModelWatcher:
         )
         if self.on_swap is not None:
             await self.on_swap(engine)
+
+    def _unchanged_since_failure(self, folder: Path) -> bool:
+        """Whether ``folder`` failed before and its files have not changed since (only
+        while another pack serves: without one, the fallback rules apply)."""
+        if self.slot.engine is None:
+            return False
+        known = self.sightings.fingerprint_of(folder)
+        return known is not None and self._refused.get(folder.name) == known
+
+    def _remember_refusal(self, folder: Path) -> None:
+        known = self.sightings.fingerprint_of(folder)
+        if known is not None:
+            self._refused[folder.name] = known
 
     def _failed(self, pack: str, reason: str) -> None:
         self.failures += 1

@@ -106,14 +106,36 @@ class OnnxSignature:
     problem: str | None = None
 
 
-def inspect_onnx(path: Path) -> OnnxSignature:
-    """Classify an ONNX file as detector or recognizer by its input and output shapes.
+def read_verified(path: Path, sha256: str, pack: str) -> bytes:
+    """The bytes of a pack file, checked against the sha256 it was verified with. The engine
+    hands these very bytes to ONNX Runtime, so a file swapped after ``read_pack`` hashed it
+    is refused (ModelPackError) instead of loaded unchecked."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelPackError(pack, f"{path.name} cannot be read: {describe_error(exc)}") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256:
+        raise ModelPackError(
+            pack,
+            f"{path.name} changed after it was verified (sha256 {digest[:12]}..., verified "
+            f"{sha256[:12]}...): copy the pack into a new folder instead of over a file",
+        )
+    return data
+
+
+def inspect_onnx(path: Path, data: bytes | None = None) -> OnnxSignature:
+    """Classify an ONNX file as detector or recognizer by its input and output shapes
+    (``data``: its bytes, when already read).
 
     A detector is SCRFD with keypoints (9 or 15 outputs, NCHW 3-channel input). A recognizer
     takes ``[N, 3, 112, 112]`` and returns one ``[N, D]`` embedding.
     """
     try:
-        model = onnx.load_model(str(path), load_external_data=False)
+        if data is not None:
+            model = onnx.load_model_from_string(data)
+        else:
+            model = onnx.load_model(str(path), load_external_data=False)
     except Exception as exc:
         # DecodeError, OSError, the onnx library's own errors: no common base class.
         return OnnxSignature(
@@ -175,12 +197,31 @@ def _discover_files(folder: Path) -> tuple[Path, Path]:
     return found["detector"][0], found["recognizer"][0]
 
 
+def _pack_file(folder: Path, name: str, role: Role) -> Path:
+    """The path of a manifest's file name, refused when it leaves the pack folder (an
+    absolute name, ``..``, or a link pointing out): a pack is exactly its folder."""
+    path = folder / name
+    inside = (
+        not Path(name).is_absolute()
+        and ".." not in Path(name).parts
+        and path.resolve().is_relative_to(folder.resolve())
+    )
+    if not inside:
+        raise ModelPackError(
+            folder.name,
+            f"{role} file {name!r} is outside the pack folder: the manifest must name a "
+            "file inside it (a plain file name such as det.onnx)",
+        )
+    return path
+
+
 def _check_file(folder: Path, entry: ManifestFile, role: Role) -> tuple[Path, str]:
-    path = folder / entry.file
+    path = _pack_file(folder, entry.file, role)
     if not path.is_file():
         raise ModelPackError(folder.name, f"{role} file {entry.file!r} is missing")
     try:
-        digest = sha256_file(path)
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
     except OSError as exc:  # removed or unreadable while being hashed
         raise ModelPackError(
             folder.name, f"{role} file {entry.file!r} cannot be read: {describe_error(exc)}"
@@ -191,7 +232,7 @@ def _check_file(folder: Path, entry: ManifestFile, role: Role) -> tuple[Path, st
             f"sha256 of {entry.file} is {digest[:12]}..., manifest says {entry.sha256[:12]}... "
             "(file corrupt or incompletely copied)",
         )
-    sig = inspect_onnx(path)
+    sig = inspect_onnx(path, data)
     if sig.problem is not None:
         raise ModelPackError(folder.name, sig.problem)
     if sig.role != role:

@@ -134,6 +134,7 @@ def _provider_options(provider: str, tensorrt_cache: Path | None) -> dict[str, A
 
 def create_session(
     path: Path,
+    data: bytes,
     providers: tuple[str, ...],
     intra_op_threads: int,
     *,
@@ -141,7 +142,8 @@ def create_session(
     tensorrt_cache: Path | None = None,
     pack: str | None = None,
 ) -> tuple[ort.InferenceSession, ProviderReport]:
-    """Build an inference session for ``path`` and report which providers it got.
+    """Build an inference session from ``data`` (the verified bytes of ``path``, which names
+    it in messages; the file is not read again) and report which providers it got.
 
     Providers not compiled into this ONNX Runtime build are dropped before the session is
     built (with a warning) and the CPU provider is always the last resort. Any failure to
@@ -161,10 +163,10 @@ def create_session(
             ",".join(missing),
             ",".join(sorted(available)),
         )
-    source: str | bytes = str(path)
+    source = data
     if optimize_prelu:
         try:
-            model = onnx.load_model(str(path))
+            model = onnx.load_model_from_string(data)
             count = rewrite_prelu_as_max(model)
             if count:
                 source = model.SerializeToString()

@@ -18,10 +18,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, NoReturn
 
+from agent.at_rest import CallbackUrls
 from agent.errors import AgentError, ErrorCode
 from agent.events import Event
 from agent.status_models import DeadLetter, OutboxStats, PendingEvent
@@ -84,6 +85,9 @@ class Outbox:
         # Counted once, then kept in step by the store thread (its only writer): a
         # count(*) per event would cost ~5 ms at 100,000 rows (bench/outbox_throughput.py).
         self._undelivered = self._count_undelivered()
+        # Callback URLs are stored without their tokens; the full ones live here only.
+        self.urls = CallbackUrls()
+        self._adding: list[str] = []  # slots whose add is in flight (their URL is needed)
 
     async def add(self, event: Event, callback_url: str) -> OutboxEvent:
         """Commit one event; returns it with its sequence number.
@@ -99,7 +103,12 @@ class Outbox:
             )
         body = event.model_dump(mode="json", by_alias=True, exclude_none=True)
         try:
-            stored = await self.store.run(self._insert, event, body, callback_url)
+            url = self.urls.stored(event.slot_id, callback_url)  # no token at rest
+            self._adding.append(event.slot_id)
+            try:
+                stored = await self.store.run(self._insert, event, body, url)
+            finally:
+                self._adding.remove(event.slot_id)
         except StoreFullError as exc:
             self._refuse(event, f"the state file cannot grow ({exc.message})")
         except StoreBusyError as exc:
@@ -109,7 +118,7 @@ class Outbox:
         if self.full_reason is not None:
             log.warning("OUTBOX_ACCEPTING_AGAIN")
             self.full_reason = None
-        return stored
+        return replace(stored, callback_url=callback_url)
 
     def _insert(self, event: Event, body: dict[str, Any], callback_url: str) -> OutboxEvent:
         now = time.time()
@@ -177,7 +186,10 @@ class Outbox:
             "select * from events where slot_id = ? and state = ? order by seq limit 1",
             [slot_id, EventState.PENDING.value],
         )
-        return _row_event(rows[0]) if rows else None
+        if not rows:
+            return None
+        event = _row_event(rows[0])
+        return replace(event, callback_url=self.urls.full(event.slot_id, event.callback_url))
 
     async def pending_slots(self) -> list[str]:
         """Slots with pending events, the one with the oldest event first.
@@ -284,6 +296,28 @@ class Outbox:
                 [EventState.DELIVERED.value, time.time() - retention_s],
             )
         return int(cursor.rowcount)
+
+    def purge_dead_crops(self, retention_s: float) -> int:
+        """Drop the face crop (``faceJpeg``) of dead letters created more than
+        ``retention_s`` ago; returns how many (call it through ``store.run``). The event
+        stays a dead letter (``outbox retry`` still re-sends it, without the crop)."""
+        with self.store.write("purge face crops of dead letters in") as db:
+            cursor = db.execute(
+                "update events set body = json_remove(body, '$.faceJpeg') where state = ? "
+                "and created_at < ? and json_extract(body, '$.faceJpeg') is not null",
+                [EventState.DEAD.value, time.time() - retention_s],
+            )
+        if cursor.rowcount:
+            self.store.checkpoint()
+        return int(cursor.rowcount)
+
+    def forget_delivered_urls(self) -> None:
+        """Forget the full callback URLs of slots with no undelivered event (read-only
+        connection, no await: an ``add`` cannot slip in between)."""
+        rows = self.store.read(
+            "select distinct slot_id from events where state != ?", ["delivered"]
+        )
+        self.urls.keep_only({str(r["slot_id"]) for r in rows} | set(self._adding))
 
     def dead_letters(self, limit: int = 20) -> list[dict[str, Any]]:
         """The oldest dead letters (read-only connection)."""

@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable
 from urllib.parse import unquote
 
-__all__ = ["log_safe", "redact_text", "redact_url"]
+__all__ = ["log_safe", "redact_text", "redact_url", "strip_credentials"]
 
 MASK = "***"
 URL_LIMIT = 500  # a URL longer than this is not worth a log line
@@ -52,6 +52,15 @@ def redact_url(url: object) -> str:
     try:
         return _escape(_redact(url.strip()), URL_LIMIT)
     except Exception:  # a bug here must not turn a log line into a crash
+        return "<invalid url>"
+
+
+def strip_credentials(url: str) -> str:
+    """``url`` as :func:`redact_url` shows it (credentials replaced by ``***``) but not
+    escaped or shortened: the form of a URL that may be stored at rest. Never raises."""
+    try:
+        return _redact(url.strip())
+    except Exception:  # a bug here must not leak the URL: store nothing of it
         return "<invalid url>"
 
 

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from agent.allowlist import CallbackUrlError, check_callback_url, is_allowed
+from agent.at_rest import SessionCommands
 from agent.camera_urls import check_inline_camera_url
 from agent.camera_view import ViewLookup
 from agent.config import CallbackConfig, CamerasConfig, RecognitionConfig, RuntimeConfig
@@ -150,6 +151,7 @@ class SessionManager:
         self._sessions: dict[str, ActiveSession] = {}
         self._stopping: dict[str, ActiveSession] = {}
         self._resume_lock = asyncio.Lock()
+        self._commands = SessionCommands()  # credentials in memory only (agent.at_rest)
 
     @property
     def sessions(self) -> list[ActiveSession]:
@@ -268,7 +270,7 @@ class SessionManager:
             await self._store.run(
                 self._store.save_session,
                 command.slot_id,
-                command.model_dump(mode="json", by_alias=True, exclude={"api_key"}),
+                self._commands.save(command),
                 command.end_time.timestamp() if command.end_time else None,
             )
             await self._emit(session, SessionStatus.STARTED, strict=True)
@@ -421,7 +423,7 @@ class SessionManager:
             if slot in self._sessions or slot in self._stopping:
                 continue  # running, or stopping (resume_all also runs after a model swap)
             try:
-                command = SessionStart.model_validate(row["command"])
+                command = self._commands.restore(slot, row["command"])
             except ValueError:
                 log.exception("SESSION_RESUME_FAILED slot=%s (unreadable row dropped)", slot)
                 await self._forget_row(slot)
@@ -451,6 +453,7 @@ class SessionManager:
         file refused."""
         try:
             await self._store.run(self._store.delete_session, slot_id)
+            self._commands.forget(slot_id)
         except StoreError as exc:
             log.error(
                 "SESSION_ROW_NOT_DELETED slot=%s code=%s message=%s", slot_id, exc.code, exc.message

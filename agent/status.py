@@ -80,6 +80,8 @@ class StatusReporter:
                 )
         if self.history is not None:
             found.extend(self.history.warnings())
+        if insecure := self.link.cfg.exposure_warning():
+            found.append(insecure)
         if self.models.reload_error:
             found.append(f"{ErrorCode.MODEL_RELOAD_FAILED}: {self.models.reload_error}")
         news = self.delivery.dead_letters

@@ -186,6 +186,12 @@ def _m006_agent_facts(db: sqlite_utils.Database) -> None:
     db.table("agent_facts").create({"key": str, "value": str}, pk="key")  # agent.space_notice
 
 
+def _m010_pack_sightings(db: sqlite_utils.Database) -> None:  # see agent.pack_order
+    db.table("pack_sightings").create(
+        {"name": str, "fingerprint": str, "first_seen": float}, pk="name"
+    )
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("001_sessions", _m001_sessions),
     ("002_outbox", _m002_outbox),
@@ -193,6 +199,7 @@ MIGRATIONS: list[tuple[str, Migration]] = [
     ("004_presence", _m004_presence),
     ("005_ended_sessions", _m005_ended_sessions),
     ("006_agent_facts", _m006_agent_facts),
+    ("010_pack_sightings", _m010_pack_sightings),
 ]
 """Applied in order, each once; append new ones, never edit applied ones."""
 
@@ -224,6 +231,9 @@ class Store:
                 self.db.execute("PRAGMA journal_mode=WAL")
             if mode != "ro":
                 self.db.execute("PRAGMA synchronous=FULL")
+                # Deleted rows (a session's roster: names, embeddings; face crops) are
+                # overwritten with zeros, not left in free pages (see delete_session).
+                self.db.execute("PRAGMA secure_delete=ON")
             if mode == "create":
                 self._migrate(migrations if migrations is not None else MIGRATIONS)
             self._reader = sqlite3.connect(self._reader_uri, uri=True, check_same_thread=False)
@@ -401,6 +411,14 @@ class Store:
             self.db.execute("delete from sessions where slot_id = ?", [slot_id])
             self.db.execute("delete from recognized where slot_id = ?", [slot_id])
             self.db.execute("delete from presence where slot_id = ?", [slot_id])
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """After a delete of personal data (store thread): the WAL still holds the old pages
+        (a roster, a face crop); copy the new ones into the file, where secure_delete
+        zeroed the rows, and truncate the WAL. Best effort (busy with a reader in the way)."""
+        with contextlib.suppress(sqlite3.Error):
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def sessions(self) -> list[dict[str, Any]]:
         """Persisted sessions, oldest first, with the command decoded (None when the

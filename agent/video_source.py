@@ -17,6 +17,8 @@ with ``[cameras] decoder = "opencv"``.
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -106,10 +108,37 @@ def choose_decoder(url: str, cfg: CamerasConfig) -> str:
     return "pyav"
 
 
+OPENCV_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+# OpenCV (4.x and 5.x) reads FFmpeg's options only from this environment variable, at each
+# open: ``VideoCapture``'s params take timeouts and threads, not FFmpeg's dictionary. A
+# write to os.environ while another thread calls getenv (OpenCV's open, or any C library)
+# may crash, so the value is set once, on the main thread before any reader starts
+# (install_opencv_options). A caller that did not install it (a library user, a test
+# with other options) gets it written here, with the write and the open under this lock.
+_OPENCV_ENV_LOCK = threading.Lock()
+
+
 def opencv_options(cfg: CamerasConfig) -> str:
     """OPENCV_FFMPEG_CAPTURE_OPTIONS for ``cfg``: its FFmpeg options, and no HTTP redirect
     followed (as with PyAV; measured: OpenCV's FFmpeg honours ``max_redirects``)."""
     return f"{cfg.ffmpeg_options}|max_redirects;0"
+
+
+def install_opencv_options(cfg: CamerasConfig) -> None:
+    """Set OpenCV's FFmpeg options for the process. Call it once at start-up, before any
+    camera reader or camera test thread exists; afterwards no open writes os.environ."""
+    if os.environ.get(OPENCV_OPTIONS_ENV) != opencv_options(cfg):
+        os.environ[OPENCV_OPTIONS_ENV] = opencv_options(cfg)
+
+
+def _opencv_capture(source: str | int, backend: int, params: list[int], cfg: CamerasConfig) -> Any:
+    """``cv2.VideoCapture`` with ``cfg``'s FFmpeg options (see _OPENCV_ENV_LOCK)."""
+    wanted = opencv_options(cfg)
+    if os.environ.get(OPENCV_OPTIONS_ENV) == wanted:
+        return cv2.VideoCapture(source, backend, params)
+    with _OPENCV_ENV_LOCK:
+        os.environ[OPENCV_OPTIONS_ENV] = wanted
+        return cv2.VideoCapture(source, backend, params)
 
 
 def open_source(url: str, cfg: CamerasConfig) -> VideoSource:
@@ -286,7 +315,7 @@ class OpenCvSource:
                 # One decoder thread: FFmpeg's frame threading holds each frame back by
                 # (threads - 1) frames, 100 ms at 10 fps on 2 cores (measured), for no gain.
                 params += [cv2.CAP_PROP_N_THREADS, 1]
-            cap = cv2.VideoCapture(source, backend, params)
+            cap = _opencv_capture(source, backend, params, cfg)
             opened = bool(cap.isOpened())
         except Exception as exc:  # cv2.error or whatever a backend raises: a failed open
             _release(cap)

@@ -2,6 +2,7 @@
 # Installs (or upgrades) the edge attendance agent as a systemd service.
 #
 #   sudo deploy/install.sh [--gpu] [--no-start] [--python PY] [--wheelhouse DIR]
+#                          [--mqtt-user NAME --mqtt-password-file FILE] [--mqtt-ca FILE]
 #   deploy/install.sh --root DIR --no-start      # stage into a folder (tests, images)
 #
 # Layout (under --root, default /):
@@ -23,6 +24,13 @@ Usage: install.sh [options]
   --python PY       Python interpreter for the virtual environment (>= 3.11)
   --wheelhouse DIR  also look for packages in DIR (pip --find-links); with PIP_NO_INDEX=1
                     in the environment, DIR is the only source (offline sites)
+  --mqtt-user NAME  log in to the MQTT broker as NAME ([mqtt] username)
+  --mqtt-password-file FILE
+                    its password (one line), copied into the credentials folder
+  --mqtt-ca FILE    connect to the broker with TLS, verified with this CA bundle (PEM);
+                    copied to /etc/edge-agent/mqtt-ca.pem ([mqtt] tls, ca_file)
+                    Run interactively without these, the script offers both (a broker
+                    that is not on this machine needs them: MQTT_INSECURE otherwise).
   -h, --help        this help
 EOF
 }
@@ -39,6 +47,9 @@ gpu=0
 start=1
 python=""
 wheelhouse=""
+mqtt_user=""
+mqtt_password_file=""
+mqtt_ca=""
 while (($#)); do
   case "$1" in
     --root)
@@ -62,6 +73,21 @@ while (($#)); do
     --wheelhouse)
       (($# >= 2)) || die "--wheelhouse needs a folder"
       wheelhouse=$2
+      shift 2
+      ;;
+    --mqtt-user)
+      (($# >= 2)) || die "--mqtt-user needs a name"
+      mqtt_user=$2
+      shift 2
+      ;;
+    --mqtt-password-file)
+      (($# >= 2)) || die "--mqtt-password-file needs a file"
+      mqtt_password_file=$2
+      shift 2
+      ;;
+    --mqtt-ca)
+      (($# >= 2)) || die "--mqtt-ca needs a file"
+      mqtt_ca=$2
       shift 2
       ;;
     -h | --help)
@@ -263,6 +289,45 @@ Never put secrets in config.toml: the agent refuses to start if it finds one the
 EOF
 chmod 0600 "$creds/README"
 
+# --- MQTT login and TLS ------------------------------------------------------------------
+# The shipped config talks to a broker on this machine, in clear and without a login. A
+# broker elsewhere carries rosters and API keys over the network: offer both.
+if [ -z "$mqtt_user$mqtt_ca" ] && [ -t 0 ] && [ -t 1 ]; then
+  say "MQTT broker login and TLS (press Enter to skip either)"
+  read -r -p "    user name on the broker: " mqtt_user || true
+  if [ -n "$mqtt_user" ] && [ -z "$mqtt_password_file" ]; then
+    read -r -s -p "    its password: " mqtt_password || true
+    echo
+    if [ -n "${mqtt_password:-}" ]; then
+      printf '%s\n' "$mqtt_password" >"$creds/mqtt_password"
+      unset mqtt_password
+    fi
+  fi
+  read -r -p "    CA bundle (PEM file) that signed the broker's certificate: " mqtt_ca || true
+fi
+# set_mqtt KEY VALUE: set (or uncomment) KEY in the [mqtt] section of config.toml.
+set_mqtt() {
+  sed -i "/^\[mqtt\]/,/^\[/ s|^#\? *$1 *=.*|$1 = $2|" "$etc/config.toml"
+  grep -q "^$1 = $2\$" "$etc/config.toml" || die "could not set [mqtt] $1 in $etc/config.toml"
+}
+if [ -n "$mqtt_user" ]; then
+  [[ $mqtt_user =~ ^[A-Za-z0-9._@-]{1,64}$ ]] || die "--mqtt-user: letters, digits and ._@- only"
+  set_mqtt username "\"$mqtt_user\""
+  note "[mqtt] username = \"$mqtt_user\""
+fi
+if [ -n "$mqtt_password_file" ]; then
+  [ -f "$mqtt_password_file" ] || die "--mqtt-password-file $mqtt_password_file is not a file"
+  install -m 0600 "$mqtt_password_file" "$creds/mqtt_password"
+  note "MQTT password stored in $creds/mqtt_password"
+fi
+if [ -n "$mqtt_ca" ]; then
+  [ -f "$mqtt_ca" ] || die "--mqtt-ca $mqtt_ca is not a file"
+  install -m 0644 "$mqtt_ca" "$etc/mqtt-ca.pem"
+  set_mqtt tls true
+  set_mqtt ca_file '"/etc/edge-agent/mqtt-ca.pem"'
+  note "[mqtt] tls = true, ca_file = /etc/edge-agent/mqtt-ca.pem (set [mqtt] port: 8883 is usual)"
+fi
+
 say "Checking the configuration"
 # The same overrides as the unit, with paths under the install root.
 check_env=(
@@ -273,12 +338,14 @@ check_env=(
   "AGENT_CALLBACK__API_KEY_FILE=$creds/callback_api_key"
   "AGENT_WEBUI__PASSWORD_FILE=$creds/webui_password"
 )
+if [ -f "$etc/mqtt-ca.pem" ]; then check_env+=("AGENT_MQTT__CA_FILE=$etc/mqtt-ca.pem"); fi
 if ! check_output=$(env "${check_env[@]}" "$agent" check-config --config "$etc/config.toml" 2>&1 >/dev/null); then
   printf '%s\n' "$check_output" >&2
   die "$etc/config.toml is invalid (errors above, by key path): fix it and run install.sh again"
 fi
 note "$etc/config.toml is valid"
-# e.g. no API key yet (a fresh install): the agent would refuse every command.
+# e.g. no API key yet (a fresh install): the agent would refuse every command; or
+# MQTT_INSECURE: a broker elsewhere without TLS or login (--mqtt-user, --mqtt-ca).
 while IFS= read -r line; do
   if [[ $line == Warning:* ]]; then note "$line"; fi
 done <<<"$check_output"

@@ -309,6 +309,57 @@ def test_installed_agent_checks_config_and_runs(
     assert (staged.data / "agent.db").is_file()  # state went to the state directory
 
 
+def _check_config_off_loopback(staged: Staged, env: dict[str, str]) -> str:
+    """check-config's stderr for the installed config with the broker on another host."""
+    extra = {"AGENT_MQTT__HOST": "10.20.30.40"}
+    if (staged.etc / "mqtt-ca.pem").is_file():  # the config names its real path
+        extra["AGENT_MQTT__CA_FILE"] = str(staged.etc / "mqtt-ca.pem")
+    checked = subprocess.run(
+        [str(staged.agent), "check-config", "--config", str(staged.config)],
+        env={**env, **extra},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
+    return checked.stderr
+
+
+def test_install_sets_up_mqtt_login_and_tls(
+    staged: Staged, agent_env: dict[str, str], tmp_path: Path
+) -> None:
+    assert "MQTT_INSECURE" in _check_config_off_loopback(staged, agent_env)
+    ca = tmp_path / "ca.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
+            *("-keyout", str(tmp_path / "ca.key"), "-out", str(ca), "-subj", "/CN=test-ca"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    password = tmp_path / "mqtt-password"
+    password.write_text("broker-secret-1\n")
+    result = _script(
+        "install.sh",
+        *("--root", str(staged.root), "--no-start", "--python", _python()),
+        *("--mqtt-user", "edge-agent", "--mqtt-password-file", str(password)),
+        *("--mqtt-ca", str(ca)),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    config = staged.config.read_text()
+    assert 'username = "edge-agent"' in config.splitlines()
+    assert "tls = true" in config.splitlines()
+    assert 'ca_file = "/etc/edge-agent/mqtt-ca.pem"' in config.splitlines()
+    assert (staged.etc / "mqtt-ca.pem").read_bytes() == ca.read_bytes()
+    assert (staged.creds / "mqtt_password").read_text() == "broker-secret-1\n"
+    assert _mode(staged.creds / "mqtt_password") == 0o600
+    assert "broker-secret-1" not in result.stdout + result.stderr
+    assert "MQTT_INSECURE" not in _check_config_off_loopback(staged, agent_env)
+
+
 def test_reinstall_keeps_admin_files_then_uninstall(staged: Staged) -> None:
     marker = staged.data / "admin-marker"
     marker.write_text("kept")

@@ -26,6 +26,8 @@ def _agent_exceptions() -> list[type[BaseException]]:
     for info in pkgutil.walk_packages(agent.__path__, prefix="agent."):
         if info.name == "agent.__main__":
             continue  # running it is the CLI
+        if info.name == "agent.devkit.rtsp_server_main":
+            continue  # a script for Debian's Python (GStreamer bindings), not the venv's
         module = importlib.import_module(info.name)
         for _, cls in inspect.getmembers(module, inspect.isclass):
             if issubclass(cls, BaseException) and cls.__module__ == module.__name__:

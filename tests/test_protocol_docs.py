@@ -170,3 +170,10 @@ def test_session_reply_examples_have_every_summary_field() -> None:
     stopped = replies["Session stopped."]
     assert all(list(c) == health and c["state"] == "STOPPED" for c in stopped["cameras"])
     assert stopped["presence"] and stopped["waitingForCamerasSeconds"] is None
+
+
+def test_protocol_doc_says_5xx_replies_are_not_cached() -> None:
+    """The code (CommandProcessor) caches only replies below 500; the doc must say so."""
+    text = " ".join(PROTOCOL.read_text(encoding="utf-8").split())
+    assert "error replies are cached too." not in text
+    assert "5xx replies" in text and "are **not** cached" in text

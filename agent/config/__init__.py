@@ -232,6 +232,9 @@ def config_warnings(config: AgentConfig) -> list[tuple[str, str]]:
                 "or the file is empty): every command will be refused with 401",
             )
         )
+    mqtt = config.mqtt.exposure_warning()
+    if mqtt is not None:
+        warnings.append(("mqtt", mqtt))
     return warnings
 
 

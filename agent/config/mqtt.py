@@ -7,6 +7,7 @@ the context on every connection instead of reading the files again.
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 from pathlib import Path
 from typing import Literal
@@ -15,6 +16,7 @@ from pydantic import Field, PrivateAttr, SecretStr, model_validator
 
 from agent.config.secrets import ReadableFile, SecretFile
 from agent.config.sections import Section
+from agent.errors import ErrorCode
 
 
 class CaBundle(SecretFile):
@@ -150,3 +152,27 @@ class MqttConfig(Section):
     def effective_client_id(self, site_id: str) -> str:
         """The client id sent to the broker."""
         return self.client_id or f"edge-agent-{site_id}"
+
+    def exposure_warning(self) -> str | None:
+        """``MQTT_INSECURE: ...`` when the broker is reached off loopback with neither TLS
+        nor a login: anyone on that network can read the rosters' embeddings and the API
+        keys in clear. None otherwise."""
+        if self.tls or self.username or _is_loopback(self.host):
+            return None
+        return (
+            f"{ErrorCode.MQTT_INSECURE}: the broker {self.host}:{self.port} is not on this "
+            "machine and MQTT uses neither TLS nor a login: rosters, embeddings and API keys "
+            "cross the network in clear. Set [mqtt] tls = true (with ca_file) and a "
+            "username with password_file (deploy/install.sh offers both)"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether the broker host is this machine (a name is loopback only as localhost)."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False

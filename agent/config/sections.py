@@ -204,6 +204,14 @@ class CallbackConfig(Section):
     delivered_retention_s: float = Field(
         86_400.0, ge=0, le=30 * 86_400, description="How long delivered events stay in the outbox."
     )
+    dead_letter_crop_retention_s: float = Field(
+        7 * 86_400.0,
+        ge=1,
+        le=30 * 86_400,
+        description="How long a dead letter keeps its face crop (faceJpeg), from the event's "
+        "creation; then the crop is deleted (checked every half of this, at most hourly) and "
+        "the event stays a dead letter without it.",
+    )
 
     @field_validator("allowed_urls")
     @classmethod

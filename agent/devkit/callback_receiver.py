@@ -27,6 +27,7 @@ class Received:
     answered: int | None = None
     at: float = field(default_factory=time.monotonic)
     method: str = "POST"
+    query: str = ""  # the query string (where a backend may put a token)
 
 
 @dataclass
@@ -70,7 +71,13 @@ class CallbackServer:
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         body = json.loads(raw) if raw else {}
-        entry = Received(request.path, dict(request.headers), body, method=request.method)
+        entry = Received(
+            request.path,
+            dict(request.headers),
+            body,
+            method=request.method,
+            query=request.query_string,
+        )
         self.received.append(entry)
         if self.on_request is not None:
             self.on_request(entry)

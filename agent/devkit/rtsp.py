@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.devkit.ports import free_port
+from agent.errors import AgentError, ErrorCode
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 SERVER_SCRIPT = Path(__file__).resolve().parent / "rtsp_server_main.py"
@@ -79,8 +80,11 @@ def gst_rtsp_available() -> bool:
     return result.returncode == 0
 
 
-class RtspServerError(RuntimeError):
-    """The server did not start; the message carries its output."""
+class RtspServerError(AgentError):
+    """The server did not start; the message carries its output (demo and tests only)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.INTERNAL_ERROR, message, status=500)
 
 
 class RtspServer:
