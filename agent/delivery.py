@@ -396,3 +396,9 @@ class OutboxSink:
         """Store the event durably (raises OutboxFullError when it cannot) and schedule it."""
         await self.outbox.add(event, callback_url)
         self.delivery.notify(event.slot_id)
+
+    async def emit_final(self, event: Event, callback_url: str, slot_id: str) -> None:
+        """Store a session's STOPPED event and delete its saved row in one transaction
+        (raises like :meth:`emit`, and then neither happened), and schedule the event."""
+        await self.outbox.add(event, callback_url, forget_session=slot_id)
+        self.delivery.notify(event.slot_id)

@@ -85,8 +85,12 @@ class Outbox:
         # count(*) per event would cost ~5 ms at 100,000 rows (bench/outbox_throughput.py).
         self._undelivered = self._count_undelivered()
 
-    async def add(self, event: Event, callback_url: str) -> OutboxEvent:
-        """Commit one event; returns it with its sequence number.
+    async def add(
+        self, event: Event, callback_url: str, *, forget_session: str | None = None
+    ) -> OutboxEvent:
+        """Commit one event; returns it with its sequence number. With ``forget_session``
+        the slot's saved session row is deleted in the same transaction (its STOPPED
+        event: a crash in between must not leave the row gone and the event unsent).
 
         Raises :class:`OutboxFullError` when the outbox is at its limit or the disk is
         full, and the store's typed error when the file stays locked or is damaged; the
@@ -99,7 +103,7 @@ class Outbox:
             )
         body = event.model_dump(mode="json", by_alias=True, exclude_none=True)
         try:
-            stored = await self.store.run(self._insert, event, body, callback_url)
+            stored = await self.store.run(self._insert, event, body, callback_url, forget_session)
         except StoreFullError as exc:
             self._refuse(event, f"the state file cannot grow ({exc.message})")
         except StoreBusyError as exc:
@@ -111,9 +115,17 @@ class Outbox:
             self.full_reason = None
         return stored
 
-    def _insert(self, event: Event, body: dict[str, Any], callback_url: str) -> OutboxEvent:
+    def _insert(
+        self,
+        event: Event,
+        body: dict[str, Any],
+        callback_url: str,
+        forget_session: str | None = None,
+    ) -> OutboxEvent:
         now = time.time()
         with self.store.write("store an event in") as db:
+            if forget_session is not None:
+                self.store.delete_session_rows(forget_session)
             row = db.execute(
                 "insert into slot_sequences (slot_id, last_seq) values (?, 1) "
                 "on conflict(slot_id) do update set last_seq = last_seq + 1 "

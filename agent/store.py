@@ -398,9 +398,14 @@ class Store:
     def delete_session(self, slot_id: str) -> None:
         """Forget a session (it stopped), and the students it reported."""
         with self.write("delete a session from"):
-            self.db.execute("delete from sessions where slot_id = ?", [slot_id])
-            self.db.execute("delete from recognized where slot_id = ?", [slot_id])
-            self.db.execute("delete from presence where slot_id = ?", [slot_id])
+            self.delete_session_rows(slot_id)
+
+    def delete_session_rows(self, slot_id: str) -> None:
+        """:meth:`delete_session` inside a transaction the caller holds (the outbox commits
+        a session's STOPPED event in the same one: a crash keeps both or neither)."""
+        self.db.execute("delete from sessions where slot_id = ?", [slot_id])
+        self.db.execute("delete from recognized where slot_id = ?", [slot_id])
+        self.db.execute("delete from presence where slot_id = ?", [slot_id])
 
     def sessions(self) -> list[dict[str, Any]]:
         """Persisted sessions, oldest first, with the command decoded (None when the
