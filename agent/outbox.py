@@ -50,6 +50,7 @@ class OutboxEvent:
     callback_url: str
     attempts: int
     next_attempt_at: float
+    refused_rounds: int = 0  # rounds the callback refused it (401/403/404): agent.delivery
 
 
 class OutboxFullError(AgentError):
@@ -69,6 +70,7 @@ def _row_event(row: dict[str, Any]) -> OutboxEvent:
         callback_url=row["callback_url"],
         attempts=row["attempts"] or 0,
         next_attempt_at=row["next_attempt_at"] or 0.0,
+        refused_rounds=row.get("refused_rounds") or 0,
     )
 
 
@@ -246,19 +248,34 @@ class Outbox:
             self._undelivered = max(0, self._undelivered - 1)
 
     async def mark_retry(
-        self, event: OutboxEvent, attempts: int, next_at: float, error: str, status_code: int | None
+        self,
+        event: OutboxEvent,
+        attempts: int,
+        next_at: float,
+        error: str,
+        status_code: int | None,
+        refused_rounds: int = 0,
     ) -> None:
-        """Record a failed round; the event stays pending until ``next_at``."""
-        await self.store.run(self._mark_retry, event, attempts, next_at, error, status_code)
+        """Record a failed round; the event stays pending until ``next_at``.
+        ``refused_rounds``: the rounds the callback has refused it so far."""
+        await self.store.run(
+            self._mark_retry, event, attempts, next_at, error, status_code, refused_rounds
+        )
 
     def _mark_retry(
-        self, event: OutboxEvent, attempts: int, next_at: float, error: str, status_code: int | None
+        self,
+        event: OutboxEvent,
+        attempts: int,
+        next_at: float,
+        error: str,
+        status_code: int | None,
+        refused_rounds: int,
     ) -> None:
         with self.store.write("record a failed delivery in") as db:
             db.execute(
                 "update events set attempts = ?, next_attempt_at = ?, last_error = ?, "
-                "status_code = ? where event_id = ?",
-                [attempts, next_at, error[:500], status_code, event.event_id],
+                "status_code = ?, refused_rounds = ? where event_id = ?",
+                [attempts, next_at, error[:500], status_code, refused_rounds, event.event_id],
             )
 
     async def mark_dead(
@@ -282,7 +299,8 @@ class Outbox:
         event loop: call it through ``store.run`` from the loop)."""
         with self.store.write("re-queue dead letters in") as db:
             cursor = db.execute(
-                "update events set state = ?, next_attempt_at = ?, attempts = 0 where state = ?",
+                "update events set state = ?, next_attempt_at = ?, attempts = 0, "
+                "refused_rounds = 0 where state = ?",
                 [EventState.PENDING.value, time.time(), EventState.DEAD.value],
             )
         return int(cursor.rowcount)

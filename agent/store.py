@@ -186,6 +186,11 @@ def _m006_agent_facts(db: sqlite_utils.Database) -> None:
     db.table("agent_facts").create({"key": str, "value": str}, pk="key")  # agent.space_notice
 
 
+def _m011_refused_rounds(db: sqlite_utils.Database) -> None:
+    # Rounds in which the callback refused an event (401/403/404): agent.delivery
+    db.execute("alter table events add column refused_rounds integer not null default 0")
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("001_sessions", _m001_sessions),
     ("002_outbox", _m002_outbox),
@@ -193,6 +198,7 @@ MIGRATIONS: list[tuple[str, Migration]] = [
     ("004_presence", _m004_presence),
     ("005_ended_sessions", _m005_ended_sessions),
     ("006_agent_facts", _m006_agent_facts),
+    ("011_refused_rounds", _m011_refused_rounds),
 ]
 """Applied in order, each once; append new ones, never edit applied ones."""
 
