@@ -298,9 +298,14 @@ class Outbox:
         """Re-queue every dead letter; returns how many (also used by the CLI, with no
         event loop: call it through ``store.run`` from the loop)."""
         with self.store.write("re-queue dead letters in") as db:
+            # The CLI may amend a file the agent has not upgraded yet (no migration 011).
+            if "refused_rounds" in db.table("events").columns_dict:
+                db.execute(
+                    "update events set refused_rounds = 0 where state = ?",
+                    [EventState.DEAD.value],
+                )
             cursor = db.execute(
-                "update events set state = ?, next_attempt_at = ?, attempts = 0, "
-                "refused_rounds = 0 where state = ?",
+                "update events set state = ?, next_attempt_at = ?, attempts = 0 where state = ?",
                 [EventState.PENDING.value, time.time(), EventState.DEAD.value],
             )
         return int(cursor.rowcount)

@@ -17,7 +17,7 @@ from agent.events import EventFactory
 from agent.outbox import Outbox
 from agent.protocol import SessionStatus
 from agent.status_models import wire
-from agent.store import Store
+from agent.store import MIGRATIONS, Store
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
@@ -108,3 +108,19 @@ def test_refused_rounds_is_bounded() -> None:
     for bad in (0, 101):
         with pytest.raises(ValidationError):
             CallbackConfig(refused_rounds=bad)
+
+
+def test_outbox_retry_works_on_a_file_not_yet_upgraded(tmp_path: Path) -> None:
+    # The agent was upgraded but not restarted yet: `outbox retry` amends the old file.
+    old = Store(tmp_path / "data", [m for m in MIGRATIONS if m[0] != "011_refused_rounds"])
+    with old.write() as db:
+        db.execute(
+            "insert into events (event_id, slot_id, seq, type, body, callback_url, created_at, "
+            "state) values ('e1', 'slot-1', 1, 'SESSION_STATUS', '{}', 'http://x/', 0, 'dead')"
+        )
+    old.close()
+    store = Store(tmp_path / "data", mode="rw")
+    try:
+        assert Outbox(store, max_pending=10).retry_dead() == 1
+    finally:
+        store.close()
