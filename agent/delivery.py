@@ -3,7 +3,9 @@ session, a short retry round and then capped exponential backoff, forever.
 
 One worker task per slot with pending events, so a slow or dead callback URL only delays
 its own session. 2xx = delivered; 408, 429, 5xx, timeouts and connection errors = retry
-(``Retry-After`` honoured); any other 4xx, any 3xx (redirects are never followed: they
+(``Retry-After`` honoured); 401, 403 and 404 (a key being rotated, a route being deployed)
+= retried for ``refused_rounds`` rounds of one POST each, then a dead letter; any other
+4xx, any 3xx (redirects are never followed: they
 would carry the API key and the face crop to another host, or turn the POST into a GET)
 and a URL the allowlist no longer admits = dead letter, logged, counted and shown in status
 at once. Failed rounds (an event's every attempt of a round failing, not a single POST)
@@ -21,7 +23,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Collection, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -38,6 +40,9 @@ from agent.redaction import log_safe, redact_text, redact_url
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = {408, 429}
+# Refusals that are often passing (a rotated key not yet everywhere, a route not yet
+# deployed): retried for [callback] refused_rounds rounds before the event is dead.
+REFUSED_STATUS = {401, 403, 404}
 SCAN_INTERVAL_S = 5.0
 BODY_EXCERPT = 300
 
@@ -51,6 +56,7 @@ class Outcome:
     status: int | None
     error: str
     retry_after: float | None = None
+    refused: bool = False  # 401/403/404: ends the round, retried for refused_rounds rounds
 
 
 @dataclass
@@ -225,6 +231,8 @@ class Delivery:
             if outcome.permanent:
                 await self._dead_letter(event, attempts, outcome)
                 return
+            if outcome.refused:
+                break  # the backend answered: asking again a second later tells nothing new
             log.warning(
                 "CALLBACK_FAILED slot=%s seq=%d event=%s attempt=%d status=%s error=%s",
                 log_safe(event.slot_id),
@@ -237,11 +245,16 @@ class Delivery:
             if round_attempt < self.cfg.attempts_per_round:
                 wait = self.cfg.first_retry_s * 2 ** (round_attempt - 1)
                 await asyncio.sleep(max(wait, outcome.retry_after or 0.0))
-        rounds = max(1, attempts // self.cfg.attempts_per_round)
+        refused = event.refused_rounds + int(outcome.refused)
+        if outcome.refused and refused >= self.cfg.refused_rounds:
+            error = f"{outcome.error} (refused in {refused} round{'s' * (refused > 1)})"
+            await self._dead_letter(event, attempts, replace(outcome, error=error))
+            return
+        rounds = max(1, attempts // self.cfg.attempts_per_round, refused)
         backoff = min(self.cfg.retry_max_s, self.cfg.first_retry_s * 4 * 2 ** (rounds - 1))
         backoff = max(backoff * random.uniform(0.75, 1.25), outcome.retry_after or 0.0)
         await self.outbox.mark_retry(
-            event, attempts, time.time() + backoff, outcome.error, outcome.status
+            event, attempts, time.time() + backoff, outcome.error, outcome.status, refused
         )
         log.warning(
             "CALLBACK_RETRY_LATER slot=%s seq=%d event=%s in=%.1fs attempts=%d",
@@ -252,8 +265,9 @@ class Delivery:
             attempts,
         )
         # The whole round failed: one failure for auto-stop (a single POST is not one; a
-        # backend restart fails several POSTs while every event is safe in the outbox).
-        self._record_failure(event.slot_id)
+        # backend restart fails several POSTs while every event is safe in the outbox). A
+        # refused round counts as the backend rejecting, like the dead letter it may become.
+        self._record_failure(event.slot_id, rejected=outcome.refused)
 
     async def _dead_letter(self, event: OutboxEvent, attempts: int, outcome: Outcome) -> None:
         """Keep a permanently refused event as a dead letter and say so everywhere at once:
@@ -317,6 +331,8 @@ class Delivery:
                 retry_after = parse_retry_after(
                     response.headers.get("Retry-After"), self.cfg.retry_max_s
                 )
+                if status in REFUSED_STATUS:
+                    return Outcome(False, False, status, error, retry_after, refused=True)
                 retryable = status in RETRYABLE_STATUS or status >= 500
                 return Outcome(False, not retryable, status, error, retry_after)
         except aiohttp.InvalidURL as exc:
@@ -395,4 +411,10 @@ class OutboxSink:
     async def emit(self, event: Event, callback_url: str) -> None:
         """Store the event durably (raises OutboxFullError when it cannot) and schedule it."""
         await self.outbox.add(event, callback_url)
+        self.delivery.notify(event.slot_id)
+
+    async def emit_final(self, event: Event, callback_url: str, slot_id: str) -> None:
+        """Store a session's STOPPED event and delete its saved row in one transaction
+        (raises like :meth:`emit`, and then neither happened), and schedule the event."""
+        await self.outbox.add(event, callback_url, forget_session=slot_id)
         self.delivery.notify(event.slot_id)

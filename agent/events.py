@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 from zoneinfo import ZoneInfo
 
 from agent.errors import AgentError
@@ -33,6 +33,15 @@ class EventSink(Protocol):
 
     async def emit(self, event: Event, callback_url: str) -> None:
         """Accept one event; returns once it is safely recorded."""
+
+
+@runtime_checkable
+class FinalEventSink(EventSink, Protocol):
+    """A sink that can store a session's last event in the same transaction as the deletion
+    of the session's saved row (the durable outbox; see :mod:`agent.session_end`)."""
+
+    async def emit_final(self, event: Event, callback_url: str, slot_id: str) -> None:
+        """Store ``event`` and delete ``slot_id``'s saved session, both or neither."""
 
 
 async def emit_or_log(sink: EventSink, event: Event, callback_url: str) -> bool:

@@ -51,6 +51,7 @@ class OutboxEvent:
     callback_url: str
     attempts: int
     next_attempt_at: float
+    refused_rounds: int = 0  # rounds the callback refused it (401/403/404): agent.delivery
 
 
 class OutboxFullError(AgentError):
@@ -70,6 +71,7 @@ def _row_event(row: dict[str, Any]) -> OutboxEvent:
         callback_url=row["callback_url"],
         attempts=row["attempts"] or 0,
         next_attempt_at=row["next_attempt_at"] or 0.0,
+        refused_rounds=row.get("refused_rounds") or 0,
     )
 
 
@@ -89,8 +91,12 @@ class Outbox:
         self.urls = CallbackUrls()
         self._adding: list[str] = []  # slots whose add is in flight (their URL is needed)
 
-    async def add(self, event: Event, callback_url: str) -> OutboxEvent:
-        """Commit one event; returns it with its sequence number.
+    async def add(
+        self, event: Event, callback_url: str, *, forget_session: str | None = None
+    ) -> OutboxEvent:
+        """Commit one event; returns it with its sequence number. With ``forget_session``
+        the slot's saved session row is deleted in the same transaction (its STOPPED
+        event: a crash in between must not leave the row gone and the event unsent).
 
         Raises :class:`OutboxFullError` when the outbox is at its limit or the disk is
         full, and the store's typed error when the file stays locked or is damaged; the
@@ -106,7 +112,7 @@ class Outbox:
             url = self.urls.stored(event.slot_id, callback_url)  # no token at rest
             self._adding.append(event.slot_id)
             try:
-                stored = await self.store.run(self._insert, event, body, url)
+                stored = await self.store.run(self._insert, event, body, url, forget_session)
             finally:
                 self._adding.remove(event.slot_id)
         except StoreFullError as exc:
@@ -120,9 +126,17 @@ class Outbox:
             self.full_reason = None
         return replace(stored, callback_url=callback_url)
 
-    def _insert(self, event: Event, body: dict[str, Any], callback_url: str) -> OutboxEvent:
+    def _insert(
+        self,
+        event: Event,
+        body: dict[str, Any],
+        callback_url: str,
+        forget_session: str | None = None,
+    ) -> OutboxEvent:
         now = time.time()
         with self.store.write("store an event in") as db:
+            if forget_session is not None:
+                self.store.delete_session_rows(forget_session)
             row = db.execute(
                 "insert into slot_sequences (slot_id, last_seq) values (?, 1) "
                 "on conflict(slot_id) do update set last_seq = last_seq + 1 "
@@ -145,6 +159,8 @@ class Outbox:
                     EventState.PENDING.value,
                 ],
             )
+        if forget_session is not None:
+            self.store.checkpoint()  # the session's roster leaves the WAL too
         self._undelivered += 1
         return OutboxEvent(
             event.event_id, event.slot_id, seq, event.type, body, callback_url, 0, now
@@ -246,19 +262,34 @@ class Outbox:
             self._undelivered = max(0, self._undelivered - 1)
 
     async def mark_retry(
-        self, event: OutboxEvent, attempts: int, next_at: float, error: str, status_code: int | None
+        self,
+        event: OutboxEvent,
+        attempts: int,
+        next_at: float,
+        error: str,
+        status_code: int | None,
+        refused_rounds: int = 0,
     ) -> None:
-        """Record a failed round; the event stays pending until ``next_at``."""
-        await self.store.run(self._mark_retry, event, attempts, next_at, error, status_code)
+        """Record a failed round; the event stays pending until ``next_at``.
+        ``refused_rounds``: the rounds the callback has refused it so far."""
+        await self.store.run(
+            self._mark_retry, event, attempts, next_at, error, status_code, refused_rounds
+        )
 
     def _mark_retry(
-        self, event: OutboxEvent, attempts: int, next_at: float, error: str, status_code: int | None
+        self,
+        event: OutboxEvent,
+        attempts: int,
+        next_at: float,
+        error: str,
+        status_code: int | None,
+        refused_rounds: int,
     ) -> None:
         with self.store.write("record a failed delivery in") as db:
             db.execute(
                 "update events set attempts = ?, next_attempt_at = ?, last_error = ?, "
-                "status_code = ? where event_id = ?",
-                [attempts, next_at, error[:500], status_code, event.event_id],
+                "status_code = ?, refused_rounds = ? where event_id = ?",
+                [attempts, next_at, error[:500], status_code, refused_rounds, event.event_id],
             )
 
     async def mark_dead(
@@ -281,6 +312,12 @@ class Outbox:
         """Re-queue every dead letter; returns how many (also used by the CLI, with no
         event loop: call it through ``store.run`` from the loop)."""
         with self.store.write("re-queue dead letters in") as db:
+            # The CLI may amend a file the agent has not upgraded yet (no migration 011).
+            if "refused_rounds" in db.table("events").columns_dict:
+                db.execute(
+                    "update events set refused_rounds = 0 where state = ?",
+                    [EventState.DEAD.value],
+                )
             cursor = db.execute(
                 "update events set state = ?, next_attempt_at = ?, attempts = 0 where state = ?",
                 [EventState.PENDING.value, time.time(), EventState.DEAD.value],

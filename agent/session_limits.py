@@ -1,17 +1,57 @@
-"""The limits a new session must fit: sessions and open cameras on this agent, and one
-reader per camera unless sharing is allowed."""
+"""What a new session may open: its cameras resolved against the site's registry and
+allowlist, and the limits it must fit (sessions and open cameras on this agent, one reader
+per camera unless sharing is allowed)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from agent.config import RuntimeConfig
+from agent.camera_urls import check_inline_camera_url
+from agent.config import CamerasConfig, RuntimeConfig
 from agent.errors import AgentError, ErrorCode
 
+
+@dataclass(frozen=True)
+class SessionCamera:
+    """A camera of a running session, with its URL resolved."""
+
+    id: str
+    name: str
+    url: str
+
+
 if TYPE_CHECKING:
-    from agent.sessions import ActiveSession, SessionCamera
+    from agent.protocol import SessionStart
+    from agent.sessions import ActiveSession
+
+
+def resolve_cameras(command: SessionStart, cameras: CamerasConfig) -> list[SessionCamera]:
+    """The session's cameras with their URLs: inline URLs checked against the site's
+    allowlist, ids looked up in the registry (credentials were read with the config)."""
+    resolved, unknown = [], []
+    for spec in command.cameras:
+        if spec.rtsp_url:
+            check_inline_camera_url(spec.id, spec.rtsp_url, cameras)
+            resolved.append(SessionCamera(spec.id, spec.name or spec.id, spec.rtsp_url))
+            continue
+        entry = cameras.find(spec.id)
+        if entry is None:
+            unknown.append(spec.id)
+        else:
+            name = spec.name or entry.name or entry.id
+            resolved.append(SessionCamera(entry.id, name, entry.stream_url()))
+    if unknown:
+        raise AgentError(
+            ErrorCode.CAMERA_NOT_FOUND,
+            f"Camera(s) {', '.join(unknown)} are not in this site's configuration; "
+            "give an rtspUrl or add them to [cameras] registry.",
+            status=404,
+            details={"cameraIds": unknown},
+        )
+    return resolved
 
 
 def camera_identity(url: str) -> str:

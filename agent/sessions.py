@@ -19,7 +19,6 @@ from typing import Protocol
 
 from agent.allowlist import CallbackUrlError, check_callback_url, is_allowed
 from agent.at_rest import SessionCommands
-from agent.camera_urls import check_inline_camera_url
 from agent.camera_view import ViewLookup
 from agent.config import CallbackConfig, CamerasConfig, RecognitionConfig, RuntimeConfig
 from agent.errors import AgentError, ErrorCode
@@ -32,23 +31,16 @@ from agent.protocol import (
     PresenceEntry,
     SessionStart,
     SessionStatus,
+    SessionStatusEvent,
     StatusReason,
 )
+from agent.session_end import forget_and_report, forget_row, wind_down
 from agent.session_history import SessionHistory
-from agent.session_limits import check_limits
+from agent.session_limits import SessionCamera, check_limits, resolve_cameras
 from agent.status_models import CameraHealth, CameraRef, SessionSummary
 from agent.store import Store, StoreError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SessionCamera:
-    """A camera of a running session, with its URL resolved."""
-
-    id: str
-    name: str
-    url: str
 
 
 @dataclass
@@ -162,36 +154,6 @@ class SessionManager:
         """The running session of a slot, if any."""
         return self._sessions.get(slot_id)
 
-    def _resolve_cameras(self, command: SessionStart) -> list[SessionCamera]:
-        resolved, unknown = [], []
-        for spec in command.cameras:
-            if spec.rtsp_url:
-                check_inline_camera_url(spec.id, spec.rtsp_url, self._cameras)
-                resolved.append(SessionCamera(spec.id, spec.name or spec.id, spec.rtsp_url))
-                continue
-            entry = self._cameras.find(spec.id)
-            if entry is None:
-                unknown.append(spec.id)
-            else:
-                try:
-                    url = entry.stream_url()
-                except OSError as exc:
-                    raise AgentError(
-                        ErrorCode.INTERNAL_ERROR,
-                        f"Camera {entry.id}: credentials_file cannot be read ({exc}).",
-                        status=500,
-                    ) from exc
-                resolved.append(SessionCamera(entry.id, spec.name or entry.name or entry.id, url))
-        if unknown:
-            raise AgentError(
-                ErrorCode.CAMERA_NOT_FOUND,
-                f"Camera(s) {', '.join(unknown)} are not in this site's configuration; "
-                "give an rtspUrl or add them to [cameras] registry.",
-                status=404,
-                details={"cameraIds": unknown},
-            )
-        return resolved
-
     def _build(self, command: SessionStart, started_at: datetime | None = None) -> ActiveSession:
         """Validate a start command against config and model, and build the session."""
         try:
@@ -202,7 +164,7 @@ class SessionManager:
                 f"callbackUrl {exc}; use a URL under one of [callback] allowed_urls.",
                 details={"errors": [{"path": "callbackUrl", "problem": str(exc)}]},
             ) from exc
-        cameras = self._resolve_cameras(command)
+        cameras = resolve_cameras(command, self._cameras)
         engine = self._models.require()
         space = engine.embedding_space
         wrong = sorted(
@@ -278,7 +240,7 @@ class SessionManager:
             # Not saved, or its STARTED event could not be stored (outbox full, state file
             # locked or damaged): do not run a session whose events would be lost.
             del self._sessions[command.slot_id]
-            await self._forget_row(command.slot_id)
+            await self._forget(command.slot_id)
             log.error(
                 "SESSION_START_FAILED slot=%s code=%s message=%s",
                 command.slot_id,
@@ -358,29 +320,43 @@ class SessionManager:
         # or a new start must not bring it back while its work winds down.
         self._stopping[session.slot_id] = session
         session.stop_reason = reason
-        failed = False
         try:
-            task = session.task
-            if task is not None and task is not asyncio.current_task():
-                task.cancel()
-                results = await asyncio.gather(task, return_exceptions=True)
-                if any(isinstance(r, Exception) for r in results):
-                    failed = True
-                    log.error("STOP_SESSION_FAILED slot=%s error=%r", session.slot_id, results[0])
+            stuck = await wind_down(session.task, session.slot_id)
             # After the work is cancelled: no analysis can change the verdict any more.
             session.final_presence = session.presence.entries(self._events.at)
-            if not await self._forget_row(session.slot_id):
-                failed = True
-            if failed:
+
+            def stopped(row_problem: str | None) -> SessionStatusEvent:
+                problems = "; ".join(p for p in (stuck, row_problem) if p)
+                return self._stopped_event(session, reason, problems or None)
+
+            stored = await forget_and_report(
+                self._store, self._sink, session.slot_id, session.command.callback_url, stopped
+            )
+            if stored is None:
+                self._commands.forget(session.slot_id)
+            if stuck or stored:
                 session.stop_reason = StatusReason.STOP_FAILED
-            await self._emit(session, SessionStatus.STOPPED, reason)
             if self._history is not None:
-                await self._history.ended(session, reason, self._events.now())
+                await self._history.ended(session, session.stop_reason, self._events.now())
         finally:
             del self._stopping[session.slot_id]
         self._on_stopped(session.slot_id)
         self._on_change()
-        log.info("SESSION_STOPPED slot=%s reason=%s", session.slot_id, reason)
+        log.info("SESSION_STOPPED slot=%s reason=%s", session.slot_id, session.stop_reason)
+
+    def _stopped_event(
+        self, session: ActiveSession, reason: StatusReason, problem: str | None
+    ) -> SessionStatusEvent:
+        """The STOPPED event; when the stop went wrong its reason is STOP_FAILED and its
+        message keeps the reason the session was stopped for."""
+        return self._events.status(
+            session.slot_id,
+            SessionStatus.STOPPED,
+            StatusReason.STOP_FAILED if problem else reason,
+            cameras=session.uptimes() if session.uptimes else None,
+            presence=session.final_presence,
+            message=f"Stopping for {reason} failed: {problem}." if problem else None,
+        )
 
     async def _emit(
         self,
@@ -390,14 +366,10 @@ class SessionManager:
         *,
         strict: bool = False,
     ) -> None:
-        """Report a status change; ``strict`` raises when the event cannot be stored
-        (a session must not start if its events would be lost), else the loss is logged."""
-        stopped = status is SessionStatus.STOPPED
-        cameras = session.uptimes() if stopped and session.uptimes else None
-        presence = session.final_presence if stopped else None
-        event = self._events.status(
-            session.slot_id, status, reason, cameras=cameras, presence=presence
-        )
+        """Report a status change (STOPPED: :meth:`_stopped_event`); ``strict`` raises when
+        the event cannot be stored (a session must not start if its events would be lost),
+        else the loss is logged."""
+        event = self._events.status(session.slot_id, status, reason)
         if strict:
             await self._sink.emit(event, session.command.callback_url)
         else:
@@ -426,7 +398,7 @@ class SessionManager:
                 command = self._commands.restore(slot, row["command"])
             except ValueError:
                 log.exception("SESSION_RESUME_FAILED slot=%s (unreadable row dropped)", slot)
-                await self._forget_row(slot)
+                await self._forget(slot)
                 continue
             if command.end_time is not None and command.end_time.timestamp() <= time.time():
                 await self._drop(
@@ -448,39 +420,37 @@ class SessionManager:
             self._launch(session)
             log.info("SESSION_RESUMED slot=%s", slot)
 
-    async def _forget_row(self, slot_id: str) -> bool:
-        """Delete a session's row and its reported students; False (logged) if the state
-        file refused."""
-        try:
-            await self._store.run(self._store.delete_session, slot_id)
-            self._commands.forget(slot_id)
-        except StoreError as exc:
-            log.error(
-                "SESSION_ROW_NOT_DELETED slot=%s code=%s message=%s", slot_id, exc.code, exc.message
-            )
-            return False
-        return True
-
     async def _drop(self, command: SessionStart, reason: StatusReason, message: str) -> None:
         """Forget a persisted session that cannot resume, and report it STOPPED."""
         book = PresenceBook([s.id for s in command.students])
         with contextlib.suppress(StoreError):  # the verdict then says only NOT_SEEN
             book.restore(await self._store.run(self._store.presence, command.slot_id))
-        await self._forget_row(command.slot_id)
         log.info("SESSION_NOT_RESUMED slot=%s reason=%s", command.slot_id, reason)
         if not is_allowed(command.callback_url, self._callback.allowed_urls):
+            await self._forget(command.slot_id)
             log.warning(
                 "SESSION_EVENT_NOT_SENT slot=%s reason=callback no longer allowed", command.slot_id
             )
             return
-        event = self._events.status(
-            command.slot_id,
-            SessionStatus.STOPPED,
-            reason,
-            message=message,
-            presence=book.entries(self._events.at),
-        )
-        await emit_or_log(self._sink, event, command.callback_url)
+
+        def stopped(row_problem: str | None) -> SessionStatusEvent:
+            return self._events.status(
+                command.slot_id,
+                SessionStatus.STOPPED,
+                StatusReason.STOP_FAILED if row_problem else reason,
+                message=f"{message}; {row_problem}" if row_problem else message,
+                presence=book.entries(self._events.at),
+            )
+
+        if not await forget_and_report(
+            self._store, self._sink, command.slot_id, command.callback_url, stopped
+        ):
+            self._commands.forget(command.slot_id)
+
+    async def _forget(self, slot_id: str) -> None:
+        """Delete the slot's saved row and, once it is gone, its credentials in memory."""
+        if await forget_row(self._store, slot_id):
+            self._commands.forget(slot_id)
 
     async def autostop(self, slot_id: str, reason: StatusReason) -> None:
         """Stop a session on the agent's own initiative (the backend stopped answering or

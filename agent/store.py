@@ -37,6 +37,7 @@ from typing import Any, Literal, ParamSpec, TypeVar
 import sqlite_utils
 
 from agent.errors import AgentError, ErrorCode
+from agent.store_migrations import MIGRATIONS, Migration
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,6 @@ DB_NAME = "agent.db"
 ATTEMPT_BUSY_TIMEOUT_MS = 1000
 READER_BUSY_TIMEOUT_MS = 200
 
-Migration = Callable[[sqlite_utils.Database], None]
 # How a Store opens its file: "create" (the agent: create or upgrade it), "rw" (amend an
 # existing file, e.g. `outbox retry`) or "ro" (read an existing file, e.g. `outbox`).
 OpenMode = Literal["create", "rw", "ro"]
@@ -110,98 +110,6 @@ def translate(exc: sqlite3.Error, path: Path, action: str) -> StoreError:
             f"{text}; the file is damaged: stop the agent, move it aside and start again"
         )
     return StoreError(text)
-
-
-def _m001_sessions(db: sqlite_utils.Database) -> None:
-    db.table("sessions").create(
-        {"slot_id": str, "command": str, "started_at": float, "end_time": float},
-        pk="slot_id",
-        not_null={"command", "started_at"},
-    )
-    db.table("replies").create(
-        {"request_id": str, "command": str, "reply": str, "created_at": float},
-        pk="request_id",
-        not_null={"reply", "created_at"},
-    )
-    db.table("replies").create_index(["created_at"])
-
-
-def _m002_outbox(db: sqlite_utils.Database) -> None:
-    db.table("events").create(
-        {
-            "event_id": str,
-            "slot_id": str,
-            "seq": int,
-            "type": str,
-            "body": str,
-            "callback_url": str,
-            "created_at": float,
-            "attempts": int,
-            "next_attempt_at": float,
-            "last_error": str,
-            "status_code": int,
-            "state": str,
-            "delivered_at": float,
-        },
-        pk="event_id",
-        not_null={"slot_id", "seq", "type", "body", "callback_url", "created_at", "state"},
-        defaults={"attempts": 0, "state": "pending"},
-    )
-    db.table("events").create_index(["state", "slot_id", "seq"])
-    db.table("events").create_index(["slot_id", "seq"], unique=True)
-    db.table("slot_sequences").create({"slot_id": str, "last_seq": int}, pk="slot_id")
-
-
-def _m003_recognized(db: sqlite_utils.Database) -> None:
-    db.table("recognized").create(
-        {"slot_id": str, "student_id": str, "recognized_at": float},
-        pk=("slot_id", "student_id"),
-    )
-
-
-def _m004_presence(db: sqlite_utils.Database) -> None:
-    db.table("presence").create(
-        {"slot_id": str, "book": str, "saved_at": float}, pk="slot_id", not_null={"book"}
-    )
-
-
-def _m005_ended_sessions(db: sqlite_utils.Database) -> None:
-    # Read and written by agent.session_history: the sessions status lists as ended.
-    db.table("ended_sessions").create(
-        {
-            "id": int,
-            "slot_id": str,
-            "reason": str,
-            "started_at": str,
-            "ended_at": str,
-            "recognised": int,
-            "students": int,
-        },
-        pk="id",
-        not_null={"slot_id", "reason", "started_at", "ended_at"},
-    )
-
-
-def _m006_agent_facts(db: sqlite_utils.Database) -> None:
-    db.table("agent_facts").create({"key": str, "value": str}, pk="key")  # agent.space_notice
-
-
-def _m010_pack_sightings(db: sqlite_utils.Database) -> None:  # see agent.pack_order
-    db.table("pack_sightings").create(
-        {"name": str, "fingerprint": str, "first_seen": float}, pk="name"
-    )
-
-
-MIGRATIONS: list[tuple[str, Migration]] = [
-    ("001_sessions", _m001_sessions),
-    ("002_outbox", _m002_outbox),
-    ("003_recognized", _m003_recognized),
-    ("004_presence", _m004_presence),
-    ("005_ended_sessions", _m005_ended_sessions),
-    ("006_agent_facts", _m006_agent_facts),
-    ("010_pack_sightings", _m010_pack_sightings),
-]
-"""Applied in order, each once; append new ones, never edit applied ones."""
 
 
 class Store:
@@ -408,10 +316,15 @@ class Store:
     def delete_session(self, slot_id: str) -> None:
         """Forget a session (it stopped), and the students it reported."""
         with self.write("delete a session from"):
-            self.db.execute("delete from sessions where slot_id = ?", [slot_id])
-            self.db.execute("delete from recognized where slot_id = ?", [slot_id])
-            self.db.execute("delete from presence where slot_id = ?", [slot_id])
+            self.delete_session_rows(slot_id)
         self.checkpoint()
+
+    def delete_session_rows(self, slot_id: str) -> None:
+        """:meth:`delete_session` inside a transaction the caller holds (the outbox commits
+        a session's STOPPED event in the same one: a crash keeps both or neither)."""
+        self.db.execute("delete from sessions where slot_id = ?", [slot_id])
+        self.db.execute("delete from recognized where slot_id = ?", [slot_id])
+        self.db.execute("delete from presence where slot_id = ?", [slot_id])
 
     def checkpoint(self) -> None:
         """After a delete of personal data (store thread): the WAL still holds the old pages

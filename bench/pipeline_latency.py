@@ -563,7 +563,8 @@ async def running_session(
     from agent.matching import Roster
     from agent.pipeline import RecognitionRunner
     from agent.protocol import SessionStart
-    from agent.sessions import ActiveSession, SessionCamera
+    from agent.session_limits import SessionCamera
+    from agent.sessions import ActiveSession
     from agent.store import Store
 
     pool = InferencePool(agent.cfg.runtime.inference_workers)

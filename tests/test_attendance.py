@@ -22,7 +22,8 @@ from agent.inference import InferencePool
 from agent.matching import Roster
 from agent.protocol import SessionStart
 from agent.recognition import Sighting
-from agent.sessions import ActiveSession, SessionCamera
+from agent.session_limits import SessionCamera
+from agent.sessions import ActiveSession
 from agent.store import Store
 from tests.agent_harness import RecordingSink, start_payload
 

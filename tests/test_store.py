@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
-from agent.store import MIGRATIONS, Store, StoreError
+from agent.store import Store, StoreError
+from agent.store_migrations import MIGRATIONS
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 

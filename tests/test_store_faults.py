@@ -21,7 +21,6 @@ from agent.outbox import Outbox, OutboxFullError
 from agent.protocol import SessionStatus
 from agent.store import (
     DB_NAME,
-    MIGRATIONS,
     Store,
     StoreBusyError,
     StoreCorruptError,
@@ -29,6 +28,7 @@ from agent.store import (
     StoreFullError,
     translate,
 )
+from agent.store_migrations import MIGRATIONS
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,7 +88,8 @@ def test_migration_killed_midway_does_not_block_later_starts(tmp_path: Path) -> 
         f"""
         import os, signal
         from pathlib import Path
-        from agent.store import MIGRATIONS, Store
+        from agent.store import Store
+        from agent.store_migrations import MIGRATIONS
         def dying(db):
             db.table("events").create({{"event_id": str}}, pk="event_id")
             os.kill(os.getpid(), signal.SIGKILL)

@@ -30,7 +30,8 @@ from agent.engine import FaceEngine
 from agent.local_http import LocalHttp
 from agent.metrics import Metrics
 from agent.protocol import SessionStart
-from agent.sessions import ActiveSession, SessionCamera
+from agent.session_limits import SessionCamera
+from agent.sessions import ActiveSession
 from agent.snapshot import RECOGNISED, UNKNOWN, ascii_label, render_snapshot
 from agent.status_models import AgentStatus
 from agent.status_view import page_state

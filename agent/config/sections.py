@@ -178,6 +178,14 @@ class CallbackConfig(Section):
     retry_max_s: float = Field(
         300.0, ge=0.1, le=3600, description="Longest wait between rounds (capped backoff)."
     )
+    refused_rounds: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="Rounds an event is tried while the callback answers 401, 403 or 404 "
+        "(a key being rotated, a route being deployed) before it is a dead letter; each "
+        "such round is one POST, rounds back off as for 5xx (1: dead letter at once).",
+    )
     autostop_failures: int = Field(
         10,
         ge=0,
