@@ -400,19 +400,18 @@ class SessionManager:
                 log.exception("SESSION_RESUME_FAILED slot=%s (unreadable row dropped)", slot)
                 await self._forget(slot)
                 continue
-            if command.end_time is not None and command.end_time.timestamp() <= time.time():
-                await self._drop(
-                    command, StatusReason.SESSION_ENDED, "ended while the agent was down"
-                )
-                continue
             started = datetime.fromtimestamp(row["started_at"], self._events.zone)
+            if command.end_time is not None and command.end_time.timestamp() <= time.time():
+                ended = "ended while the agent was down"
+                await self._drop(command, started, StatusReason.SESSION_ENDED, ended)
+                continue
             try:
                 session = self._build(command, started)
             except AgentError as exc:
                 log.error(
                     "SESSION_RESUME_FAILED slot=%s code=%s message=%s", slot, exc.code, exc.message
                 )
-                await self._drop(command, StatusReason.AGENT_RESTARTED, exc.message)
+                await self._drop(command, started, StatusReason.AGENT_RESTARTED, exc.message)
                 continue
             session.presence.restore(await self._store.run(self._store.presence, slot))
             self._sessions[slot] = session
@@ -420,12 +419,24 @@ class SessionManager:
             self._launch(session)
             log.info("SESSION_RESUMED slot=%s", slot)
 
-    async def _drop(self, command: SessionStart, reason: StatusReason, message: str) -> None:
-        """Forget a persisted session that cannot resume, and report it STOPPED."""
+    async def _drop(
+        self, command: SessionStart, started: datetime, reason: StatusReason, message: str
+    ) -> None:
+        """Forget a persisted session that cannot resume, report it STOPPED, and list it
+        among the ended sessions."""
         book = PresenceBook([s.id for s in command.students])
         with contextlib.suppress(StoreError):  # the verdict then says only NOT_SEEN
             book.restore(await self._store.run(self._store.presence, command.slot_id))
         log.info("SESSION_NOT_RESUMED slot=%s reason=%s", command.slot_id, reason)
+        if self._history is not None:
+            await self._history.record(
+                command.slot_id,
+                reason,
+                started,
+                self._events.now(),
+                recognised=book.counts().present,
+                students=len(command.students),
+            )
         if not is_allowed(command.callback_url, self._callback.allowed_urls):
             await self._forget(command.slot_id)
             log.warning(

@@ -17,6 +17,7 @@ from agent.errors import AgentError, ErrorCode
 from agent.events import EventFactory
 from agent.inference import ModelSlot
 from agent.protocol import SessionStart, StatusReason
+from agent.session_history import SessionHistory
 from agent.sessions import ActiveSession, SessionManager
 from agent.store import Store
 from tests.agent_harness import RecordingSink, start_payload
@@ -78,7 +79,9 @@ class Rig:
         self.stopped: list[str] = []
         self.managers: list[SessionManager] = []
 
-    def manager(self, *, allow_shared: bool = True, **limits: Any) -> SessionManager:
+    def manager(
+        self, *, allow_shared: bool = True, history: SessionHistory | None = None, **limits: Any
+    ) -> SessionManager:
         mgr = SessionManager(
             store=self.store,
             models=self.models,
@@ -90,6 +93,7 @@ class Rig:
             runner=self.runner,
             limits=RuntimeConfig(**limits),
             on_stopped=self.stopped.append,
+            history=history,
         )
         self.managers.append(mgr)
         return mgr
@@ -252,11 +256,14 @@ async def test_a_saved_session_whose_end_time_passed_is_not_resumed(
         row.model_dump(mode="json", by_alias=True),
         datetime.fromisoformat(past).timestamp(),
     )
-    mgr = rig.manager()
+    history = await SessionHistory.loaded(rig.store)
+    mgr = rig.manager(history=history)
     await mgr.resume_all()
     assert mgr.sessions == []
     assert rig.events("slot-1") == [("STOPPED", "SESSION_ENDED")]
     assert await rig.rows() == []
+    (ended,) = history.recent()  # listed among the ended sessions, like any stop
+    assert (ended.slot_id, ended.reason, ended.students) == ("slot-1", "SESSION_ENDED", 1)
 
 
 async def test_without_a_model_sessions_wait_for_one_to_resume(
