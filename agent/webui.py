@@ -47,8 +47,8 @@ from agent.camera_test import check_camera_url, probe_camera
 from agent.camera_urls import CameraUrlError
 from agent.camera_view import CameraView
 from agent.config import AgentConfig, secret_value
+from agent.config.hosts import is_loopback
 from agent.errors import ErrorCode
-from agent.host_guard import is_loopback
 from agent.redaction import log_safe, redact_url
 from agent.sessions import ActiveSession
 from agent.snapshot import SnapshotError, render_snapshot

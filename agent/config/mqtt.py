@@ -7,13 +7,13 @@ the context on every connection instead of reading the files again.
 
 from __future__ import annotations
 
-import ipaddress
 import ssl
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, PrivateAttr, SecretStr, model_validator
 
+from agent.config.hosts import is_loopback
 from agent.config.secrets import ReadableFile, SecretFile
 from agent.config.sections import Section
 from agent.errors import ErrorCode
@@ -157,7 +157,7 @@ class MqttConfig(Section):
         """``MQTT_INSECURE: ...`` when the broker is reached off loopback with neither TLS
         nor a login: anyone on that network can read the rosters' embeddings and the API
         keys in clear. None otherwise."""
-        if self.tls or self.username or _is_loopback(self.host):
+        if self.tls or self.username or is_loopback(self.host):
             return None
         return (
             f"{ErrorCode.MQTT_INSECURE}: the broker {self.host}:{self.port} is not on this "
@@ -165,14 +165,3 @@ class MqttConfig(Section):
             "cross the network in clear. Set [mqtt] tls = true (with ca_file) and a "
             "username with password_file (deploy/install.sh offers both)"
         )
-
-
-def _is_loopback(host: str) -> bool:
-    """Whether the broker host is this machine (a name is loopback only as localhost)."""
-    name = host.strip().strip("[]").lower()
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
