@@ -267,7 +267,16 @@ class Agent:
             )
             if cfg.metrics.enabled:
                 ui = (
-                    WebUi(cfg, UiSources(reporter.status, sessions.get))
+                    WebUi(
+                        cfg,
+                        UiSources(
+                            reporter.status,
+                            sessions.get,
+                            lambda: [
+                                (s.slot_id, c.url) for s in sessions.sessions for c in s.cameras
+                            ],
+                        ),
+                    )
                     if cfg.webui.enabled
                     else None
                 )

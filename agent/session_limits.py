@@ -4,6 +4,7 @@ per camera unless sharing is allowed)."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -54,18 +55,42 @@ def resolve_cameras(command: SessionStart, cameras: CamerasConfig) -> list[Sessi
     return resolved
 
 
+DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
+
+
+def _canonical_host(host: str) -> str:
+    """``localhost`` is 127.0.0.1; addresses in one spelling (``::ffff:10.0.0.5`` is
+    10.0.0.5); other names lower-cased (they are never resolved)."""
+    name = host.lower().strip("[]")
+    if name == "localhost" or name.endswith(".localhost"):
+        return "127.0.0.1"
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return name
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
 def camera_identity(url: str) -> str:
     """What makes two camera URLs the same stream: everything but credentials, with the
-    scheme and host lower-cased."""
+    scheme and host in one spelling and the scheme's default port made explicit."""
     try:
         parts = urlsplit(url.strip())
-        host = (parts.hostname or "").lower()
-        port = f":{parts.port}" if parts.port else ""
+        scheme = parts.scheme.lower()
+        host = _canonical_host(parts.hostname or "")
+        port = parts.port or DEFAULT_PORTS.get(scheme)
     except ValueError:
         return url.strip()
-    if not parts.scheme:
+    if not scheme:
         return url.strip()
-    return f"{parts.scheme.lower()}://{host}{port}{parts.path or '/'}?{parts.query}"
+    return f"{scheme}://{host}:{port}{parts.path or '/'}?{parts.query}"
+
+
+def same_camera(a: str, b: str) -> bool:
+    """Whether two URLs name the same stream (:func:`camera_identity`)."""
+    return camera_identity(a) == camera_identity(b)
 
 
 def check_limits(

@@ -31,6 +31,7 @@ import functools
 import hmac
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,7 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from agent.auth_throttle import PasswordThrottle
 from agent.camera_test import check_camera_url, probe_camera
 from agent.camera_urls import CameraUrlError
 from agent.camera_view import CameraView
@@ -50,6 +52,7 @@ from agent.config import AgentConfig, secret_value
 from agent.config.hosts import is_loopback
 from agent.errors import ErrorCode
 from agent.redaction import log_safe, redact_url
+from agent.session_limits import same_camera
 from agent.sessions import ActiveSession
 from agent.snapshot import SnapshotError, render_snapshot
 from agent.status_models import AgentStatus
@@ -66,8 +69,6 @@ STATIC = {
     "/ui/style.css": ("style.css", "text/css"),
 }
 MAX_LABELS = 100
-AUTH_FAILURES_ALLOWED = 10  # wrong passwords from one address within AUTH_WINDOW_S
-AUTH_WINDOW_S = 60.0
 
 
 def _error(status: int, code: ErrorCode, message: str, **headers: str) -> web.Response:
@@ -82,6 +83,8 @@ class UiSources:
 
     status: Callable[[], AgentStatus]  # the status command's data
     session: Callable[[str], ActiveSession | None]  # a running session by slot id
+    # (slot id, stream URL) of every camera the running sessions read
+    cameras_in_use: Callable[[], list[tuple[str, str]]] = lambda: []
 
 
 class WebUi:
@@ -104,7 +107,7 @@ class WebUi:
         self._cancel = threading.Event()
         self._inflight: set[Future[Any]] = set()
         self._snapshots: dict[tuple[str, str], tuple[CameraView, str, bytes]] = {}
-        self._auth_failures: dict[str, list[float]] = {}
+        self._throttle = PasswordThrottle()
 
     # Mounting -------------------------------------------------------------------------
 
@@ -188,16 +191,24 @@ class WebUi:
         # The Host check (DNS rebinding) is agent.host_guard's, for every route.
         if self._password is not None:
             remote = request.remote or "?"
-            if self._throttled(remote):
+            wait = self._throttle.wait_s(remote)
+            if wait > 0:
                 return _error(
                     429,
                     ErrorCode.LIMIT_EXCEEDED,
-                    "Too many wrong passwords from this address; try again in a minute.",
-                    **{"Retry-After": str(int(AUTH_WINDOW_S))},
+                    f"Too many wrong passwords from this address; try again in {wait:.0f} s.",
+                    **{"Retry-After": str(math.ceil(wait))},
                 )
-            if not self._authorised(request):
-                if "Authorization" in request.headers:
-                    self._failed_auth(remote)
+            if self._authorised(request):
+                self._throttle.succeeded(remote)
+            else:
+                if "Authorization" in request.headers and self._throttle.failed(remote):
+                    log.warning(
+                        "WEBUI_AUTH_THROTTLED remote=%s failures=%d (each further wrong "
+                        "password doubles the wait)",
+                        log_safe(remote),
+                        self._throttle.allowed,
+                    )
                 return _error(
                     401,
                     ErrorCode.UNAUTHORIZED,
@@ -215,29 +226,6 @@ class WebUi:
             if request.content_type != "application/json":
                 return _error(415, ErrorCode.VALIDATION_ERROR, "Send a JSON body.")
         return await handler(request)
-
-    def _throttled(self, remote: str) -> bool:
-        """Whether ``remote`` gave a wrong password too often within the window."""
-        now = time.monotonic()
-        recent = [t for t in self._auth_failures.get(remote, []) if now - t < AUTH_WINDOW_S]
-        if recent:
-            self._auth_failures[remote] = recent
-        else:
-            self._auth_failures.pop(remote, None)
-        return len(recent) >= AUTH_FAILURES_ALLOWED
-
-    def _failed_auth(self, remote: str) -> None:
-        if len(self._auth_failures) >= 1024 and remote not in self._auth_failures:
-            self._auth_failures.clear()  # bounded memory; an attacker gains nothing by it
-        failures = self._auth_failures.setdefault(remote, [])
-        failures.append(time.monotonic())
-        if len(failures) == AUTH_FAILURES_ALLOWED:
-            log.warning(
-                "WEBUI_AUTH_THROTTLED remote=%s failures=%d window=%.0fs",
-                log_safe(remote),
-                len(failures),
-                AUTH_WINDOW_S,
-            )
 
     def _authorised(self, request: web.Request) -> bool:
         assert self._password is not None
@@ -272,6 +260,8 @@ class WebUi:
             "refreshSeconds": self.cfg.refresh_s,
             "snapshotSeconds": self.cfg.snapshot_interval_s,
             "urlTest": bool(self.cfg.camera_test_allowed_urls),
+            # Off loopback the page (and its password) travel over plain HTTP.
+            "plainHttp": not self._loopback,
             "serverTime": time.time(),
         }
         return web.json_response(state)
@@ -374,6 +364,15 @@ class WebUi:
         url = self._test_url(body)
         if isinstance(url, web.Response):
             return url
+        if not self.cameras.allow_shared:  # one reader per camera, the test included
+            slots = [s for s, u in self.sources.cameras_in_use() if same_camera(u, url)]
+            if slots:
+                return _error(
+                    409,
+                    ErrorCode.CAMERA_IN_USE,
+                    f"Session {slots[0]} is reading this camera ([cameras] allow_shared = "
+                    "false): its card shows how it is doing.",
+                )
         if self._test_lock.locked():
             return _error(
                 429,

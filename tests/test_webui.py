@@ -412,8 +412,43 @@ async def test_wrong_passwords_are_throttled(
         assert (await _get(f"{base}/ui/api/state", headers=_basic("guess")))[0] == 401
     status, got, body = await _get(f"{base}/ui/api/state", headers=_basic(PASSWORD))
     assert status == 429 and json.loads(body)["code"] == "LIMIT_EXCEEDED"
-    assert got["Retry-After"] == "60" and got["Cache-Control"] == "no-store"
+    assert got["Retry-After"] == "1" and got["Cache-Control"] == "no-store"
     assert "WEBUI_AUTH_THROTTLED" in caplog.text and PASSWORD not in caplog.text
+    # The technician who mistyped gets in a second later, not a minute.
+    await asyncio.sleep(1.1)
+    assert (await _get(f"{base}/ui/api/state", headers=_basic(PASSWORD)))[0] == 200
+    assert (await _get(f"{base}/ui/api/state", headers=_basic("guess")))[0] == 401  # afresh
+
+
+async def test_the_camera_test_leaves_a_camera_a_session_reads_alone(
+    tmp_path: Path, serve: Serve
+) -> None:
+    """With sharing off, the page's camera test refuses a camera a session reads, however
+    its URL is spelled (localhost for 127.0.0.1, the default port written out)."""
+    cfg = _config(
+        tmp_path,
+        cameras={"allow_shared": False},
+        webui={"camera_test_allowed_urls": ["rtsp://127.0.0.1:554/"]},
+    )
+    reading = [("slot-1", "rtsp://user:pw@localhost:1/x"), ("slot-2", "rtsp://[::ffff:7f00:1]/y")]
+    sources = UiSources(lambda: STATUS, lambda slot: None, lambda: reading)
+    http = LocalHttp(cfg.metrics, Metrics(), lambda: STATUS, WebUi(cfg, sources))
+    server = TestServer(http.build_app(), host="127.0.0.1")
+    await server.start_server()
+    try:
+        url = f"http://127.0.0.1:{server.port}/ui/api/camera-test"
+        async with aiohttp.ClientSession() as client:
+            for body, slot in (
+                ({"camera": "cam-1"}, "slot-1"),
+                ({"url": "rtsp://127.0.0.1:554/y"}, "slot-2"),
+            ):
+                async with client.post(url, json=body) as response:
+                    reply = await response.json()
+                    assert response.status == 409, (body, reply)
+                    assert reply["code"] == "CAMERA_IN_USE" and slot in reply["message"]
+    finally:
+        await server.close()
+        await http.stop()
 
 
 def test_config_keeps_secrets_and_credentials_out(tmp_path: Path) -> None:

@@ -96,7 +96,10 @@ function renderAgent(state) {
     ["Outbox: dead letters", box ? String(box.dead ?? "—") : "—", box && box.dead ? "bad" : null],
     ["Oldest pending event", oldestText(box)],
   ]);
-  const warnings = [...m.providerWarnings.map((w) => `ONNX_PROVIDER_DEGRADED: ${w}`), ...state.warnings];
+  const plain = state.page && state.page.plainHttp
+    ? ["This page and its password travel over plain HTTP: open it through an SSH tunnel (ssh -L 9108:127.0.0.1:9108 user@box) or a TLS reverse proxy, not across the school's network."]
+    : [];
+  const warnings = [...plain, ...m.providerWarnings.map((w) => `ONNX_PROVIDER_DEGRADED: ${w}`), ...state.warnings];
   const unique = [...new Set(warnings)];
   $("warnings").replaceChildren(
     ...(unique.length ? unique.map((w) => el("li", { text: w, className: "bad" })) : [el("li", { text: "None." })]),
