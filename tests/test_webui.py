@@ -515,3 +515,16 @@ def test_state_shows_coverage_presence_and_the_placement_hint() -> None:
         {"range": "32-48", "seen": 1, "recognised": 1},
     ]
     assert coverage["placementHint"].startswith("79% of the faces")
+
+
+async def test_the_page_says_it_is_plain_http_off_loopback(serve: Serve, tmp_path: Path) -> None:
+    """Basic auth over plain HTTP: the page tells whoever opens it off loopback."""
+    base = await serve(_config(tmp_path), _session(None))
+    state = json.loads((await _get(f"{base}/ui/api/state"))[2])
+    assert state["page"]["plainHttp"] is False
+    exposed = _config(tmp_path, metrics={"host": "0.0.0.0"}, webui={"password": PASSWORD})
+    base = await serve(exposed, _session(None))
+    status, _, body = await _get(f"{base}/ui/api/state", headers=_basic(PASSWORD))
+    assert status == 200 and json.loads(body)["page"]["plainHttp"] is True
+    script = (await _get(f"{base}/ui/app.js", headers=_basic(PASSWORD)))[2].decode()
+    assert "state.page.plainHttp" in script and "SSH tunnel" in script
