@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from agent.faces import DETECTOR_STRIDE, DetectedFace, FaceSource, FloatArray, Image
-from agent.tracker import FaceTracker, Track, iou_matrix
+from agent.tracker import FaceTracker, Track, box_areas, intersection_matrix, iou_matrix
 
 if TYPE_CHECKING:  # the engine pulls in ONNX Runtime; it arrives as an argument
     from agent.config import RecognitionConfig
@@ -77,6 +77,12 @@ class Budget(Protocol):
 
     def charge(self, seconds: float) -> None:
         """Account for fine detection that ran."""
+
+
+def centre_in(bbox: FloatArray, regions: Sequence[Region]) -> bool:
+    """Whether the centre of a box lies in one of ``regions``."""
+    cx, cy = (float(bbox[0]) + float(bbox[2])) / 2, (float(bbox[1]) + float(bbox[3])) / 2
+    return any(r[0] <= cx < r[2] and r[1] <= cy < r[3] for r in regions)
 
 
 def tile_grid(width: int, height: int, tile_px: int, overlap_px: int) -> list[Region]:
@@ -165,14 +171,10 @@ def _overlap(a: DetectedFace, kept: Sequence[DetectedFace]) -> bool:
         return False
     boxes = np.array([k.bbox for k in kept], np.float32).reshape(-1, 4)
     box = a.bbox.reshape(1, 4)
-    iou = iou_matrix(box, boxes)[0]
-    x1 = np.maximum(box[0, 0], boxes[:, 0])
-    y1 = np.maximum(box[0, 1], boxes[:, 1])
-    x2 = np.minimum(box[0, 2], boxes[:, 2])
-    y2 = np.minimum(box[0, 3], boxes[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    smaller = np.maximum(np.minimum(areas, max(a.area, 1e-6)), 1e-6)
+    inter = intersection_matrix(box, boxes)[0]
+    area, areas = box_areas(box)[0], box_areas(boxes)
+    iou = inter / np.maximum(area + areas - inter, 1e-6)
+    smaller = np.maximum(np.minimum(areas, area), 1e-6)
     return bool(np.any(iou > MERGE_OVERLAP) or np.any(inter / smaller > 0.7))
 
 
@@ -262,8 +264,7 @@ class CameraCoverage:
 
     def was_rejected(self, bbox: FloatArray) -> bool:
         """A region check found no face here recently."""
-        cx, cy = (bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2
-        return any(r[0] <= cx < r[2] and r[1] <= cy < r[3] for r, until in self.rejected)
+        return centre_in(bbox, [region for region, _ in self.rejected])
 
     def reject(self, region: Region) -> None:
         """Remember an empty region check for :data:`REJECT_ANALYSES` analyses."""
@@ -403,7 +404,6 @@ def detect_frame(
         region = region_around(bbox, width, height)
         found = fine.run(region, FaceSource.REGION, _region_scale(float(bbox[2] - bbox[0])))
         fine.out.regions += 1
-        coverage.regions += 1
         if not found:
             coverage.reject(region)
         regions += found
@@ -415,14 +415,13 @@ def detect_frame(
     merged = merge([regions, tile_faces, plan.solid, fallback, plan.coasting])
     fine.out.faces = [f for f in merged if f.width >= cfg.min_face_px]
     fine.out.unrefined = {id(f) for f in fallback}
+    coverage.regions += fine.out.regions
     return fine.out
 
 
 def looked_for(track: Track, detections: Detections, cfg: RecognitionConfig) -> bool:
     """Whether this analysis could have seen the track's face: a missed face counts as
     missed only where the detector looked at a scale able to see it."""
-    if track.face.width >= cfg.refine_below_px:
-        return True
-    x1, y1, x2, y2 = (float(v) for v in track.face.bbox)
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    return any(r[0] <= cx < r[2] and r[1] <= cy < r[3] for r in detections.searched)
+    return track.face.width >= cfg.refine_below_px or centre_in(
+        track.face.bbox, detections.searched
+    )

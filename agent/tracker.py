@@ -12,18 +12,28 @@ import numpy as np
 from agent.faces import DetectedFace, FloatArray
 
 
-def iou_matrix(a: FloatArray, b: FloatArray) -> FloatArray:
-    """IoU of every box in ``a`` (N x 4) with every box in ``b`` (M x 4)."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)), np.float32)
+def intersection_matrix(a: FloatArray, b: FloatArray) -> FloatArray:
+    """Intersection area of every box in ``a`` (N x 4) with every box in ``b`` (M x 4)."""
     x1 = np.maximum(a[:, None, 0], b[None, :, 0])
     y1 = np.maximum(a[:, None, 1], b[None, :, 1])
     x2 = np.minimum(a[:, None, 2], b[None, :, 2])
     y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
+    inter: FloatArray = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    return inter
+
+
+def box_areas(boxes: FloatArray) -> FloatArray:
+    """Area of every box (N x 4)."""
+    areas: FloatArray = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return areas
+
+
+def iou_matrix(a: FloatArray, b: FloatArray) -> FloatArray:
+    """IoU of every box in ``a`` (N x 4) with every box in ``b`` (M x 4)."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)), np.float32)
+    inter = intersection_matrix(a, b)
+    union = box_areas(a)[:, None] + box_areas(b)[None, :] - inter
     result: FloatArray = (inter / np.maximum(union, 1e-6)).astype(np.float32)
     return result
 
