@@ -37,7 +37,7 @@ class CameraUrlError(AgentError, ValueError):
         super().__init__(ErrorCode.CAMERA_URL_NOT_ALLOWED, reason, status=status)
 
 
-def _address(host: str) -> IpAddress | None:
+def literal_address(host: str) -> IpAddress | None:
     """The IP address a host part names literally (None for a host name)."""
     try:
         address = ipaddress.ip_address(host)
@@ -51,7 +51,7 @@ def _address(host: str) -> IpAddress | None:
 def in_networks(url: str, networks: Iterable[str]) -> bool:
     """Whether ``url``'s host is an IP address literal inside one of ``networks``."""
     host = parse_url(url, ports=CAMERA_PORTS, allow_userinfo=True, error=CameraUrlError).hostname
-    address = _address(host or "")
+    address = literal_address(host or "")
     if address is None:
         return False
     return any(address in ipaddress.ip_network(net, strict=False) for net in networks)

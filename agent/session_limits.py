@@ -4,14 +4,14 @@ per camera unless sharing is allowed)."""
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from agent.camera_urls import check_inline_camera_url
+from agent.camera_urls import CAMERA_PORTS, check_inline_camera_url, literal_address
 from agent.config import CamerasConfig, RuntimeConfig
+from agent.config.hosts import is_localhost_name
 from agent.errors import AgentError, ErrorCode
 
 
@@ -55,22 +55,14 @@ def resolve_cameras(command: SessionStart, cameras: CamerasConfig) -> list[Sessi
     return resolved
 
 
-DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
-
-
 def _canonical_host(host: str) -> str:
     """``localhost`` is 127.0.0.1; addresses in one spelling (``::ffff:10.0.0.5`` is
     10.0.0.5); other names lower-cased (they are never resolved)."""
     name = host.lower().strip("[]")
-    if name == "localhost" or name.endswith(".localhost"):
+    if is_localhost_name(name):
         return "127.0.0.1"
-    try:
-        address = ipaddress.ip_address(name)
-    except ValueError:
-        return name
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(address)
+    address = literal_address(name)
+    return name if address is None else str(address)
 
 
 def camera_identity(url: str) -> str:
@@ -80,7 +72,7 @@ def camera_identity(url: str) -> str:
         parts = urlsplit(url.strip())
         scheme = parts.scheme.lower()
         host = _canonical_host(parts.hostname or "")
-        port = parts.port or DEFAULT_PORTS.get(scheme)
+        port = parts.port or CAMERA_PORTS.get(scheme)
     except ValueError:
         return url.strip()
     if not scheme:
