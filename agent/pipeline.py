@@ -95,12 +95,11 @@ class RecognitionRunner:
             )
             for cam in session.cameras
         ]
-        coverage = {r.camera_id: CameraCoverage.for_config(self.cfg) for r in readers}
-        widths = {r.camera_id: FaceWidthCounts() for r in readers}
-        scheduled: list[ScheduledCamera] = []
-        session.camera_health = lambda: [
-            _health(r, coverage[r.camera_id], widths[r.camera_id], scheduled) for r in readers
-        ]
+        work = {
+            r.camera_id: _CameraWork(CameraCoverage.for_config(self.cfg), FaceWidthCounts())
+            for r in readers
+        }
+        session.camera_health = lambda: [_health(r, work[r.camera_id]) for r in readers]
         session.uptimes = lambda: self._uptimes(session, readers)
         views: dict[str, CameraView] = {}
         session.camera_view = views.get
@@ -119,6 +118,7 @@ class RecognitionRunner:
             metrics=self.metrics,
             already_reported=reported,
         )
+        scheduled: list[ScheduledCamera] = []
         tasks: list[asyncio.Task[None]] = [
             asyncio.create_task(self._save_presence(session), name=f"presence-{session.slot_id}")
         ]
@@ -128,6 +128,7 @@ class RecognitionRunner:
                     f"{session.slot_id}/{reader.camera_id}", reader, DEFAULT_MPX_S
                 )
                 scheduled.append(camera)
+                work[reader.camera_id].scheduled = camera
                 reader.start()
                 tasks.append(
                     asyncio.create_task(
@@ -137,7 +138,7 @@ class RecognitionRunner:
                             camera,
                             attendance,
                             views,
-                            _CameraWork(coverage[reader.camera_id], widths[reader.camera_id]),
+                            work[reader.camera_id],
                         ),
                         name=f"analyse-{session.slot_id}-{reader.camera_id}",
                     )
@@ -286,10 +287,9 @@ class RecognitionRunner:
 
     async def _save_presence(self, session: ActiveSession) -> None:
         """Keep the session's presence evidence in the state file while it changes."""
-        saved = time.monotonic()
         while True:
             await asyncio.sleep(PRESENCE_SAVE_S)
-            if not session.presence.due_for_save(saved, PRESENCE_SAVE_S):
+            if not session.presence.changed:
                 continue
             try:
                 await self.store.run(
@@ -304,7 +304,6 @@ class RecognitionRunner:
                 )
                 continue
             session.presence.changed = False
-            saved = time.monotonic()
 
 
 @dataclass
@@ -313,21 +312,17 @@ class _CameraWork:
 
     coverage: CameraCoverage
     widths: FaceWidthCounts
+    scheduled: ScheduledCamera | None = None  # once registered with the scheduler
 
 
-def _health(
-    reader: CameraReader,
-    coverage: CameraCoverage,
-    widths: FaceWidthCounts,
-    scheduled: list[ScheduledCamera],
-) -> CameraHealth:
+def _health(reader: CameraReader, work: _CameraWork) -> CameraHealth:
     """The reader's health with the camera's coverage and face widths."""
-    key = next((c for c in scheduled if c.reader is reader), None)
+    scheduled = work.scheduled
     status = CameraCoverageStatus(
-        fine_detect_cores=round(key.fine_cores, 4) if key is not None else 0.0,
-        sweeps=coverage.sweep.completed,
-        regions=coverage.regions,
-        face_widths=widths.status(),
-        placement_hint=widths.hint(),
+        fine_detect_cores=round(scheduled.fine_cores, 4) if scheduled is not None else 0.0,
+        sweeps=work.coverage.sweep.completed,
+        regions=work.coverage.regions,
+        face_widths=work.widths.status(),
+        placement_hint=work.widths.hint(),
     )
     return reader.describe().model_copy(update={"coverage": status})

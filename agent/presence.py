@@ -20,7 +20,6 @@ agent restart like the rest of the session. It holds no embeddings and no names.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -147,10 +146,6 @@ class PresenceBook:
                 self._traces[student_id] = StudentTrace(
                     **{k: v for k, v in saved.items() if k in fields}
                 )
-
-    def due_for_save(self, last_saved: float, every_s: float) -> bool:
-        """Changed, and not saved for ``every_s``."""
-        return self.changed and time.monotonic() - last_saved >= every_s
 
 
 def _score(value: float | None) -> float | None:
