@@ -348,31 +348,26 @@ class Store:
 
     # Students already reported (ATTENDANCE mode survives restarts) --------------------
 
-    def _insert_recognized(self, slot_id: str, student_id: str) -> bool:
-        cursor = self.db.execute(
-            "insert or ignore into recognized (slot_id, student_id, recognized_at) "
-            "values (?, ?, ?)",
-            [slot_id, student_id, time.time()],
-        )
-        return bool(cursor.rowcount)
-
-    def mark_recognized(self, slot_id: str, student_id: str) -> bool:
-        """Record a reported student; False if the slot had already reported them."""
-        with self.write("record a recognition in"):
-            return self._insert_recognized(slot_id, student_id)
-
     def record_recognition(
         self, slot_id: str, student_id: str, book: dict[str, Any], *, once: bool
-    ) -> None:
+    ) -> bool:
         """Save the presence evidence of a student's RECOGNITION and, with ``once``
-        (ATTENDANCE mode), record the student as reported, in one transaction."""
+        (ATTENDANCE mode), record the student as reported, in one transaction. Returns
+        False when ``once`` and the slot had reported the student already."""
         with self.write("record a recognition in"):
+            newly = True
             if once:
-                self._insert_recognized(slot_id, student_id)
+                cursor = self.db.execute(
+                    "insert or ignore into recognized (slot_id, student_id, recognized_at) "
+                    "values (?, ?, ?)",
+                    [slot_id, student_id, time.time()],
+                )
+                newly = bool(cursor.rowcount)
             self.db.execute(
                 "insert or replace into presence (slot_id, book, saved_at) values (?, ?, ?)",
                 [slot_id, json.dumps(book), time.time()],
             )
+        return newly
 
     def recognized(self, slot_id: str) -> set[str]:
         """Students already reported for a slot."""

@@ -137,11 +137,16 @@ def test_pruning_drops_only_replies_older_than_the_age(store: Store) -> None:
     assert store.find_reply("req-1", max_age_s=3600) is None
 
 
+def mark(store: Store, slot_id: str, student_id: str) -> bool:
+    """Record a RECOGNITION as ATTENDANCE mode does (with an empty presence book)."""
+    return store.record_recognition(slot_id, student_id, {}, once=True)
+
+
 def test_a_student_is_marked_recognized_once_per_slot(store: Store) -> None:
-    assert store.mark_recognized("slot-a", "stu-1") is True
-    assert store.mark_recognized("slot-a", "stu-1") is False
-    assert store.mark_recognized("slot-a", "stu-2") is True
-    assert store.mark_recognized("slot-b", "stu-1") is True  # another slot, its own marks
+    assert mark(store, "slot-a", "stu-1") is True
+    assert mark(store, "slot-a", "stu-1") is False
+    assert mark(store, "slot-a", "stu-2") is True
+    assert mark(store, "slot-b", "stu-1") is True  # another slot, its own marks
     assert store.recognized("slot-a") == {"stu-1", "stu-2"}
     store.clear_recognized("slot-a")
     assert store.recognized("slot-a") == set()
@@ -150,8 +155,8 @@ def test_a_student_is_marked_recognized_once_per_slot(store: Store) -> None:
 
 def test_deleting_a_session_forgets_its_reported_students(store: Store) -> None:
     store.save_session("slot-a", {"slotId": "slot-a"}, None)
-    store.mark_recognized("slot-a", "stu-1")
-    store.mark_recognized("slot-b", "stu-1")
+    mark(store, "slot-a", "stu-1")
+    mark(store, "slot-b", "stu-1")
     store.delete_session("slot-a")
     assert store.recognized("slot-a") == set()
     assert store.recognized("slot-b") == {"stu-1"}
@@ -165,7 +170,7 @@ async def test_run_executes_on_the_store_thread_not_the_loop(store: Store) -> No
         seen.append(threading.current_thread())
         return store.recognized(slot_id)
 
-    await store.run(store.mark_recognized, "slot-a", "stu-1")
+    await store.run(mark, store, "slot-a", "stu-1")
     assert await store.run(record, "slot-a") == {"stu-1"}
     assert await store.run(record, slot_id="slot-a") == {"stu-1"}
     assert len(seen) == 2 and seen[0] is seen[1]  # one thread, always the same
@@ -185,8 +190,8 @@ async def test_run_passes_the_store_error_through(store: Store) -> None:
 
 async def test_calls_run_one_at_a_time_in_order(store: Store) -> None:
     results = await asyncio.gather(
-        *(store.run(store.mark_recognized, "slot-a", f"stu-{i}") for i in range(20)),
-        store.run(store.mark_recognized, "slot-a", "stu-0"),
+        *(store.run(mark, store, "slot-a", f"stu-{i}") for i in range(20)),
+        store.run(mark, store, "slot-a", "stu-0"),
     )
     assert results == [True] * 20 + [False]
     assert len(store.recognized("slot-a")) == 20
