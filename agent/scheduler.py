@@ -89,9 +89,19 @@ class TokenBucket:
 
     def peek(self) -> int:
         """Whole tokens available now (nothing is taken)."""
+        return int(self.level())
+
+    def level(self) -> float:
+        """Tokens available now, fractions and debt included (nothing is taken)."""
         with self._lock:
             self._refill(time.monotonic())
-            return int(self._tokens)
+            return self._tokens
+
+    def charge(self, amount: float) -> None:
+        """Take ``amount`` whether or not it is there (the level may go below zero)."""
+        with self._lock:
+            self._refill(time.monotonic())
+            self._tokens -= amount
 
     def wait_time(self) -> float:
         """Seconds until one token is available (0 if one is now)."""
@@ -125,30 +135,16 @@ class FineBudget:
 
     def __init__(self, cores: float) -> None:
         self.cores = cores
-        self._burst = max(0.05, cores)
-        self._tokens = self._burst
-        self._at = time.monotonic()
-        self._lock = threading.Lock()
-
-    def _refill(self) -> None:
-        now = time.monotonic()
-        self._tokens = min(self._burst, self._tokens + (now - self._at) * self.cores)
-        self._at = now
+        self._bucket = TokenBucket(cores, max(0.05, cores))
 
     def available(self, reserve: float = 0.0) -> bool:
         """Whether a full-resolution detection may start now, leaving ``reserve`` (a
         fraction of what may be saved up) for more urgent ones."""
-        if self.cores <= 0:
-            return False
-        with self._lock:
-            self._refill()
-            return self._tokens > reserve * self._burst
+        return self.cores > 0 and self._bucket.level() > reserve * self._bucket.burst
 
     def charge(self, seconds: float) -> None:
         """Account for a detection that took ``seconds``."""
-        with self._lock:
-            self._refill()
-            self._tokens -= seconds
+        self._bucket.charge(seconds)
 
 
 FINE_WINDOW_S = 30.0  # a camera's share of full-resolution detection, averaged over this
