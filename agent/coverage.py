@@ -276,7 +276,6 @@ class Detections:
     """What the detection passes of one analysis found."""
 
     faces: list[DetectedFace]
-    candidates: int = 0
     regions: int = 0
     tiles: int = 0
     fine_seconds: float = 0.0
@@ -392,7 +391,6 @@ def detect_frame(
     height, width = image.shape[:2]
     fine = _Fine(engine, image, cfg, budget)
     candidates = engine.detect(image, threshold=min(cfg.candidate_threshold, cfg.det_threshold))
-    fine.out.candidates = len(candidates)
     plan = _plan(candidates, tracker, coverage, cfg)
     regions: list[DetectedFace] = []
     unchecked: list[DetectedFace] = []
