@@ -7,6 +7,7 @@ goes through :func:`page_state`, so a change in the status data is adapted here 
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -53,6 +54,17 @@ REASONS: tuple[tuple[tuple[str, ...], str], ...] = (
 )
 
 
+_URL = re.compile(r"[a-z][a-z0-9+.-]*://\S+")
+# A status code matches as a whole number (401, not the 401 in "40103"); words as text.
+_REASON_PATTERNS = tuple(
+    (
+        re.compile("|".join(rf"\b{n}\b" if n.isdigit() else re.escape(n) for n in needles)),
+        words,
+    )
+    for needles, words in REASONS
+)
+
+
 def display_state(state: object) -> str:
     """What the page calls a camera state: the protocol's own word (:class:`CameraState`),
     so the page, the CLI and the status data agree. A camera whose work has not started
@@ -65,9 +77,10 @@ def camera_reason(error: str | None) -> str | None:
     None without an error."""
     if not error:
         return None
-    text = error.lower()
-    for needles, words in REASONS:
-        if any(n in text for n in needles):
+    # Numbers in the camera's URL (a port such as 40103) must not read as an HTTP status.
+    text = _URL.sub(" ", error.lower())
+    for pattern, words in _REASON_PATTERNS:
+        if pattern.search(text):
             return words
     return "camera error: see `python -m agent status` for the details"
 

@@ -126,6 +126,13 @@ def test_old_frame_of_a_live_camera_is_stale() -> None:
         ("open failed: OSError: [Errno 113] No route to host", "unreachable"),
         ("decode failed: InvalidDataError: Invalid data found", "undecodable"),
         ("reader crashed: KeyError: 'x'", "camera error"),
+        # A port of the camera's URL is no HTTP status (seen with port 40103 in a test run).
+        (
+            "open failed: InvalidDataError: [Errno 1094995529] Invalid data found when "
+            "processing input: 'rtsp://127.0.0.1:40103/stream'",
+            "timed out or not a stream",
+        ),
+        ("open failed: OSError: Connection refused: 'rtsp://10.0.0.7:4044/404'", "refused"),
     ],
 )
 def test_reasons_in_words(error: str, words: str) -> None:
