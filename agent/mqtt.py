@@ -196,12 +196,18 @@ class MqttLink:
             self.protocol,
             self.client_id,
         )
-        await self.publish_status()
-        async for message in client.messages:
-            await self._slots.acquire()
-            task = asyncio.create_task(self._handle(message), name=f"mqtt-cmd-{message.mid}")
-            self._handlers.add(task)
-            task.add_done_callback(self._handlers.discard)
+        # Announced beside the message loop, not before it: a QoS 1 publish waits up to
+        # 10 s for its PUBACK, and only the message loop notices the broker going away.
+        announce = asyncio.create_task(self.publish_status(), name="mqtt-announce")
+        try:
+            async for message in client.messages:
+                await self._slots.acquire()
+                task = asyncio.create_task(self._handle(message), name=f"mqtt-cmd-{message.mid}")
+                self._handlers.add(task)
+                task.add_done_callback(self._handlers.discard)
+        finally:
+            announce.cancel()
+            await asyncio.gather(announce, return_exceptions=True)
 
     async def _handle(self, message: aiomqtt.Message) -> None:
         try:
