@@ -15,32 +15,32 @@ import time
 from enum import StrEnum
 
 from agent import __version__
-from agent.commands import CommandProcessor
+from agent.camera.video_source import install_opencv_options
+from agent.commands.handlers import build_handlers
+from agent.commands.processor import CommandProcessor
 from agent.config import AgentConfig, api_keys, secret_value
-from agent.delivery import Delivery, OutboxSink
-from agent.engine import FaceEngine
-from agent.events import EventFactory, EventSink
-from agent.handlers import build_handlers
-from agent.housekeeping import housekeeping
-from agent.inference import InferencePool, ModelSlot
-from agent.local_http import LocalHttp
-from agent.metrics import Metrics
-from agent.model_watch import ModelWatcher
-from agent.mqtt import MqttLink
-from agent.outbox import Outbox
-from agent.pipeline import RecognitionRunner
+from agent.events.delivery import Delivery, OutboxSink
+from agent.events.event import EventFactory, EventSink
+from agent.events.housekeeping import housekeeping
+from agent.events.outbox import Outbox
+from agent.events.store import Store
 from agent.protocol import StatusReason
-from agent.replies import ReplyRouter
-from agent.scheduler import AnalysisScheduler
-from agent.session_history import SessionHistory
-from agent.sessions import SessionManager, SessionRunner
-from agent.space_notice import SpaceNotice
-from agent.status import StatusReporter
-from agent.status_models import wire
-from agent.store import Store
+from agent.session.history import SessionHistory
+from agent.session.manager import SessionManager, SessionRunner
+from agent.session.runner import RecognitionRunner
+from agent.session.scheduler import AnalysisScheduler
+from agent.session.space_notice import SpaceNotice
+from agent.status.metrics import Metrics
+from agent.status.models import wire
+from agent.status.reporter import StatusReporter
 from agent.supervisor import RestartPolicy, Supervisor
-from agent.video_source import install_opencv_options
-from agent.webui import UiSources, WebUi
+from agent.transport.local_http import LocalHttp
+from agent.transport.mqtt import MqttLink
+from agent.transport.replies import ReplyRouter
+from agent.transport.webui import UiSources, WebUi
+from agent.vision.engine import FaceEngine
+from agent.vision.inference import InferencePool, ModelSlot
+from agent.vision.model_watch import ModelWatcher
 
 log = logging.getLogger(__name__)
 

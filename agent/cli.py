@@ -17,12 +17,12 @@ from typing import Any, Literal
 
 from agent import __version__
 from agent.cli_help import COMMANDS, DESCRIPTION, EXIT_CODES
+from agent.commands.reply import Reply
 from agent.config import AgentConfig, ConfigError, config_warnings, load_config, masked_dump
 from agent.errors import AgentError, ModelNotLoadedError, ModelPackError
-from agent.instance_lock import InstanceLock, InstanceLockedError
+from agent.events.instance_lock import InstanceLock, InstanceLockedError
 from agent.logs import setup_logging
-from agent.reply import Reply
-from agent.status_models import AgentStatus, CameraHealth, ModelLoaded, wire
+from agent.status.models import AgentStatus, CameraHealth, ModelLoaded, wire
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -79,10 +79,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     """Generate an enrollment embedding from a photo file."""
-    from agent.embedding import generate_embedding
-    from agent.engine import load_engine
-    from agent.modelpack import select_pack
-    from agent.photo import read_photo_file
+    from agent.vision.embedding import generate_embedding
+    from agent.vision.engine import load_engine
+    from agent.vision.modelpack import select_pack
+    from agent.vision.photo import read_photo_file
 
     cfg = _load(args.config)
     setup_logging(cfg.logging)
@@ -114,11 +114,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """Install the default pack or verify packs."""
-    from agent.modelpack import verify_packs
+    from agent.vision.modelpack import verify_packs
 
     cfg = _load(args.config)
     if args.action == "install-default":
-        from agent.defaultpack import DefaultPackError, install_default_pack
+        from agent.vision.defaultpack import DefaultPackError, install_default_pack
 
         try:
             pack = install_default_pack(cfg.models.dir)
@@ -190,8 +190,8 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 def cmd_outbox(args: argparse.Namespace) -> int:
     """Show the outbox, or re-queue its dead letters, in an existing state file (opened
     read-only to show; never created)."""
-    from agent.outbox import Outbox
-    from agent.store import DB_NAME, Store, StoreError
+    from agent.events.outbox import Outbox
+    from agent.events.store import DB_NAME, Store, StoreError
 
     config_path = _resolve_config_path(args.config)
     cfg = load_config(config_path)
@@ -246,8 +246,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _print_status(status: AgentStatus) -> None:
-    from agent.session_history import reason_words
-    from agent.status_view import display_state
+    from agent.session.history import reason_words
+    from agent.status.view import display_state
 
     agent, model = status.agent, status.model
     print(
@@ -295,7 +295,7 @@ def _print_status(status: AgentStatus) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the one-command demo."""
     from agent.config import LoggingConfig
-    from agent.demo import main as demo_main
+    from agent.devkit.demo import main as demo_main
 
     cfg = _load(args.config)
     setup_logging(LoggingConfig(level="DEBUG" if args.verbose else "WARNING", format="text"))

@@ -25,7 +25,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from agent.reply import Reply
+from agent.commands.reply import Reply
 
 # Ids are logged, persisted and echoed: no control characters (a newline would forge log
 # lines).
@@ -225,7 +225,7 @@ class StatusRequest(Command):
 
 class CommandName(StrEnum):
     """Every command the agent answers: the topic suffix after ``cmd/``. The one list of
-    names: the payload models below and the handler table (:mod:`agent.handlers`) are
+    names: the payload models below and the handler table (:mod:`agent.commands.handlers`) are
     keyed by it."""
 
     SESSION_START = "session/start"
@@ -367,7 +367,7 @@ class RecognitionEvent(WireModel):
 def json_schemas() -> dict[str, dict[str, Any]]:
     """JSON Schema of every command, the reply, every callback event and the agent's own
     reports (status data, online message), by file stem."""
-    from agent.status_models import (  # they build on this module
+    from agent.status.models import (  # they build on this module
         AgentStatus,
         OfflineMessage,
         OnlineMessage,

@@ -24,7 +24,7 @@ from typing import Any
 
 from agent.errors import AgentError, ErrorCode
 from agent.redaction import log_safe
-from agent.status_models import TaskStatus
+from agent.status.models import TaskStatus
 
 log = logging.getLogger(__name__)
 

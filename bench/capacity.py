@@ -78,8 +78,8 @@ from agent.devkit.brokers import Mosquitto  # noqa: E402
 from agent.devkit.callback_receiver import CallbackServer  # noqa: E402
 from agent.devkit.classroom import Person, face_box_of, make_classroom_frames  # noqa: E402
 from agent.devkit.ports import free_port  # noqa: E402
-from agent.engine import FaceEngine  # noqa: E402
-from agent.modelpack import read_pack  # noqa: E402
+from agent.vision.engine import FaceEngine  # noqa: E402
+from agent.vision.modelpack import read_pack  # noqa: E402
 from bench.pipeline_latency import read_counter, stamp_counter  # noqa: E402
 from tests.agent_harness import API_KEY  # noqa: E402
 from tests.rtsp import RtspServer  # noqa: E402
@@ -108,7 +108,7 @@ class Pupil:
 
 def _group_faces(engine: FaceEngine, workdir: Path, min_width: float = 45.0) -> list[Path]:
     """Faces cut out of group photos (each a distinct person), big enough."""
-    from agent.defaultpack import sample_photo
+    from agent.vision.defaultpack import sample_photo
 
     out: list[Path] = []
     groups = [Path(sample_photo("t1.jpg")), *sorted(FACES.glob("dlib_multi_*.jpg"))]
@@ -131,7 +131,7 @@ def _group_faces(engine: FaceEngine, workdir: Path, min_width: float = 45.0) -> 
 
 def the_class(engine: FaceEngine, workdir: Path) -> list[Pupil]:
     """16 present enrolled (4 late), 4 absent enrolled, 3 strangers."""
-    from agent.defaultpack import sample_photo
+    from agent.vision.defaultpack import sample_photo
 
     named = [
         ("obama", "fr_obama_1.jpg", "fr_obama_2.jpg"),

@@ -10,7 +10,7 @@ What it measures, in one process and on the same frames for every pipeline:
   providers=['CPUExecutionProvider'])`` prepared with ``det_size=(640, 640)``, then
   ``app.get(frame)`` per frame. ONNX Runtime default threading (all cores, spinning on),
   detector input 640x640, one recognizer call per face.
-* ``engine-1t``: ``agent.engine.FaceEngine`` with the default config (1 intra-op thread per
+* ``engine-1t``: ``agent.vision.engine.FaceEngine`` with the default config (1 intra-op thread per
   session; aspect-ratio detector input, e.g. 640x384 for 16:9; one batched recognizer call
   per frame; PRelu rewritten as ``Max(x, a*x)`` at load time).
 * ``engine-2t``: the same engine with ``intra_op_threads=2`` (spinning off), as a single
@@ -123,7 +123,7 @@ def letterbox(image: Image, width: int, height: int) -> Image:
 
 def load_frames() -> dict[str, Image]:
     """The four benchmark frames, keyed ``photo@WxH``."""
-    from agent.defaultpack import sample_photo
+    from agent.vision.defaultpack import sample_photo
 
     frames: dict[str, Image] = {}
     for name in PHOTOS:
@@ -250,8 +250,8 @@ def build_pipelines() -> tuple[dict[str, Callable[[Image], list[Found]]], dict[s
     from insightface.app import FaceAnalysis
 
     from agent.config import load_config
-    from agent.engine import FaceEngine
-    from agent.modelpack import read_pack
+    from agent.vision.engine import FaceEngine
+    from agent.vision.modelpack import read_pack
 
     app = FaceAnalysis(name=str(PACK_DIR), providers=["CPUExecutionProvider"])
     if set(app.models) != {"detection", "recognition"}:
@@ -386,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--runs must be >= 1 and --warmup >= 0")
 
     ensure_agent_importable()
-    from agent.engine import detector_input_size
+    from agent.vision.engine import detector_input_size
 
     info = machine_info()
     started = time.perf_counter()

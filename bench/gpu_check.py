@@ -27,9 +27,9 @@ import numpy as np
 import onnxruntime as ort
 
 from agent.config import load_config
-from agent.defaultpack import sample_photo
-from agent.engine import FaceEngine
-from agent.modelpack import read_pack
+from agent.vision.defaultpack import sample_photo
+from agent.vision.engine import FaceEngine
+from agent.vision.modelpack import read_pack
 
 ROOT = Path(__file__).resolve().parent.parent
 

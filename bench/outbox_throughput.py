@@ -1,6 +1,7 @@
-"""Benchmark: the durable outbox and callback delivery (``agent.outbox``, ``agent.delivery``).
+"""Benchmark: the durable outbox and callback delivery (``agent.events.outbox``,
+``agent.events.delivery``).
 
-Everything runs against a real SQLite state file (``agent.store.Store``: WAL journal,
+Everything runs against a real SQLite state file (``agent.events.store.Store``: WAL journal,
 ``synchronous=FULL``) in a fresh temporary directory on local disk, and a real aiohttp backend
 on 127.0.0.1 that answers every POST with 200 and records, per request, the event id, the
 ``X-Event-Sequence`` header and the time it arrived. By default the backend runs in a
@@ -89,12 +90,12 @@ if importlib.util.find_spec("agent") is None:  # run from a checkout without ins
     sys.path.insert(0, str(PROJECT_ROOT))
 
 from agent.config import CallbackConfig  # noqa: E402
-from agent.delivery import Delivery, OutboxSink  # noqa: E402
 from agent.devkit.ports import free_port  # noqa: E402
-from agent.events import Event, EventFactory  # noqa: E402
-from agent.outbox import EventState, Outbox, OutboxEvent  # noqa: E402
+from agent.events.delivery import Delivery, OutboxSink  # noqa: E402
+from agent.events.event import Event, EventFactory  # noqa: E402
+from agent.events.outbox import EventState, Outbox, OutboxEvent  # noqa: E402
+from agent.events.store import Store  # noqa: E402
 from agent.protocol import SessionStatus  # noqa: E402
-from agent.store import Store  # noqa: E402
 
 MAX_PENDING = 100_000  # the production default of callback.max_pending_events
 STREAM_LIMIT = 64 * 1024 * 1024  # one JSON line with every arrival from the subprocess

@@ -6,7 +6,7 @@ serving synthetic 1280x720, 10 fps classrooms made from real face photos
 (``agent/devkit/classroom.py``). Every frame carries its clip frame index as a row of black and
 white squares in its top-right corner (12 bits, 20 px cells: H.264 at 2 Mbit/s keeps them
 exact), so whoever reads a frame knows which clip frame it is. The agent side is the real
-``agent.pipeline.RecognitionRunner`` with the default configuration (``analysis_fps`` 4,
+``agent.session.runner.RecognitionRunner`` with the default configuration (``analysis_fps`` 4,
 k=2 of n=3, 2 inference workers, 1 intra-op thread), run without MQTT: events go to an
 in-memory sink that stamps the wall time of each ``emit``.
 
@@ -278,7 +278,7 @@ def identities() -> list[Identity]:
     """Real photos: the two shipped with installed packages, then ``../shared/faces``."""
     import skimage
 
-    from agent.defaultpack import sample_photo
+    from agent.vision.defaultpack import sample_photo
 
     found = [
         Identity("yao", Path(sample_photo("yaoming.jpg"))),
@@ -468,8 +468,8 @@ class CountingEngine:
 
 def instrumented(recorder: Recorder) -> dict[str, Any]:
     """Recording versions of the runner's camera reader and analysis (its two seams)."""
-    from agent.camera import CameraReader
-    from agent.recognition import analyse_frame
+    from agent.camera.reader import CameraReader
+    from agent.vision.recognition import analyse_frame
 
     class RecordingReader(CameraReader):
         def _thread_open(self) -> Any:
@@ -534,8 +534,8 @@ class Agent:
 def build_agent(people: list[Identity]) -> Agent:
     """Default config, the buffalo_sc engine, and each person enrolled from their photo."""
     from agent.config import load_config
-    from agent.engine import FaceEngine
-    from agent.modelpack import read_pack
+    from agent.vision.engine import FaceEngine
+    from agent.vision.modelpack import read_pack
 
     cfg = load_config(None)
     engine = FaceEngine(read_pack(PACK_DIR), cfg.models, cfg.recognition)
@@ -558,14 +558,14 @@ async def running_session(
     """A RecognitionRunner running one ATTENDANCE session on ``urls`` (a task), torn down on
     exit (runner cancelled: readers stopped and joined; pool and store closed). Everyone in
     ``agent.roster`` but ``exclude`` is enrolled."""
-    from agent.events import EventFactory
-    from agent.inference import InferencePool, ModelSlot
-    from agent.matching import Roster
-    from agent.pipeline import RecognitionRunner
+    from agent.events.event import EventFactory
+    from agent.events.store import Store
     from agent.protocol import SessionStart
-    from agent.session_limits import SessionCamera
-    from agent.sessions import ActiveSession
-    from agent.store import Store
+    from agent.session.limits import SessionCamera
+    from agent.session.manager import ActiveSession
+    from agent.session.runner import RecognitionRunner
+    from agent.vision.inference import InferencePool, ModelSlot
+    from agent.vision.matching import Roster
 
     pool = InferencePool(agent.cfg.runtime.inference_workers)
     slot_models = ModelSlot()

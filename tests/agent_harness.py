@@ -20,9 +20,9 @@ from agent.app import Agent, AgentState
 from agent.config import AgentConfig
 from agent.devkit.backend import Backend
 from agent.devkit.brokers import Mosquitto
-from agent.events import Event
+from agent.events.event import Event
 from agent.protocol import StatusReason
-from agent.sessions import ActiveSession, SessionRunner
+from agent.session.manager import ActiveSession, SessionRunner
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent

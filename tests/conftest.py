@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from agent.config import AgentConfig, load_config
-from agent.defaultpack import sample_photo
 from agent.devkit.brokers import Mosquitto
 from agent.devkit.callback_receiver import CallbackServer
 from agent.devkit.classroom import Person, face_box_of, make_classroom_frames
-from agent.engine import FaceEngine
-from agent.modelpack import ModelPack, read_pack
+from agent.vision.defaultpack import sample_photo
+from agent.vision.engine import FaceEngine
+from agent.vision.modelpack import ModelPack, read_pack
 from tests.rtsp import INSTALL_HINT, RtspServer, gst_rtsp_available
 
 ROOT = Path(__file__).resolve().parent.parent

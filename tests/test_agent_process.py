@@ -15,7 +15,7 @@ import cv2
 import pytest
 
 from agent.devkit.brokers import Mosquitto
-from agent.engine import FaceEngine
+from agent.vision.engine import FaceEngine
 from tests.agent_harness import API_KEY, backend, spawn_agent, start_payload
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")

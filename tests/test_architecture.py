@@ -14,66 +14,66 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "agent"
 
 TRANSPORT = {
-    "agent.mqtt",
-    "agent.commands",
-    "agent.replies",
-    "agent.handlers",
-    "agent.local_http",
-    "agent.webui",
-    "agent.delivery",
-    "agent.outbox",
+    "agent.transport.mqtt",
+    "agent.commands.processor",
+    "agent.transport.replies",
+    "agent.commands.handlers",
+    "agent.transport.local_http",
+    "agent.transport.webui",
+    "agent.events.delivery",
+    "agent.events.outbox",
     "aiohttp",
     "aiomqtt",
     "paho",
 }
 CAMERA_CODE = {
-    "agent.camera",
-    "agent.video_source",
-    "agent.camera_view",
-    "agent.camera_test",
-    "agent.scheduler",
+    "agent.camera.reader",
+    "agent.camera.video_source",
+    "agent.camera.view",
+    "agent.camera.check",
+    "agent.session.scheduler",
 }
 ENGINE_CODE = {
-    "agent.engine",
-    "agent.onnx_sessions",
-    "agent.modelpack",
-    "agent.faces",
-    "agent.matching",
-    "agent.tracker",
-    "agent.recognition",
-    "agent.photo",
-    "agent.quality",
-    "agent.embedding",
-    "agent.coverage",
-    "agent.evidence",
+    "agent.vision.engine",
+    "agent.vision.onnx_sessions",
+    "agent.vision.modelpack",
+    "agent.vision.faces",
+    "agent.vision.matching",
+    "agent.vision.tracker",
+    "agent.vision.recognition",
+    "agent.vision.photo",
+    "agent.vision.quality",
+    "agent.vision.embedding",
+    "agent.vision.coverage",
+    "agent.vision.evidence",
 }
 DOMAIN = {
-    "agent.sessions",
-    "agent.session_limits",
-    "agent.pipeline",
-    "agent.attendance",
-    "agent.recognition",
-    "agent.presence",
-    "agent.placement",
+    "agent.session.manager",
+    "agent.session.limits",
+    "agent.session.runner",
+    "agent.session.attendance",
+    "agent.vision.recognition",
+    "agent.session.presence",
+    "agent.session.placement",
 }
 LIGHT = sorted(
-    CAMERA_CODE - {"agent.camera_test"}
+    CAMERA_CODE - {"agent.camera.check"}
     | {
-        "agent.tracker",
-        "agent.coverage",
-        "agent.evidence",
-        "agent.presence",
-        "agent.placement",
-        "agent.session_limits",
-        "agent.faces",
+        "agent.vision.tracker",
+        "agent.vision.coverage",
+        "agent.vision.evidence",
+        "agent.session.presence",
+        "agent.session.placement",
+        "agent.session.limits",
+        "agent.vision.faces",
         "agent.config",
         "agent.errors",
         "agent.protocol",
-        "agent.status_models",
-        "agent.sessions",
-        "agent.pipeline",
-        "agent.webui",
-        "agent.local_http",
+        "agent.status.models",
+        "agent.session.manager",
+        "agent.session.runner",
+        "agent.transport.webui",
+        "agent.transport.local_http",
     }
 )
 
@@ -128,7 +128,7 @@ def test_camera_code_imports_no_transport(module: str) -> None:
 
 @pytest.mark.parametrize("module", sorted(ENGINE_CODE | DOMAIN))
 def test_engine_and_domain_import_no_transport(module: str) -> None:
-    assert _hits(module, TRANSPORT | {"agent.status", "agent.app"}) == []
+    assert _hits(module, TRANSPORT | {"agent.status.reporter", "agent.app"}) == []
 
 
 @pytest.mark.parametrize(
@@ -149,12 +149,14 @@ def test_config_imports_nothing_of_the_agent_but_the_error_tree(module: str) -> 
 
 def test_only_entry_points_import_the_app() -> None:
     importers = sorted(m for m, names in IMPORTS.items() if "agent.app" in names)
-    assert importers == ["agent.cli", "agent.demo"]
+    assert importers == ["agent.cli", "agent.devkit.demo"]
 
 
 def test_handlers_reach_the_transport_only_through_the_command_processor() -> None:
-    for module in (m for m in IMPORTS if m.startswith("agent.handlers")):
-        assert _hits(module, TRANSPORT - {"agent.commands", "agent.handlers"}) == []
+    for module in (m for m in IMPORTS if m.startswith("agent.commands.handlers")):
+        assert (
+            _hits(module, TRANSPORT - {"agent.commands.processor", "agent.commands.handlers"}) == []
+        )
 
 
 def test_light_modules_do_not_load_onnx_runtime_or_insightface() -> None:

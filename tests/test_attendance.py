@@ -13,18 +13,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.attendance import AttendanceReporter, Seen
 from agent.config import load_config
 from agent.errors import AgentError, ErrorCode
-from agent.events import Event, EventFactory
-from agent.faces import DetectedFace
-from agent.inference import InferencePool
-from agent.matching import Roster
+from agent.events.event import Event, EventFactory
+from agent.events.store import Store
 from agent.protocol import SessionStart
-from agent.recognition import Sighting
-from agent.session_limits import SessionCamera
-from agent.sessions import ActiveSession
-from agent.store import Store
+from agent.session.attendance import AttendanceReporter, Seen
+from agent.session.limits import SessionCamera
+from agent.session.manager import ActiveSession
+from agent.vision.faces import DetectedFace
+from agent.vision.inference import InferencePool
+from agent.vision.matching import Roster
+from agent.vision.recognition import Sighting
 from tests.agent_harness import RecordingSink, start_payload
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from agent.auth_throttle import PasswordThrottle
-from agent.session_limits import camera_identity, same_camera
+from agent.session.limits import camera_identity, same_camera
+from agent.transport.auth_throttle import PasswordThrottle
 
 
 def test_the_wait_doubles_after_the_allowed_tries_and_a_right_password_clears_it() -> None:

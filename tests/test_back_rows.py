@@ -13,13 +13,13 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.coverage import detect_in, region_around
-from agent.defaultpack import sample_photo
 from agent.devkit.brokers import Mosquitto
 from agent.devkit.classroom import Person, face_box_of, make_classroom_frames
-from agent.engine import FaceEngine
-from agent.faces import FaceSource
 from agent.protocol import PresenceStatus, RecognitionEvent, SessionStatusEvent
+from agent.vision.coverage import detect_in, region_around
+from agent.vision.defaultpack import sample_photo
+from agent.vision.engine import FaceEngine
+from agent.vision.faces import FaceSource
 from tests.agent_harness import (
     RecordingSink,
     agent_config,

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from agent.camera import CameraReader, CameraState
+from agent.camera.reader import CameraReader, CameraState
 from agent.config import load_config
-from agent.inference import ModelSlot
-from agent.status_models import AgentStatus, CameraHealth, wire
-from agent.status_view import camera_reason, page_state
+from agent.status.models import AgentStatus, CameraHealth, wire
+from agent.status.view import camera_reason, page_state
+from agent.vision.inference import ModelSlot
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.camera import CameraReader, CameraState
+from agent.camera.reader import CameraReader, CameraState
 from agent.config import CamerasConfig, load_config
 from agent.devkit.brokers import Mosquitto
 from tests.agent_harness import RecordingSink, agent_config, backend, running_agent, start_payload
@@ -97,7 +97,7 @@ async def test_bad_port_with_userinfo_reaches_dead_with_a_reason(
 
 
 async def test_camera_id_cannot_forge_log_lines(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="agent.camera")
+    caplog.set_level(logging.INFO, logger="agent.camera.reader")
     changes: list[Change] = []
     reader = _reader(BAD_URL, changes)
     reader.camera_id = "c1\n2030-01-01 INFO agent FAKE_EVENT"
@@ -106,7 +106,7 @@ async def test_camera_id_cannot_forge_log_lines(caplog: pytest.LogCaptureFixture
         await wait_until(lambda: reader.state is CameraState.DEAD, timeout=5)
     finally:
         await reader.stop()
-    messages = [r.getMessage() for r in caplog.records if r.name == "agent.camera"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "agent.camera.reader"]
     assert messages and all("\n" not in m for m in messages)
     assert any("camera=c1\\n2030-01-01 INFO agent FAKE_EVENT" in m for m in messages)
     assert changes[0][0] == reader.camera_id  # the loop still gets the real id

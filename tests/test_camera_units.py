@@ -5,9 +5,9 @@ from __future__ import annotations
 import cv2
 import pytest
 
-from agent.camera import redact_url
+from agent.camera.reader import redact_url
+from agent.camera.video_source import _opencv_source, choose_decoder
 from agent.config import load_config
-from agent.video_source import _opencv_source, choose_decoder
 
 
 @pytest.mark.parametrize(

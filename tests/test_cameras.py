@@ -18,8 +18,8 @@ import pytest
 from agent.app import Agent
 from agent.devkit.brokers import Mosquitto
 from agent.devkit.classroom import ClassroomPlan, Person, face_box_of, make_classroom_frames
-from agent.engine import FaceEngine
-from agent.status_models import wire
+from agent.status.models import wire
+from agent.vision.engine import FaceEngine
 from tests.agent_harness import RecordingSink, agent_config, backend, running_agent, start_payload
 from tests.rtsp import INSTALL_HINT, RtspServer, gst_rtsp_available
 from tests.waiting import wait_until

@@ -58,7 +58,7 @@ def test_commands_with_actions_list_them(name: str, actions: list[str]) -> None:
 def test_the_markup_check_catches_rest() -> None:
     """The check above can fail: it sees what the old help showed."""
     assert REST.search("Command line: ``python -m agent <command>``") is not None
-    assert REST.search("see :func:`agent.demo.main`") is not None
+    assert REST.search("see :func:`agent.devkit.demo.main`") is not None
 
 
 def test_an_invalid_command_line_exits_2() -> None:

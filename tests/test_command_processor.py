@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from agent.commands import CommandHandler, CommandProcessor
+from agent.commands.handlers import build_handlers
+from agent.commands.processor import CommandHandler, CommandProcessor
+from agent.commands.reply import Reply
 from agent.errors import AgentError, ErrorCode
-from agent.handlers import build_handlers
-from agent.mqtt import IncomingMessage
+from agent.events.store import Store
 from agent.protocol import COMMANDS, Command, CommandName
-from agent.reply import Reply
-from agent.store import Store
+from agent.transport.mqtt import IncomingMessage
 
 KEY = "test-key-123"
 PREFIX = "attendance/site-1/cmd"

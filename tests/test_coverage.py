@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from agent.config import AgentConfig, RecognitionConfig
-from agent.coverage import (
+from agent.devkit.classroom import Person, face_box_of, make_classroom_frames
+from agent.session.scheduler import FineBudget
+from agent.vision.coverage import (
     TILE_OVERLAP_PX,
     CameraCoverage,
     Sweep,
@@ -21,14 +23,12 @@ from agent.coverage import (
     merge,
     tile_grid,
 )
-from agent.devkit.classroom import Person, face_box_of, make_classroom_frames
-from agent.engine import FaceEngine
-from agent.evidence import vote_weight
-from agent.faces import DetectedFace, FaceSource
-from agent.matching import Roster
-from agent.recognition import analyse_frame
-from agent.scheduler import FineBudget
-from agent.tracker import FaceTracker
+from agent.vision.engine import FaceEngine
+from agent.vision.evidence import vote_weight
+from agent.vision.faces import DetectedFace, FaceSource
+from agent.vision.matching import Roster
+from agent.vision.recognition import analyse_frame
+from agent.vision.tracker import FaceTracker
 
 HD = (1920, 1080)
 

@@ -20,10 +20,10 @@ import pytest
 from agent.config import AgentConfig
 from agent.devkit.brokers import Mosquitto
 from agent.devkit.callback_receiver import CallbackServer
-from agent.housekeeping import housekeeping
-from agent.outbox import Outbox
+from agent.events.housekeeping import housekeeping
+from agent.events.outbox import Outbox
+from agent.events.store import DB_NAME, Store
 from agent.protocol import RecognitionEvent, SessionMode
-from agent.store import DB_NAME, Store
 from tests.agent_harness import agent_config, backend, running_agent, start_payload
 from tests.waiting import wait_until
 
@@ -112,7 +112,7 @@ async def test_a_session_resumed_after_a_restart_has_no_credentials_and_says_so(
         assert (await b.send("session/start", _payload(receiver)))["status"] == 200
         await receiver.wait_delivered(1, path_prefix="/cb")
     # A new agent process has no memory of the credentials.
-    caplog.set_level(logging.WARNING, logger="agent.at_rest")
+    caplog.set_level(logging.WARNING, logger="agent.session.at_rest")
     async with running_agent(cfg, outbox=True), backend(broker) as b:
         await receiver.wait_delivered(2, path_prefix="/cb")
         status, query = _statuses(receiver)[1]

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.camera import CameraReader, CameraState
+from agent.camera.reader import CameraReader, CameraState
+from agent.camera.video_source import DecodeMode
 from agent.config import load_config
 from agent.devkit.brokers import Mosquitto
-from agent.engine import FaceEngine
-from agent.video_source import DecodeMode
+from agent.vision.engine import FaceEngine
 from tests.agent_harness import RecordingSink, agent_config, backend, running_agent, start_payload
 from tests.rtsp import RtspServer
 from tests.waiting import wait_until

@@ -12,7 +12,7 @@ from agent.allowlist import CallbackUrlError, check_callback_url, is_allowed
 from agent.app import Agent
 from agent.devkit.brokers import Mosquitto
 from agent.devkit.callback_receiver import CallbackServer
-from agent.status_models import wire
+from agent.status.models import wire
 from tests.agent_harness import (
     agent_config,
     backend,

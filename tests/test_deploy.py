@@ -23,9 +23,9 @@ from pydantic import BaseModel
 
 from agent.config import AgentConfig
 from agent.config.sections import RuntimeConfig
-from agent.defaultpack import FILES, PACK_NAME
 from agent.devkit.ports import free_port
-from agent.modelpack import read_pack
+from agent.vision.defaultpack import FILES, PACK_NAME
+from agent.vision.modelpack import read_pack
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -352,7 +352,7 @@ def test_install_sets_up_mqtt_login_and_tls(
     config = staged.config.read_text()
     assert 'username = "edge-agent"' in config.splitlines()
     assert "tls = true" in config.splitlines()
-    assert 'ca_file = "/etc/edge-agent/mqtt-ca.pem"' in config.splitlines()
+    assert 'ca_file = "/etc/edge-agent/transport/mqtt-ca.pem"' in config.splitlines()
     assert (staged.etc / "mqtt-ca.pem").read_bytes() == ca.read_bytes()
     assert (staged.creds / "mqtt_password").read_text() == "broker-secret-1\n"
     assert _mode(staged.creds / "mqtt_password") == 0o600

@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from agent.config import AgentConfig
-from agent.embedding import generate_embedding
-from agent.engine import FaceEngine
 from agent.errors import AgentError, ErrorCode
+from agent.vision.embedding import generate_embedding
+from agent.vision.engine import FaceEngine
 from tests.cli import run_cli
 
 

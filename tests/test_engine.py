@@ -10,10 +10,10 @@ import onnx
 import pytest
 
 from agent.config import AgentConfig
-from agent.engine import FaceEngine, detector_input_size
-from agent.matching import Roster
-from agent.modelpack import ModelPack
-from agent.onnx_sessions import rewrite_prelu_as_max
+from agent.vision.engine import FaceEngine, detector_input_size
+from agent.vision.matching import Roster
+from agent.vision.modelpack import ModelPack
+from agent.vision.onnx_sessions import rewrite_prelu_as_max
 
 
 @pytest.mark.parametrize(

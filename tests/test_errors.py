@@ -14,9 +14,9 @@ import pytest
 import agent
 from agent.allowlist import CallbackUrlError, check_callback_url
 from agent.config import ConfigError
-from agent.defaultpack import DefaultPackError
 from agent.errors import AgentError, ErrorCode
-from agent.sessions import SessionStopError
+from agent.session.manager import SessionStopError
+from agent.vision.defaultpack import DefaultPackError
 
 AGENT_DIR = Path(agent.__file__).parent
 

@@ -26,9 +26,9 @@ import pytest
 from agent.devkit.backend import Backend
 from agent.devkit.brokers import Mosquitto
 from agent.devkit.callback_receiver import CallbackServer
-from agent.engine import FaceEngine
-from agent.modelpack import ModelPack
-from agent.store import DB_NAME
+from agent.events.store import DB_NAME
+from agent.vision.engine import FaceEngine
+from agent.vision.modelpack import ModelPack
 from tests.agent_harness import backend, spawn_agent, start_payload
 from tests.rtsp import RtspServer
 from tests.test_model_faults import drop_in, make_pack

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from agent.camera import CameraReader, CameraState
-from agent.camera_test import probe_camera
+from agent.camera.check import probe_camera
+from agent.camera.reader import CameraReader, CameraState
+from agent.camera.video_source import OPENCV_OPTIONS_ENV, install_opencv_options, opencv_options
 from agent.config import CamerasConfig, load_config
-from agent.video_source import OPENCV_OPTIONS_ENV, install_opencv_options, opencv_options
 from tests.mjpeg import MjpegServer, jpeg
 from tests.rtsp import RtspServer
 from tests.waiting import wait_until

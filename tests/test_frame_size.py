@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from agent.camera import CameraReader, CameraState
+from agent.camera.frame_size import jpeg_size
+from agent.camera.reader import CameraReader, CameraState
 from agent.config import CamerasConfig, load_config
 from agent.devkit.brokers import Mosquitto
-from agent.frame_size import jpeg_size
 from tests.agent_harness import RecordingSink, agent_config, backend, running_agent, start_payload
 from tests.mjpeg import MjpegServer, jpeg, write_huge_jpeg
 from tests.rtsp import RtspServer

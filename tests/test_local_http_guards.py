@@ -18,9 +18,9 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from agent.config import AgentConfig
-from agent.local_http import LocalHttp
-from agent.metrics import Metrics
-from agent.webui import UiSources, WebUi
+from agent.status.metrics import Metrics
+from agent.transport.local_http import LocalHttp
+from agent.transport.webui import UiSources, WebUi
 from tests.agent_harness import MODELS_DIR
 from tests.mjpeg import MjpegServer, jpeg
 from tests.test_webui import STATUS

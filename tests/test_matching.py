@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from agent.errors import AgentError, ErrorCode
-from agent.matching import Roster
+from agent.vision.matching import Roster
 
 
 def _unit(*values: float) -> np.ndarray:

@@ -26,11 +26,11 @@ from onnx import helper
 
 from agent.config import AgentConfig
 from agent.devkit.brokers import Mosquitto
-from agent.engine import FaceEngine
 from agent.errors import ModelNotLoadedError, ModelPackError
-from agent.inference import InferencePool, ModelSlot
-from agent.model_watch import ModelWatcher
-from agent.modelpack import (
+from agent.vision.engine import FaceEngine
+from agent.vision.inference import InferencePool, ModelSlot
+from agent.vision.model_watch import ModelWatcher
+from agent.vision.modelpack import (
     MANIFEST_NAME,
     ManifestFile,
     ModelPack,
@@ -282,7 +282,7 @@ async def test_unexpected_error_in_build_is_a_failed_reload(
     assert await watcher.reload()
     make_pack(default_pack, models_dir / "pack-b")
 
-    with caplog.at_level(logging.ERROR, logger="agent.model_watch"):
+    with caplog.at_level(logging.ERROR, logger="agent.vision.model_watch"):
         assert await watcher.reload() is False
 
     assert slot.require().pack.name == "pack-a"

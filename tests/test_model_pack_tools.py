@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from agent.modelpack import ModelPack, embedding_space_id, sha256_file
+from agent.vision.modelpack import ModelPack, embedding_space_id, sha256_file
 
 
 def perturbed_recognizer(src: Path, dest: Path, scale: float = 1e-3, seed: int = 0) -> Path:

@@ -16,7 +16,7 @@ import pytest
 
 from agent.app import Agent
 from agent.devkit.brokers import Mosquitto
-from agent.modelpack import MANIFEST_NAME, ModelPack, read_pack, write_manifest
+from agent.vision.modelpack import MANIFEST_NAME, ModelPack, read_pack, write_manifest
 from tests.agent_harness import RecordingSink, agent_config, backend, running_agent
 from tests.rtsp import RtspServer
 from tests.test_model_pack_tools import perturbed_recognizer, wrong_size_recognizer

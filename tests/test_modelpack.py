@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from agent.config import AgentConfig
-from agent.engine import FaceEngine
 from agent.errors import ModelPackError
-from agent.modelpack import (
+from agent.vision.engine import FaceEngine
+from agent.vision.modelpack import (
     MANIFEST_NAME,
     ModelPack,
     embedding_space_id,
@@ -20,7 +20,7 @@ from agent.modelpack import (
     select_pack,
     write_manifest,
 )
-from agent.onnx_sessions import ProviderReport
+from agent.vision.onnx_sessions import ProviderReport
 from tests.test_model_pack_tools import wrong_size_recognizer
 
 

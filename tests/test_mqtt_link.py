@@ -11,7 +11,7 @@ import contextlib
 import pytest
 
 from agent.config import MqttConfig
-from agent.mqtt import IncomingMessage, MqttLink
+from agent.transport.mqtt import IncomingMessage, MqttLink
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")

@@ -16,8 +16,8 @@ import pytest
 
 from agent.devkit.brokers import Mosquitto
 from agent.devkit.ports import free_port
-from agent.engine import FaceEngine
-from agent.store import Store
+from agent.events.store import Store
+from agent.vision.engine import FaceEngine
 from tests.agent_harness import (
     RecordingSink,
     agent_config,

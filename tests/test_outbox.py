@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from agent.config import CallbackConfig
-from agent.delivery import Delivery, OutboxSink, parse_retry_after
 from agent.devkit.callback_receiver import CallbackServer
-from agent.events import EventFactory
-from agent.outbox import Outbox, OutboxFullError
+from agent.events.delivery import Delivery, OutboxSink, parse_retry_after
+from agent.events.event import EventFactory
+from agent.events.outbox import Outbox, OutboxFullError
+from agent.events.store import Store
 from agent.protocol import SessionStatus
-from agent.status_models import wire
-from agent.store import Store
+from agent.status.models import wire
 from tests.waiting import wait_until
 
 FAST = {
@@ -285,7 +285,7 @@ async def test_face_crop_is_kept_only_until_delivered(store: Store, server: Call
 async def test_lost_event_is_logged_not_raised(
     store: Store, server: CallbackServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from agent.events import emit_or_log
+    from agent.events.event import emit_or_log
 
     await server.stop()
     _, delivery, sink = await _pipeline(store, server, max_pending=10)

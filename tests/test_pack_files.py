@@ -13,9 +13,9 @@ import onnx
 import pytest
 
 from agent.config import AgentConfig
-from agent.engine import FaceEngine
 from agent.errors import ModelPackError
-from agent.modelpack import MANIFEST_NAME, ModelPack, read_pack
+from agent.vision.engine import FaceEngine
+from agent.vision.modelpack import MANIFEST_NAME, ModelPack, read_pack
 
 
 def _copy_pack(src: ModelPack, dest: Path) -> Path:

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from agent.config import AgentConfig
-from agent.inference import InferencePool, ModelSlot
-from agent.model_watch import ModelWatcher
-from agent.modelpack import ModelPack
-from agent.store import Store
+from agent.events.store import Store
+from agent.vision.inference import InferencePool, ModelSlot
+from agent.vision.model_watch import ModelWatcher
+from agent.vision.modelpack import ModelPack
 from tests.conftest import MODELS_DIR
 from tests.test_model_faults import DETECTOR, make_pack, write_matching_manifest
 from tests.waiting import wait_until

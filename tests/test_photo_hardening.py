@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 
 from agent.config import AgentConfig
-from agent.embedding import generate_embedding
-from agent.engine import FaceEngine
 from agent.errors import AgentError, ErrorCode
-from agent.photo import ALLOWED_FORMATS, decode_photo
+from agent.vision.embedding import generate_embedding
+from agent.vision.engine import FaceEngine
+from agent.vision.photo import ALLOWED_FORMATS, decode_photo
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMITS = {"max_bytes": 10 * 2**20, "max_pixels": 40_000_000}
@@ -115,7 +115,7 @@ def test_formats_without_a_known_signature_never_reach_their_decoder(
 _PEAK_PROBE = """
 import json, resource, sys
 from agent.errors import AgentError
-from agent.photo import decode_photo
+from agent.vision.photo import decode_photo
 data = open(sys.argv[1], "rb").read()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:

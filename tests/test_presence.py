@@ -6,10 +6,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.placement import LABELS, FaceWidthCounts
-from agent.presence import PresenceBook
+from agent.events.store import Store
 from agent.protocol import PresenceStatus
-from agent.store import Store
+from agent.session.placement import LABELS, FaceWidthCounts
+from agent.session.presence import PresenceBook
 
 
 def at(ts: float) -> datetime:

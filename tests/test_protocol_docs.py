@@ -55,9 +55,9 @@ def _json_examples() -> list[object]:
 
 
 def test_protocol_examples_are_valid() -> None:
+    from agent.commands.reply import Reply
     from agent.protocol import RecognitionEvent, SessionStatusEvent
-    from agent.reply import Reply
-    from agent.status_models import AgentStatus, OnlineMessage, SessionSummary
+    from agent.status.models import AgentStatus, OnlineMessage, SessionSummary
 
     examples = _json_examples()
     assert len(examples) >= 20
@@ -155,7 +155,7 @@ def test_session_reply_examples_have_every_summary_field() -> None:
     """The start and stop replies in the doc show the summary as the code sends it: every
     field (nulls included, ``wire`` keeps them), in order; the stop reply's cameras carry
     their health."""
-    from agent.status_models import CameraHealth, SessionSummary
+    from agent.status.models import CameraHealth, SessionSummary
 
     fields = [f.alias or name for name, f in SessionSummary.model_fields.items()]
     health = [f.alias or name for name, f in CameraHealth.model_fields.items()]

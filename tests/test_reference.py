@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.engine import Face, FaceEngine
-from agent.matching import Roster
+from agent.vision.engine import Face, FaceEngine
+from agent.vision.matching import Roster
 
 
 def _largest(engine: FaceEngine, path: Path) -> Face:

@@ -11,14 +11,14 @@ import pytest
 from pydantic import ValidationError
 
 from agent.config import CallbackConfig
-from agent.delivery import Delivery, OutboxSink
 from agent.devkit.callback_receiver import CallbackServer
-from agent.events import EventFactory
-from agent.outbox import Outbox
+from agent.events.delivery import Delivery, OutboxSink
+from agent.events.event import EventFactory
+from agent.events.migrations import MIGRATIONS
+from agent.events.outbox import Outbox
+from agent.events.store import Store
 from agent.protocol import SessionStatus
-from agent.status_models import wire
-from agent.store import Store
-from agent.store_migrations import MIGRATIONS
+from agent.status.models import wire
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")

@@ -19,7 +19,7 @@ from agent.devkit.classroom import (
     make_classroom_frames,
     read_photo,
 )
-from agent.engine import FaceEngine
+from agent.vision.engine import FaceEngine
 from tests.rtsp import INSTALL_HINT, RtspServer, gst_rtsp_available, open_capture
 
 FPS = 10

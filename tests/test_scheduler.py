@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from agent.camera.video_source import DecodeMode
 from agent.config import AnalysisConfig, load_config
-from agent.scheduler import AnalysisScheduler, EmbedBudget, Priority, ScheduledCamera
-from agent.video_source import DecodeMode
+from agent.session.scheduler import AnalysisScheduler, EmbedBudget, Priority, ScheduledCamera
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 

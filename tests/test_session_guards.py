@@ -11,7 +11,7 @@ import pytest
 
 from agent.devkit.brokers import Mosquitto
 from agent.protocol import StatusReason
-from agent.sessions import ActiveSession
+from agent.session.manager import ActiveSession
 from tests.agent_harness import RecordingSink, agent_config, backend, running_agent, start_payload
 from tests.rtsp import RtspServer
 from tests.waiting import wait_until

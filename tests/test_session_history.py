@@ -12,12 +12,12 @@ import pytest
 
 from agent.cli import _print_status
 from agent.devkit.brokers import Mosquitto
-from agent.inference import ModelSlot
+from agent.events.store import Store
 from agent.protocol import StatusReason
-from agent.session_history import RECENT, SessionHistory
-from agent.status_models import AgentStatus, wire
-from agent.status_view import page_state
-from agent.store import Store
+from agent.session.history import RECENT, SessionHistory
+from agent.status.models import AgentStatus, wire
+from agent.status.view import page_state
+from agent.vision.inference import ModelSlot
 from tests.agent_harness import RecordingSink, agent_config, backend, running_agent, start_payload
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")

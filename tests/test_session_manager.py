@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 
 from agent.config import CallbackConfig, CamerasConfig, RecognitionConfig, RuntimeConfig
-from agent.engine import FaceEngine
 from agent.errors import AgentError, ErrorCode
-from agent.events import EventFactory
-from agent.inference import ModelSlot
+from agent.events.event import EventFactory
+from agent.events.store import Store
 from agent.protocol import SessionStart, StatusReason
-from agent.session_history import SessionHistory
-from agent.sessions import ActiveSession, SessionManager
-from agent.store import Store
+from agent.session.history import SessionHistory
+from agent.session.manager import ActiveSession, SessionManager
+from agent.vision.engine import FaceEngine
+from agent.vision.inference import ModelSlot
 from tests.agent_harness import RecordingSink, start_payload
 from tests.waiting import wait_until
 

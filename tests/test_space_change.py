@@ -17,8 +17,8 @@ import pytest
 
 from agent.app import Agent
 from agent.devkit.brokers import Mosquitto
-from agent.modelpack import ModelPack
-from agent.status_view import page_state
+from agent.status.view import page_state
+from agent.vision.modelpack import ModelPack
 from tests.agent_harness import agent_config, backend, running_agent
 from tests.test_model_reload import SETTLE, _enroll, copy_pack, models_dir, other_space
 from tests.waiting import wait_until

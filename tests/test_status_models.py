@@ -3,9 +3,8 @@ read these keys."""
 
 from __future__ import annotations
 
-from agent.inference import ModelSlot
 from agent.protocol import SessionMode
-from agent.status_models import (
+from agent.status.models import (
     AgentInfo,
     AgentStatus,
     CameraHealth,
@@ -18,6 +17,7 @@ from agent.status_models import (
     TaskStatus,
     wire,
 )
+from agent.vision.inference import ModelSlot
 
 CAMERA = CameraHealth(
     id="cam-1",

@@ -14,16 +14,16 @@ from typing import Any
 import pytest
 
 from agent.config import CallbackConfig, CamerasConfig, RecognitionConfig
-from agent.delivery import Delivery, OutboxSink
 from agent.devkit.callback_receiver import CallbackServer
-from agent.engine import FaceEngine
 from agent.errors import AgentError, ErrorCode
-from agent.events import EventFactory
-from agent.inference import ModelSlot
-from agent.outbox import Outbox
+from agent.events.delivery import Delivery, OutboxSink
+from agent.events.event import EventFactory
+from agent.events.outbox import Outbox
+from agent.events.store import Store
 from agent.protocol import CameraUptime, SessionStart, StatusReason
-from agent.sessions import ActiveSession, SessionManager
-from agent.store import Store
+from agent.session.manager import ActiveSession, SessionManager
+from agent.vision.engine import FaceEngine
+from agent.vision.inference import ModelSlot
 from tests.agent_harness import start_payload
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")

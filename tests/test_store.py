@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
-from agent.store import Store, StoreError
-from agent.store_migrations import MIGRATIONS
+from agent.events.migrations import MIGRATIONS
+from agent.events.store import Store, StoreError
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 

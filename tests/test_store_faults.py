@@ -16,10 +16,10 @@ import pytest
 import sqlite_utils
 
 from agent.errors import ErrorCode
-from agent.events import EventFactory
-from agent.outbox import Outbox, OutboxFullError
-from agent.protocol import SessionStatus
-from agent.store import (
+from agent.events.event import EventFactory
+from agent.events.migrations import MIGRATIONS
+from agent.events.outbox import Outbox, OutboxFullError
+from agent.events.store import (
     DB_NAME,
     Store,
     StoreBusyError,
@@ -28,7 +28,7 @@ from agent.store import (
     StoreFullError,
     translate,
 )
-from agent.store_migrations import MIGRATIONS
+from agent.protocol import SessionStatus
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,8 +88,8 @@ def test_migration_killed_midway_does_not_block_later_starts(tmp_path: Path) -> 
         f"""
         import os, signal
         from pathlib import Path
-        from agent.store import Store
-        from agent.store_migrations import MIGRATIONS
+        from agent.events.store import Store
+        from agent.events.migrations import MIGRATIONS
         def dying(db):
             db.table("events").create({{"event_id": str}}, pk="event_id")
             os.kill(os.getpid(), signal.SIGKILL)

@@ -21,7 +21,7 @@ import pytest
 
 from agent.app import Agent
 from agent.devkit.brokers import Mosquitto
-from agent.status_models import wire
+from agent.status.models import wire
 from tests.agent_harness import RecordingSink, agent_config, backend, running_agent, start_payload
 from tests.rtsp import RtspServer
 from tests.waiting import wait_until

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from agent import housekeeping as housekeeping_module
 from agent.app import Agent
 from agent.devkit.brokers import Mosquitto
 from agent.devkit.callback_receiver import CallbackServer
 from agent.errors import ErrorCode
-from agent.status_models import wire
-from agent.store import DB_NAME
+from agent.events import housekeeping as housekeeping_module
+from agent.events.store import DB_NAME
+from agent.status.models import wire
 from agent.supervisor import RestartPolicy, Supervisor
 from tests.agent_harness import (
     agent_config,

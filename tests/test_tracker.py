@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.faces import DetectedFace
-from agent.tracker import FaceTracker, Track, iou_matrix
+from agent.vision.faces import DetectedFace
+from agent.vision.tracker import FaceTracker, Track, iou_matrix
 
 Box = tuple[float, float, float, float]
 

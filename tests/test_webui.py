@@ -22,20 +22,20 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestServer
 
-from agent.camera_test import check_camera_url
-from agent.camera_urls import CameraUrlError
-from agent.camera_view import CameraView, FaceBox
+from agent.camera.check import check_camera_url
+from agent.camera.snapshot import RECOGNISED, UNKNOWN, ascii_label, render_snapshot
+from agent.camera.urls import CameraUrlError
+from agent.camera.view import CameraView, FaceBox
 from agent.config import AgentConfig, ConfigError, load_config, masked_dump
-from agent.engine import FaceEngine
-from agent.local_http import LocalHttp
-from agent.metrics import Metrics
 from agent.protocol import SessionStart
-from agent.session_limits import SessionCamera
-from agent.sessions import ActiveSession
-from agent.snapshot import RECOGNISED, UNKNOWN, ascii_label, render_snapshot
-from agent.status_models import AgentStatus
-from agent.status_view import page_state
-from agent.webui import UiSources, WebUi
+from agent.session.limits import SessionCamera
+from agent.session.manager import ActiveSession
+from agent.status.metrics import Metrics
+from agent.status.models import AgentStatus
+from agent.status.view import page_state
+from agent.transport.local_http import LocalHttp
+from agent.transport.webui import UiSources, WebUi
+from agent.vision.engine import FaceEngine
 from tests.agent_harness import MODELS_DIR, start_payload
 from tests.cli import run_cli
 from tests.rtsp import RtspServer
@@ -234,7 +234,7 @@ def test_render_snapshot_draws_boxes_on_a_copy(yao_view: CameraView) -> None:
 async def test_off_loopback_without_password_is_refused(
     serve: Serve, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="agent.webui")
+    caplog.set_level(logging.ERROR, logger="agent.transport.webui")
     base = await serve(_config(tmp_path, metrics={"host": "0.0.0.0"}), _session(None))
     for path in ("/", "/ui/api/state", "/ui/api/snapshot?slot=slot-1&camera=cam-1"):
         status, got, body = await _get(base + path)
@@ -406,7 +406,7 @@ async def test_models_view_prints_what_models_verify_prints(serve: Serve, tmp_pa
 async def test_wrong_passwords_are_throttled(
     serve: Serve, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="agent.webui")
+    caplog.set_level(logging.WARNING, logger="agent.transport.webui")
     base = await serve(_config(tmp_path, webui={"password": PASSWORD}), _session(None))
     for _ in range(10):
         assert (await _get(f"{base}/ui/api/state", headers=_basic("guess")))[0] == 401

@@ -200,7 +200,7 @@ class CamerasConfig(Section):
 
 
 class AnalysisConfig(Section):
-    """How the box's analysis capacity is shared by all cameras (agent.scheduler)."""
+    """How the box's analysis capacity is shared by all cameras (agent.session.scheduler)."""
 
     max_analyses_per_s: float = Field(
         40.0,
@@ -232,7 +232,7 @@ class AnalysisConfig(Section):
         ge=0.0,
         le=64,
         description="CPU (in cores) that full-resolution detection may use over all "
-        "cameras: regions around small candidates and sweep tiles (agent.coverage). "
+        "cameras: regions around small candidates and sweep tiles (agent.vision.coverage). "
         "Cameras ask in priority order; a camera whose session still misses roster "
         "students sweeps, one whose room is settled rarely or never. 0: shrunk-frame "
         "detection only (faces under ~36 px at 1080p are then missed).",

@@ -1,5 +1,5 @@
 """The ``[recognition]`` section: detection, full-resolution coverage, matching and the
-weighted vote (agent.coverage, agent.evidence, agent.tracker)."""
+weighted vote (agent.vision.coverage, agent.vision.evidence, agent.vision.tracker)."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ class RecognitionConfig(Section):
         le=0.99,
         description="Detector score above which a face on the shrunk frame is a candidate: "
         "small or unsure candidates are checked again at native resolution "
-        "(agent.coverage). At 0.1 the shrunk 1080p frame proposes 16-19 of 19 faces of "
+        "(agent.vision.coverage). At 0.1 the shrunk 1080p frame proposes 16-19 of 19 faces of "
         "16-28 px.",
     )
     refine_below_px: int = Field(
@@ -90,7 +90,7 @@ class RecognitionConfig(Section):
         le=1000,
         description="Face width from which a match counts fully; a narrower face's vote "
         "weighs width / full_weight_px (at least 1/4), times its sharpness and detector "
-        "score (agent.evidence), so small faces need more agreeing analyses.",
+        "score (agent.vision.evidence), so small faces need more agreeing analyses.",
     )
     small_face_margin: float = Field(
         0.05,

@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 if TYPE_CHECKING:
-    from agent.engine import FaceEngine
+    from agent.vision.engine import FaceEngine
 
 Image = npt.NDArray[np.uint8]
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2

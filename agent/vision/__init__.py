@@ -1,0 +1,3 @@
+"""The models and what they compute: packs, ONNX sessions, the engine, detection coverage,
+tracking, matching.
+"""
