@@ -17,11 +17,11 @@ from typing import Any, Literal
 
 from agent import __version__
 from agent.cli_help import COMMANDS, DESCRIPTION, EXIT_CODES
-from agent.commands.reply import Reply
 from agent.config import AgentConfig, ConfigError, config_warnings, load_config, masked_dump
 from agent.errors import AgentError, ModelNotLoadedError, ModelPackError
 from agent.events.instance_lock import InstanceLock, InstanceLockedError
 from agent.logs import setup_logging
+from agent.protocol import Reply
 from agent.status.models import AgentStatus, CameraHealth, ModelLoaded, wire
 
 EXIT_OK = 0
@@ -180,7 +180,7 @@ def _run_agent(cfg: AgentConfig) -> int:
 
 def cmd_schemas(args: argparse.Namespace) -> int:
     """Write the protocol's JSON Schemas."""
-    from agent.protocol import write_schemas
+    from agent.schemas import write_schemas
 
     for path in write_schemas(args.out):
         print(path)

@@ -7,11 +7,9 @@ are camelCase on the wire, as the backend has always sent them.
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -25,7 +23,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from agent.commands.reply import Reply
+from agent.errors import AgentError, ErrorCode
 
 # Ids are logged, persisted and echoed: no control characters (a newline would forge log
 # lines).
@@ -86,6 +84,35 @@ class WireModel(BaseModel):
     """Base of every wire model: camelCase names, unknown fields rejected, immutable."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class Reply(BaseModel):
+    """``{"requestId", "status", "code", "message", "data"}``; status is HTTP-like."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
+
+    request_id: str | None = Field(None, alias="requestId", description="Echo of the request's id.")
+    status: int = Field(description="HTTP-like status: 200, 400, 401, 404, 409, 422, 500, 503.")
+    code: ErrorCode | None = Field(None, description="Application code; null on success.")
+    message: str = Field(description="Human-readable outcome; says what to fix on errors.")
+    data: dict[str, Any] | None = Field(None, description="Result payload, or error details.")
+
+    @classmethod
+    def ok(cls, message: str, data: dict[str, Any] | None = None) -> Reply:
+        """A 200 reply."""
+        return cls(status=200, code=None, message=message, data=data)
+
+    @classmethod
+    def from_error(cls, error: AgentError) -> Reply:
+        """The reply for a typed error (details become ``data``)."""
+        return cls(status=error.status, code=error.code, message=error.message, data=error.details)
+
+    def to_json_dict(self, *, with_request_id: bool = True) -> dict[str, Any]:
+        """Plain JSON-ready dict in the wire field names."""
+        data = self.model_dump(mode="json", by_alias=True)
+        if not with_request_id:
+            data.pop("requestId", None)
+        return data
 
 
 class Command(WireModel):
@@ -362,36 +389,3 @@ class RecognitionEvent(WireModel):
     face_jpeg: str | None = Field(
         None, alias="faceJpeg", description="Base64 JPEG crop of the face, when enabled."
     )
-
-
-def json_schemas() -> dict[str, dict[str, Any]]:
-    """JSON Schema of every command, the reply, every callback event and the agent's own
-    reports (status data, online message), by file stem."""
-    from agent.status.models import (  # they build on this module
-        AgentStatus,
-        OfflineMessage,
-        OnlineMessage,
-    )
-
-    schemas: dict[str, dict[str, Any]] = {
-        f"command.{name.replace('/', '.')}": model.model_json_schema(by_alias=True)
-        for name, model in COMMANDS.items()
-    }
-    schemas["reply"] = Reply.model_json_schema(by_alias=True)
-    schemas["event.session_status"] = SessionStatusEvent.model_json_schema(by_alias=True)
-    schemas["event.recognition"] = RecognitionEvent.model_json_schema(by_alias=True)
-    schemas["status"] = AgentStatus.model_json_schema(by_alias=True)
-    schemas["online"] = OnlineMessage.model_json_schema(by_alias=True)
-    schemas["offline"] = OfflineMessage.model_json_schema(by_alias=True)
-    return schemas
-
-
-def write_schemas(folder: Path) -> list[Path]:
-    """Write ``<stem>.schema.json`` files; returns their paths."""
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for stem, schema in json_schemas().items():
-        path = folder / f"{stem}.schema.json"
-        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        written.append(path)
-    return written

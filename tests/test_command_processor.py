@@ -12,10 +12,9 @@ import pytest
 
 from agent.commands.handlers import build_handlers
 from agent.commands.processor import CommandHandler, CommandProcessor
-from agent.commands.reply import Reply
 from agent.errors import AgentError, ErrorCode
 from agent.events.store import Store
-from agent.protocol import COMMANDS, Command, CommandName
+from agent.protocol import COMMANDS, Command, CommandName, Reply
 from agent.transport.mqtt import IncomingMessage
 
 KEY = "test-key-123"

@@ -12,7 +12,8 @@ import pytest
 from pydantic import ValidationError
 
 from agent.devkit.brokers import Mosquitto
-from agent.protocol import EmbeddingGenerate, SessionStart, SessionStop, json_schemas
+from agent.protocol import EmbeddingGenerate, SessionStart, SessionStop
+from agent.schemas import json_schemas
 from tests.agent_harness import (
     CALLBACK,
     RecordingSink,

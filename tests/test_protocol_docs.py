@@ -7,7 +7,8 @@ from pathlib import Path
 
 from agent.cli import build_parser
 from agent.errors import ErrorCode
-from agent.protocol import COMMANDS, json_schemas
+from agent.protocol import COMMANDS
+from agent.schemas import json_schemas
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = ROOT / "docs" / "schemas"
@@ -55,8 +56,7 @@ def _json_examples() -> list[object]:
 
 
 def test_protocol_examples_are_valid() -> None:
-    from agent.commands.reply import Reply
-    from agent.protocol import RecognitionEvent, SessionStatusEvent
+    from agent.protocol import RecognitionEvent, Reply, SessionStatusEvent
     from agent.status.models import AgentStatus, OnlineMessage, SessionSummary
 
     examples = _json_examples()

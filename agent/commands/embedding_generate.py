@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import base64
 
-from agent.commands.reply import Reply
 from agent.config import EnrollmentConfig
 from agent.errors import AgentError, ErrorCode
-from agent.protocol import Command, EmbeddingGenerate
+from agent.protocol import Command, EmbeddingGenerate, Reply
 from agent.vision.embedding import generate_embedding
 from agent.vision.inference import InferencePool, ModelSlot
 

@@ -32,10 +32,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent.commands.reply import Reply
 from agent.errors import AgentError, ErrorCode
 from agent.events.store import Store, StoreError
-from agent.protocol import COMMANDS, Command, CommandName
+from agent.protocol import COMMANDS, Command, CommandName, Reply
 from agent.redaction import log_safe, redact_url
 from agent.transport.mqtt import IncomingMessage
 

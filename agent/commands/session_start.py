@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from agent.commands.reply import Reply
-from agent.protocol import Command, SessionStart
+from agent.protocol import Command, Reply, SessionStart
 from agent.session.manager import SessionManager
 from agent.status.models import wire
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from agent.commands.reply import Reply
-from agent.protocol import Command, SessionStop
+from agent.protocol import Command, Reply, SessionStop
 from agent.session.manager import SessionManager
 from agent.status.models import wire
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from agent.commands.reply import Reply
-from agent.protocol import Command
+from agent.protocol import Command, Reply
 from agent.status.models import wire
 from agent.status.reporter import StatusReporter
 

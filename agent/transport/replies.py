@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 from paho.mqtt.client import topic_matches_sub
 
-from agent.commands.reply import Reply
 from agent.errors import ErrorCode
+from agent.protocol import Reply
 from agent.redaction import log_safe
 from agent.transport.mqtt import IncomingMessage, MqttLink
 
