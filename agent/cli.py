@@ -211,7 +211,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
         if args.action == "retry":
             print(f"Re-queued {outbox.retry_dead()} dead letter(s).")
         else:
-            print(json.dumps(wire(outbox.stats()), indent=2, default=str))
+            print(json.dumps(wire(outbox.describe()), indent=2, default=str))
     except StoreError as exc:
         print(f"[{exc.code}] {exc.message}", file=sys.stderr)
         return EXIT_FAILED

@@ -79,15 +79,15 @@ async def test_backend_outage_of_150_s_is_weathered(
             await asyncio.to_thread(yao_camera.restart)
         await outage_until(OUTAGE_S)
         failed_posts = len(server.received)
-        pending = outbox.stats().counts["pending"]
+        pending = outbox.describe().counts["pending"]
         server.mode = {"": "ok"}
         await wait_until(
-            lambda: outbox.stats().counts["pending"] == 0, 90, "the queued events delivered"
+            lambda: outbox.describe().counts["pending"] == 0, 90, "the queued events delivered"
         )
         recovered_after = time.monotonic() - began - OUTAGE_S
         assert alive()
         assert (await b.send("session/stop", {"slotId": "slot-o"}))["status"] == 200
-        await wait_until(lambda: outbox.stats().counts["pending"] == 0, 30, "STOPPED delivered")
+        await wait_until(lambda: outbox.describe().counts["pending"] == 0, 30, "STOPPED delivered")
     delivered = server.delivered()
     statuses = [r.body.get("status") or r.body["type"] for r in delivered]
     # Each event once, in sequence order, nothing lost.

@@ -159,7 +159,7 @@ async def test_dead_letters_lose_their_face_crop_after_the_retention(tmp_path: P
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    assert outbox.stats().counts["dead"] == 1  # still a dead letter, with its reason
+    assert outbox.describe().counts["dead"] == 1  # still a dead letter, with its reason
     assert outbox.dead_letters()[0]["lastError"] == "403 Forbidden"
     store.close()
     assert crop not in _state_bytes(tmp_path)

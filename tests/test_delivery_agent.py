@@ -65,7 +65,7 @@ async def test_events_reach_the_callback(
         await server.wait_delivered(2)
         outbox = agent.outbox
         assert outbox is not None
-        await wait_until(lambda: outbox.stats().counts["pending"] == 0, what="outbox drained")
+        await wait_until(lambda: outbox.describe().counts["pending"] == 0, what="outbox drained")
         status = await b.send("status", {})
     statuses = [r.body["status"] for r in server.delivered()]
     assert statuses == ["STARTED", "STOPPED"]
@@ -148,7 +148,7 @@ async def test_dead_letter_visible_and_requeued_by_cli(
         await b.send("session/start", _start("slot-400", yao_embedding, server))
         assert agent.outbox is not None
         outbox = agent.outbox
-        await wait_until(lambda: outbox.stats().counts["dead"] == 1, 10, "a dead letter")
+        await wait_until(lambda: outbox.describe().counts["dead"] == 1, 10, "a dead letter")
         shown = await asyncio.to_thread(_outbox_cli, cfg.storage.data_dir)
         assert shown.returncode == 0, shown.stderr
         stats = json.loads(shown.stdout)

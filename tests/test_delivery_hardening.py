@@ -113,8 +113,8 @@ async def test_redirects_are_never_followed(
             assert reply["status"] == 200
             outbox = agent.outbox
             assert outbox is not None
-            await wait_until(lambda: outbox.stats().counts["dead"] == 1, what="dead letter")
-            stats = wire(outbox.stats())
+            await wait_until(lambda: outbox.describe().counts["dead"] == 1, what="dead letter")
+            stats = wire(outbox.describe())
             status_reply = await b.send("status", {})
     finally:
         await redirecting.stop()
@@ -148,8 +148,8 @@ async def test_url_removed_from_allowlist_gets_nothing_more(
     async with running_agent(cfg, outbox=True) as agent:
         outbox = agent.outbox
         assert outbox is not None
-        await wait_until(lambda: outbox.stats().counts["pending"] == 0, what="outbox settled")
-        stats = wire(outbox.stats())
+        await wait_until(lambda: outbox.describe().counts["pending"] == 0, what="outbox settled")
+        stats = wire(outbox.describe())
     assert len(server.received) == tried  # nothing sent to the removed URL
     assert stats["counts"]["delivered"] == 0
     assert stats["counts"]["dead"] >= 1
@@ -192,4 +192,4 @@ async def test_a_backend_refusing_everything_is_seen_and_stops_the_session(
 
 def _dead(agent: Agent) -> int:
     assert agent.outbox is not None
-    return int(agent.outbox.stats().counts["dead"])
+    return int(agent.outbox.describe().counts["dead"])

@@ -44,7 +44,7 @@ async def _settled(outbox: Outbox, delivered: int, timeout: float = 10) -> None:
     """Wait until the outbox has recorded ``delivered`` deliveries (the POST's response
     reaches the agent a moment after the server answered it)."""
     async with asyncio.timeout(timeout):
-        while outbox.stats().counts["delivered"] < delivered:
+        while outbox.describe().counts["delivered"] < delivered:
             await asyncio.sleep(0.01)
 
 
@@ -74,7 +74,7 @@ async def test_delivery_headers_and_order(store: Store, server: CallbackServer) 
     assert all(r.headers["X-API-Key"] == "cb-key" for r in got)
     assert all(r.headers["Idempotency-Key"] == r.body["eventId"] for r in got)
     assert got[0].body["type"] == "SESSION_STATUS" and got[0].body["occurredAt"].endswith("+07:00")
-    assert outbox.stats().counts == {"pending": 0, "delivered": 5, "dead": 0}
+    assert outbox.describe().counts == {"pending": 0, "delivered": 5, "dead": 0}
 
 
 async def test_outage_500_then_down_then_hang_then_back(
@@ -120,8 +120,8 @@ async def test_outage_500_then_down_then_hang_then_back(
         assert list(dict.fromkeys(ids)) == expected
         duplicates = {i for i in ids if ids.count(i) > 1}
         assert duplicates <= timed_out
-    assert outbox.stats().counts["delivered"] == 8
-    assert outbox.stats().counts["pending"] == 0
+    assert outbox.describe().counts["delivered"] == 8
+    assert outbox.describe().counts["pending"] == 0
 
 
 async def test_400_is_a_dead_letter_and_retry_requeues(
@@ -133,10 +133,10 @@ async def test_400_is_a_dead_letter_and_retry_requeues(
         (event,) = _events("slot-d", 1)
         await sink.emit(event, server.url())
         async with asyncio.timeout(5):
-            while outbox.stats().counts["dead"] != 1:
+            while outbox.describe().counts["dead"] != 1:
                 await asyncio.sleep(0.02)
         assert len(server.received) == 1  # a 400 is not retried
-        dead = wire(outbox.stats())["deadLetters"][0]
+        dead = wire(outbox.describe())["deadLetters"][0]
         assert dead["statusCode"] == 400 and "HTTP 400" in dead["lastError"]
         server.mode = {"": "ok"}
         assert outbox.retry_dead() == 1
@@ -145,7 +145,7 @@ async def test_400_is_a_dead_letter_and_retry_requeues(
         await _settled(outbox, 1)
     finally:
         await delivery.close()
-    assert outbox.stats().counts == {"pending": 0, "delivered": 1, "dead": 0}
+    assert outbox.describe().counts == {"pending": 0, "delivered": 1, "dead": 0}
 
 
 async def test_retry_after_is_honoured(store: Store, server: CallbackServer) -> None:
@@ -188,7 +188,7 @@ async def test_one_dead_callback_does_not_block_another_session(
     finally:
         await delivery.close()
     assert server.delivered_ids("/good") == [e.event_id for e in good_events]
-    assert outbox.stats().counts["pending"] == 3
+    assert outbox.describe().counts["pending"] == 3
 
 
 async def test_outbox_limit_keeps_oldest_and_says_so(store: Store, server: CallbackServer) -> None:
@@ -200,7 +200,7 @@ async def test_outbox_limit_keeps_oldest_and_says_so(store: Store, server: Callb
             await sink.emit(event, server.url())
         with pytest.raises(OutboxFullError, match="10 undelivered events"):
             await sink.emit(events[10], server.url())
-        stats = wire(outbox.stats())
+        stats = wire(outbox.describe())
         assert stats["full"] and stats["refusedSinceStart"] == 1
         assert stats["counts"]["pending"] == 10
         await server.start()
@@ -249,7 +249,7 @@ async def test_pending_events_survive_reopen(tmp_path: Path, server: CallbackSer
         finally:
             await delivery2.close()
         assert server.delivered_ids() == [e.event_id for e in events]
-        assert outbox2.stats().counts["delivered"] == 3
+        assert outbox2.describe().counts["delivered"] == 3
     finally:
         second.close()
 

@@ -59,10 +59,10 @@ async def test_a_refusal_that_passes_is_delivered_not_dead_lettered(
         await wait_until(lambda: [r.answered for r in server.received] == [refusal], 5, "refusal")
         server.mode = {"": "ok"}  # the new key is in place, the route deployed
         await server.wait_delivered(1, timeout=10)
-        await wait_until(lambda: outbox.stats().counts["delivered"] == 1, 5, "recorded")
+        await wait_until(lambda: outbox.describe().counts["delivered"] == 1, 5, "recorded")
     finally:
         await delivery.close()
-    assert outbox.stats().counts == {"pending": 0, "delivered": 1, "dead": 0}
+    assert outbox.describe().counts == {"pending": 0, "delivered": 1, "dead": 0}
     assert server.delivered_ids() == [event.event_id]
     # A refusal ends its round: one POST, then the next round (not 1 s later in the same).
     assert [r.answered for r in server.received] == [refusal, 200]
@@ -76,8 +76,8 @@ async def test_a_lasting_404_is_dead_lettered_after_the_configured_rounds(
     try:
         server.mode = {"": 404}
         await sink.emit(_event("slot-404"), server.url())
-        await wait_until(lambda: outbox.stats().counts["dead"] == 1, 10, "a dead letter")
-        stats = wire(outbox.stats())
+        await wait_until(lambda: outbox.describe().counts["dead"] == 1, 10, "a dead letter")
+        stats = wire(outbox.describe())
     finally:
         await delivery.close()
     assert len(server.received) == rounds  # one POST a round, no more after the last
@@ -95,10 +95,10 @@ async def test_requeued_dead_letters_get_their_refused_rounds_again(
     try:
         server.mode = {"": 401}
         await sink.emit(_event("slot-r"), server.url())
-        await wait_until(lambda: outbox.stats().counts["dead"] == 1, 10, "a dead letter")
+        await wait_until(lambda: outbox.describe().counts["dead"] == 1, 10, "a dead letter")
         assert outbox.retry_dead() == 1  # `python -m agent outbox retry`
         delivery.notify("slot-r")
-        await wait_until(lambda: outbox.stats().counts["dead"] == 1, 10, "dead again")
+        await wait_until(lambda: outbox.describe().counts["dead"] == 1, 10, "dead again")
     finally:
         await delivery.close()
     assert len(server.received) == 4  # two rounds before, two after the re-queue

@@ -365,7 +365,7 @@ class Outbox:
             [EventState.DEAD.value, limit],
         )
 
-    def stats(self) -> OutboxStats:
+    def describe(self) -> OutboxStats:
         """Counts per state, the oldest pending event, and recent dead letters.
 
         Reads on the read-only connection (never blocked by a writer); if the file cannot

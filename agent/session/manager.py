@@ -70,7 +70,7 @@ class ActiveSession:
         """The class slot this session serves."""
         return self.command.slot_id
 
-    def summary(self) -> SessionSummary:
+    def describe(self) -> SessionSummary:
         """What replies and status show of the session (no embeddings, no names)."""
         end = self.command.end_time
         cameras: list[CameraHealth | CameraRef] = (
@@ -256,7 +256,7 @@ class SessionManager:
             len(session.roster),
             command.mode,
         )
-        return session.summary()
+        return session.describe()
 
     def _launch(self, session: ActiveSession) -> None:
         session.task = asyncio.create_task(
@@ -309,7 +309,7 @@ class SessionManager:
                 f"Session {slot_id} did not stop cleanly; it was removed. See the agent log.",
                 status=500,
             )
-        return session.summary()
+        return session.describe()
 
     async def _finish(self, session: ActiveSession, reason: StatusReason) -> None:
         """Cancel the session's work, forget it, and report STOPPED."""

@@ -101,7 +101,7 @@ class StatusReporter:
             found.append(f"{error.code}: {time.time() - when:.0f} s ago: {error.message}")
         if self.outbox.full_reason:
             found.append(f"{ErrorCode.OUTBOX_FULL}: {self.outbox.full_reason}")
-        oldest = self.outbox.stats().oldest_pending
+        oldest = self.outbox.describe().oldest_pending
         if oldest and oldest.age_seconds > OUTBOX_BACKLOG_WARN_S:
             found.append(
                 f"OUTBOX_BACKLOG: oldest undelivered event is {oldest.age_seconds:.0f} s old"
@@ -119,12 +119,12 @@ class StatusReporter:
                 uptime_seconds=round(time.time() - self.started, 1),
             ),
             model=self.models.describe().model_copy(update={"reloads": self.watcher.describe()}),
-            sessions=[s.summary() for s in self.sessions.sessions],
+            sessions=[s.describe() for s in self.sessions.sessions],
             recent_sessions=self.history.recent() if self.history else [],
             mqtt=MqttStatus(
                 connected=link.connected, protocol=link.protocol, connects=link.connects
             ),
-            outbox=self.outbox.stats(),
+            outbox=self.outbox.describe(),
             tasks=self.supervisor.describe(),
             analysis=self.scheduler.describe() if self.scheduler else None,
             warnings=self.warnings(),
