@@ -2,8 +2,9 @@
 
 Each kind of blocking work has a lane of its own, so one kind never waits behind another
 (a slow camera test never delays an SQLite write, a burst of inference never delays the
-status page). A lane is a few named threads and one awaitable hop, :meth:`Lane.call`;
-its threads are named ``lane-<name>`` so a thread dump says what each one does.
+status page or the parse of a large command). A lane is a few named threads and one
+awaitable hop, :meth:`Lane.call`; its threads are named ``lane-<name>`` so a thread dump
+says what each one does.
 
 The other direction, a thread handing a result to the loop, is always
 ``loop.call_soon_threadsafe`` (camera readers, the model-file watcher).
@@ -114,22 +115,25 @@ class Lanes:
     sqlite: Lane
     camera_io: Lane
     page: Lane
+    commands: Lane
 
     @classmethod
     def create(cls, inference_threads: int) -> Lanes:
         """The agent's lanes: ``inference_threads`` for ONNX Runtime, one thread for the
         state file (SQLite wants one writer), one for opening and testing cameras, two
-        for the status page (snapshots, JSON)."""
+        for the status page (snapshots, JSON), one for parsing large command payloads
+        (``json.loads`` holds the GIL: a second thread would not parse any faster)."""
         return cls(
             inference=Lane("inference", inference_threads),
             sqlite=Lane("sqlite", 1, finish_queued=True),
             camera_io=Lane("camera-io", 1),
             page=Lane("page", 2),
+            commands=Lane("commands", 1),
         )
 
     def all(self) -> tuple[Lane, ...]:
         """Every lane, in the order they are closed at shutdown (users before the store)."""
-        return (self.page, self.camera_io, self.inference, self.sqlite)
+        return (self.page, self.commands, self.camera_io, self.inference, self.sqlite)
 
     def close(self) -> None:
         """Close every lane, waiting for running work."""

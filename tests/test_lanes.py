@@ -84,7 +84,7 @@ async def test_the_agents_lanes_each_have_their_own_threads() -> None:
         }
     finally:
         lanes.close()
-    assert sorted(names) == ["camera-io", "inference", "page", "sqlite"]
+    assert sorted(names) == ["camera-io", "commands", "inference", "page", "sqlite"]
     assert all(thread.startswith(f"lane-{lane}") for lane, thread in names.items())
 
 

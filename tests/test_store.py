@@ -175,7 +175,7 @@ async def test_run_executes_on_the_store_thread_not_the_loop(store: Store) -> No
     assert await store.run(record, slot_id="slot-a") == {"stu-1"}
     assert len(seen) == 2 and seen[0] is seen[1]  # one thread, always the same
     assert seen[0] is not loop_thread
-    assert seen[0].name.startswith("sqlite")
+    assert seen[0].name.startswith("lane-sqlite")
 
 
 async def test_run_passes_the_store_error_through(store: Store) -> None:

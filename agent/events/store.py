@@ -8,8 +8,9 @@ and upgraded by numbered migrations recorded in the ``migrations`` table, each i
 transaction with its record, so an interrupted upgrade leaves the previous schema intact.
 
 Threads: SQLite can block (another process holding the write lock, a slow disk), so the
-agent never writes on the event loop. Every write goes through :meth:`Store.run`, which
-executes a method of this class (or of the outbox) on the store's one thread and retries
+agent never writes on the event loop. Every write goes through :meth:`Store.call`, which
+executes a method of this class (or of the outbox) on the sqlite lane's one thread
+(:class:`agent.lanes.Lane`) and retries
 while the file is locked. Short read-only queries for status use a second, read-only
 connection (WAL readers never wait for writers). The synchronous methods remain usable
 directly where no event loop runs (the CLI). Only the agent creates or upgrades the file;
@@ -24,26 +25,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar
 
 import sqlite_utils
 
+from agent.backoff import Backoff
 from agent.errors import AgentError, ErrorCode
 from agent.events.migrations import MIGRATIONS, Migration
+from agent.lanes import Lane, LaneClosedError
 
 log = logging.getLogger(__name__)
 
 DB_NAME = "agent.db"
-# One attempt waits this long for another connection's lock; Store.run then retries.
+# One attempt waits this long for another connection's lock; Store.call then retries,
+# pausing 0.05 s, 0.1 s, ... up to 1 s between attempts (no jitter: one agent, one file).
 ATTEMPT_BUSY_TIMEOUT_MS = 1000
+_BUSY_RETRY = Backoff(first_s=0.05, cap_s=1.0, jitter=(1.0, 1.0))
 READER_BUSY_TIMEOUT_MS = 200
 
 # How a Store opens its file: "create" (the agent: create or upgrade it), "rw" (amend an
@@ -71,7 +74,7 @@ class StoreMissingError(StoreError):
 
 
 class StoreBusyError(StoreError):
-    """Another connection holds the state file's lock (retried by :meth:`Store.run`)."""
+    """Another connection holds the state file's lock (retried by :meth:`Store.call`)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message, code=ErrorCode.STORAGE_BUSY)
@@ -115,9 +118,10 @@ def translate(exc: sqlite3.Error, path: Path, action: str) -> StoreError:
 class Store:
     """Typed access to the state file.
 
-    On the event loop, call methods through :meth:`run` (``await store.run(store.x, ...)``);
-    they then execute on the store's own thread. :meth:`read` runs a short query on the
-    read-only connection from any thread.
+    On the event loop, call methods through :meth:`call` (``await store.call(store.x,
+    ...)``); they then execute on the store's lane. :meth:`read` runs a short query on the
+    read-only connection from any thread. Given no ``lane`` (tests, the CLI), the store
+    makes its own.
     """
 
     def __init__(
@@ -127,6 +131,7 @@ class Store:
         *,
         busy_wait_s: float = 300.0,
         mode: OpenMode = "create",
+        lane: Lane | None = None,
     ) -> None:
         self.path = data_dir / DB_NAME
         self.busy_wait_s = busy_wait_s
@@ -150,7 +155,8 @@ class Store:
             raise translate(exc, self.path, "open") from exc
         except OSError as exc:
             raise StoreError(f"cannot open the state file in {data_dir}: {exc}") from exc
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        # Queued writes still run when the lane closes (finish_queued): none is lost.
+        self.lane = lane if lane is not None else Lane("sqlite", 1, finish_queued=True)
         self._busy_since: float | None = None  # first lock met by calls still waiting
         self._waiting = 0  # calls waiting for the lock now
         self.last_error: tuple[float, StoreError] | None = None  # (when, what), for status
@@ -215,37 +221,26 @@ class Store:
         except sqlite3.Error as exc:
             raise translate(exc, self.path, "read") from exc
 
-    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run ``fn`` on the store's thread; while the file is locked by another process,
+    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn`` on the store's lane; while the file is locked by another process,
         retry for up to ``busy_wait_s`` (then the :class:`StoreBusyError` is raised).
 
         A caller cancelled while ``fn`` runs does not stop it: the transaction completes
-        or rolls back on the store thread, never half-done.
+        or rolls back on the store's thread, never half-done.
         """
-        loop = asyncio.get_running_loop()
-        call = functools.partial(fn, *args, **kwargs)
         deadline: float | None = None  # set (and this call counted) once it meets the lock
-        delay = 0.05
+        retries = _BUSY_RETRY.retries()
         try:
             while True:
                 try:
-                    return await loop.run_in_executor(self._executor, call)
-                except RuntimeError as exc:
-                    if "shutdown" not in str(exc):
-                        raise
+                    return await self.lane.call(fn, *args, **kwargs)
+                except LaneClosedError as exc:
                     raise StoreError(f"the state file {self.path} is closed") from exc
                 except StoreBusyError as exc:
                     now = time.monotonic()
                     if deadline is None:
                         deadline = now + self.busy_wait_s
-                        self._waiting += 1
-                        if self._busy_since is None:
-                            self._busy_since = now
-                            log.warning(
-                                "STATE_STORE_BUSY path=%s waiting up to %.0fs for the lock",
-                                self.path,
-                                self.busy_wait_s,
-                            )
+                        self._lock_met(now)
                     if now >= deadline:
                         self.last_error = (time.time(), exc)
                         log.error(
@@ -254,21 +249,39 @@ class Store:
                             self.busy_wait_s,
                         )
                         raise
-                    await asyncio.sleep(min(delay, deadline - now))
-                    delay = min(1.0, delay * 2)
+                    await asyncio.sleep(min(retries.next(), deadline - now))
                 except StoreError as exc:
                     self.last_error = (time.time(), exc)
                     raise
         finally:
             if deadline is not None:
-                self._waiting -= 1
-                if self._waiting == 0 and self._busy_since is not None:
-                    log.warning(
-                        "STATE_STORE_AVAILABLE path=%s locked_for=%.1fs",
-                        self.path,
-                        time.monotonic() - self._busy_since,
-                    )
-                    self._busy_since = None
+                self._lock_left()
+
+    # The name the outbox, the sessions and housekeeping still call (they change apart
+    # from this module); new code calls :meth:`call`.
+    run = call
+
+    def _lock_met(self, now: float) -> None:
+        """A call met another process's lock: count it; the first one says so."""
+        self._waiting += 1
+        if self._busy_since is None:
+            self._busy_since = now
+            log.warning(
+                "STATE_STORE_BUSY path=%s waiting up to %.0fs for the lock",
+                self.path,
+                self.busy_wait_s,
+            )
+
+    def _lock_left(self) -> None:
+        """A call that met the lock is done (either way); the last one says so."""
+        self._waiting -= 1
+        if self._waiting == 0 and self._busy_since is not None:
+            log.warning(
+                "STATE_STORE_AVAILABLE path=%s locked_for=%.1fs",
+                self.path,
+                time.monotonic() - self._busy_since,
+            )
+            self._busy_since = None
 
     @property
     def busy_for(self) -> float | None:
@@ -294,9 +307,9 @@ class Store:
             log.info("STATE_STORE_MIGRATED migration=%s", name)
 
     def close(self) -> None:
-        """Finish queued work, stop the thread, close both connections (checkpoints the
-        WAL)."""
-        self._executor.shutdown(wait=True, cancel_futures=False)
+        """Finish queued work, close the store's lane (the agent's sqlite lane is closed
+        last of all, here or just before), close both connections (checkpoints the WAL)."""
+        self.lane.close()
         if self._reader is not None:
             self._reader.close()
             self._reader = None
