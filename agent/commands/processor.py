@@ -34,6 +34,7 @@ from pydantic import ValidationError
 
 from agent.errors import AgentError, ErrorCode
 from agent.events.store import Store, StoreError
+from agent.lanes import Lane
 from agent.protocol import COMMANDS, Command, CommandName, Reply
 from agent.redaction import log_safe, redact_url
 from agent.transport.mqtt import IncomingMessage
@@ -46,7 +47,7 @@ ReplySender = Callable[[IncomingMessage, Reply], Awaitable[None]]
 _REDACTED_KEYS = {"apikey", "password", "token", "name"}
 # A top-level or nested "apiKey": "<value>" in raw JSON bytes (value without escapes).
 _API_KEY_FIELD = re.compile(rb'"apiKey"\s*:\s*"([^"\\]{1,256})"')
-PARSE_OFF_LOOP_BYTES = 256 * 1024  # larger payloads are parsed in a worker thread
+PARSE_OFF_LOOP_BYTES = 256 * 1024  # larger payloads are parsed on the commands lane
 # An unauthenticated payload is parsed for its requestId only up to this size: a JSON parse
 # of 64 KiB takes well under a millisecond, so a flood of them costs little more than the
 # byte scan; a bigger one is never parsed.
@@ -118,6 +119,7 @@ class CommandProcessor:
         handlers: Mapping[CommandName, CommandHandler],
         send_reply: ReplySender,
         accepting: Callable[[], bool] = lambda: True,
+        parse_lane: Lane | None = None,
     ) -> None:
         self._prefix = command_prefix.rstrip("/") + "/"
         self._keys = [k.encode() for k in api_keys]
@@ -128,11 +130,20 @@ class CommandProcessor:
         self._send = send_reply
         self._accepting = accepting
         self._in_flight: dict[str, asyncio.Future[Reply]] = {}
+        # Large payloads are parsed on this lane (the agent's commands lane; given none,
+        # one of its own, whose thread starts with the first large payload).
+        self._owns_lane = parse_lane is None
+        self._parse_lane = parse_lane if parse_lane is not None else Lane("commands", 1)
         if not self._keys:
             log.warning(
                 "AUTH_NO_KEYS every command will be refused: set AGENT_AUTH__API_KEYS or "
                 "[auth] api_keys_file"
             )
+
+    def close(self) -> None:
+        """Stop the parse lane's thread, if the processor made its own."""
+        if self._owns_lane:
+            self._parse_lane.close()
 
     async def handle(self, message: IncomingMessage) -> None:
         """Process one message and send its reply."""
@@ -161,47 +172,9 @@ class CommandProcessor:
         # those may choose where replies are published, see agent.transport.replies).
         if not self.authenticated(message):
             return self._unauthorised(name, peek_request_id(message.payload))
-        if len(message.payload) > self._max_bytes:
-            return self._refuse(
-                name,
-                None,
-                422,
-                ErrorCode.VALIDATION_ERROR,
-                f"Payload is {len(message.payload)} bytes; the limit is {self._max_bytes}.",
-                {"errors": [{"path": "(payload)", "problem": "too large"}]},
-            )
-        try:
-            if len(message.payload) > PARSE_OFF_LOOP_BYTES:
-                payload = await asyncio.to_thread(json.loads, message.payload)
-            else:
-                payload = json.loads(message.payload)
-        except RecursionError:
-            return self._refuse(
-                name,
-                None,
-                422,
-                ErrorCode.VALIDATION_ERROR,
-                "Payload is nested too deeply.",
-                {"errors": [{"path": "(payload)", "problem": "nested too deeply"}]},
-            )
-        except (UnicodeDecodeError, ValueError) as exc:
-            return self._refuse(
-                name,
-                None,
-                422,
-                ErrorCode.VALIDATION_ERROR,
-                "Payload is not valid JSON.",
-                {"errors": [{"path": "(payload)", "problem": log_safe(exc, 200)}]},
-            )
-        if not isinstance(payload, dict):
-            return self._refuse(
-                name,
-                None,
-                422,
-                ErrorCode.VALIDATION_ERROR,
-                "Payload must be a JSON object.",
-                {"errors": [{"path": "(payload)", "problem": "not an object"}]},
-            )
+        payload = await self._parse(name, message.payload)
+        if isinstance(payload, Reply):
+            return payload
         raw_id = payload.get("requestId")
         request_id = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= 128 else None
         key = message.user_properties.get("x-api-key") or payload.get("apiKey")
@@ -210,13 +183,11 @@ class CommandProcessor:
             return self._unauthorised(name, valid_request_id(raw_id))
         if request_id is not None and not request_id.isprintable():
             # It is logged, cached and echoed: a newline in it would forge log lines.
-            return self._refuse(
+            return self._invalid(
                 name,
-                None,
-                422,
-                ErrorCode.VALIDATION_ERROR,
                 "requestId must be printable text (no control characters or line breaks).",
-                {"errors": [{"path": "requestId", "problem": "control characters"}]},
+                "requestId",
+                "control characters",
             )
         log.info(
             "COMMAND_RECEIVED command=%s request_id=%s body=%s",
@@ -226,6 +197,39 @@ class CommandProcessor:
         )
         if request_id is None:
             return await self._execute(name, payload, None)
+        return await self._execute_once(name, payload, request_id)
+
+    async def _parse(self, name: str, raw: bytes) -> dict[str, Any] | Reply:
+        """The payload as a JSON object, or the 422 that says why it is not one."""
+        if len(raw) > self._max_bytes:
+            return self._invalid(
+                name,
+                f"Payload is {len(raw)} bytes; the limit is {self._max_bytes}.",
+                "(payload)",
+                "too large",
+            )
+        try:
+            if len(raw) > PARSE_OFF_LOOP_BYTES:
+                payload = await self._parse_lane.call(json.loads, raw)
+            else:
+                payload = json.loads(raw)
+        except RecursionError:
+            return self._invalid(
+                name, "Payload is nested too deeply.", "(payload)", "nested too deeply"
+            )
+        except (UnicodeDecodeError, ValueError) as exc:
+            return self._invalid(
+                name, "Payload is not valid JSON.", "(payload)", log_safe(exc, 200)
+            )
+        if not isinstance(payload, dict):
+            return self._invalid(
+                name, "Payload must be a JSON object.", "(payload)", "not an object"
+            )
+        return payload
+
+    async def _execute_once(self, name: str, payload: dict[str, Any], request_id: str) -> Reply:
+        """Execute a command with a ``requestId`` at most once: a known id gets the reply
+        already sent, a duplicate of one still running waits for its reply."""
         cached = await self._cached(request_id)
         if cached is not None:
             log.info("COMMAND_REPLAYED command=%s request_id=%s", name, log_safe(request_id))
@@ -318,6 +322,18 @@ class CommandProcessor:
             "Missing or invalid API key (MQTT user property x-api-key or field apiKey).",
         )
 
+    def _invalid(self, name: str, message: str, path: str, problem: str) -> Reply:
+        """The 422 for a payload refused before it is read as a command (no requestId
+        is trusted yet): one problem, at ``path``."""
+        return self._refuse(
+            name,
+            None,
+            422,
+            ErrorCode.VALIDATION_ERROR,
+            message,
+            {"errors": [{"path": path, "problem": problem}]},
+        )
+
     def _refuse(
         self,
         name: str,
@@ -339,7 +355,7 @@ class CommandProcessor:
 
     async def _cached(self, request_id: str) -> Reply | None:
         try:
-            found = await self._store.run(self._store.find_reply, request_id, self._reply_cache_s)
+            found = await self._store.call(self._store.find_reply, request_id, self._reply_cache_s)
         except StoreError:
             log.exception("REPLY_CACHE_UNAVAILABLE request_id=%s", request_id)
             return None
@@ -347,6 +363,6 @@ class CommandProcessor:
 
     async def _remember(self, request_id: str, name: str, reply: Reply) -> None:
         try:
-            await self._store.run(self._store.save_reply, request_id, name, reply.to_json_dict())
+            await self._store.call(self._store.save_reply, request_id, name, reply.to_json_dict())
         except StoreError:
             log.exception("REPLY_CACHE_WRITE_FAILED request_id=%s", request_id)
