@@ -41,7 +41,7 @@ class EmbeddingGenerateHandler:
                 "photo is required: send the image base64-encoded.",
             )
         engine = self._models.require()
-        result = await self._pool.run(
+        result = await self._pool.call(
             generate_embedding,
             engine,
             self._cfg,

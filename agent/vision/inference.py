@@ -1,44 +1,56 @@
-"""The bounded worker pool for ONNX inference, and the model currently in service.
+"""The inference lane's users' handle, and the model currently in service.
 
-Inference is CPU-bound and releases the GIL inside ONNX Runtime, so it runs in a small
-thread pool off the event loop; the pool size bounds how many analyses run at once.
+Inference is CPU-bound and releases the GIL inside ONNX Runtime, so it runs on the
+agent's inference lane (:class:`agent.lanes.Lane`), off the event loop; the lane's thread
+count bounds how many analyses run at once.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import functools
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from agent.errors import ModelNotLoadedError
+from agent.lanes import Lane
 from agent.status.models import ModelLoaded, ModelNotLoaded, ModelStatus
 
 if TYPE_CHECKING:  # the engine pulls in ONNX Runtime; the slot only holds one
     from agent.vision.engine import FaceEngine
 
+P = ParamSpec("P")
 T = TypeVar("T")
 
 
 class InferencePool:
-    """A fixed-size thread pool; ``run`` awaits a function executed in it."""
+    """The inference lane, with its size (what the analysis scheduler plans with).
 
-    def __init__(self, workers: int) -> None:
-        self.workers = workers
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inference")
+    Given no lane (tests, tools), it makes one of ``workers`` threads and closes it in
+    :meth:`close`; the agent passes its own, which it closes itself at shutdown.
+    """
 
-    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn(*args, **kwargs)`` in the pool and return its result."""
-        loop = asyncio.get_running_loop()
-        ctx = contextvars.copy_context()
-        call = functools.partial(ctx.run, fn, *args, **kwargs)
-        return await loop.run_in_executor(self._executor, call)
+    def __init__(self, workers: int | None = None, *, lane: Lane | None = None) -> None:
+        if lane is None:
+            if workers is None:
+                raise ValueError("an InferencePool needs a lane or a number of workers")
+            lane = Lane("inference", workers)
+            self._owned = True
+        else:
+            self._owned = False
+        self.lane = lane
+        self.workers = lane.threads
+
+    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn(*args, **kwargs)`` on the inference lane and return its result."""
+        return await self.lane.call(fn, *args, **kwargs)
+
+    # The name the session runner and the attendance log still call (they are being
+    # restructured apart from this change); new code calls :meth:`call`.
+    run = call
 
     def close(self) -> None:
-        """Wait for running work, then stop the threads."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """Wait for running work, then stop the threads (only those this pool made)."""
+        if self._owned:
+            self.lane.close()
 
 
 class ModelSlot:

@@ -29,10 +29,12 @@ import cv2
 import numpy as np
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 from agent.config import ModelsConfig, RecognitionConfig
 from agent.errors import ModelPackError
 from agent.events.store import Store
+from agent.lanes import LaneClosedError
 from agent.status.models import ReloadStatus
 from agent.vision.defaultpack import DefaultPackError, sample_photo
 from agent.vision.engine import FaceEngine
@@ -150,10 +152,10 @@ class ModelWatcher:
         """Verify, load and canary-test the pack in ``folder``; None when it is the pack
         already in service. Every failure is raised as ModelPackError."""
         try:
-            pack = await self.pool.run(read_pack, folder)
+            pack = await self.pool.call(read_pack, folder)
             if self._serving(pack):
                 return None
-            return await self.pool.run(self._build, pack)
+            return await self.pool.call(self._build, pack)
         except ModelPackError:
             raise
         except Exception as exc:
@@ -313,7 +315,19 @@ class ModelWatcher:
                     log.exception("MODEL_WATCH_ERROR reload failed; still watching")
         finally:
             observer.stop()
-            await asyncio.to_thread(observer.join, 5.0)
+            await self._join(observer)
+
+    async def _join(self, observer: BaseObserver) -> None:
+        """Wait (up to 5 s) for the observer thread to end, off the event loop: on the
+        inference lane, where the watcher's other blocking work (reading and loading
+        packs) runs too."""
+        try:
+            await self.pool.call(observer.join, 5.0)
+        except LaneClosedError:
+            # Only when the lane closed before the watch ended (the agent stops its tasks
+            # before closing lanes; a test may not): the observer is stopped already, so
+            # its thread ends within moments.
+            observer.join(5.0)
 
     async def _settle(self) -> None:
         """Return once no change was seen for ``settle_s`` (a copy in progress keeps
