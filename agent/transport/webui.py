@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import functools
 import hmac
 import json
@@ -35,10 +34,8 @@ import math
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.resources import files
-from typing import Any
 from urllib.parse import quote, urlsplit
 
 from aiohttp import web
@@ -51,6 +48,7 @@ from agent.camera.view import CameraView
 from agent.config import AgentConfig, secret_value
 from agent.config.hosts import is_loopback
 from agent.errors import ErrorCode
+from agent.lanes import Lane
 from agent.redaction import log_safe, redact_url
 from agent.session.limits import same_camera
 from agent.session.manager import ActiveSession
@@ -88,9 +86,21 @@ class UiSources:
 
 
 class WebUi:
-    """The page's routes, guard and worker threads; mounted on the local HTTP app."""
+    """The page's routes and guard, mounted on the local HTTP app.
 
-    def __init__(self, cfg: AgentConfig, sources: UiSources) -> None:
+    Blocking work runs on two lanes: ``page`` (snapshots, pack verification) and
+    ``camera_io`` (camera tests). The agent passes its own, which it closes at shutdown;
+    given none (tests), the page makes its own and closes them in :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        sources: UiSources,
+        *,
+        page: Lane | None = None,
+        camera_io: Lane | None = None,
+    ) -> None:
         self.cfg = cfg.webui
         self.cameras = cfg.cameras
         self.models_dir = cfg.models.dir
@@ -100,12 +110,15 @@ class WebUi:
         self._password: bytes | None = None
         self._refused: str | None = None
         self._static: dict[str, tuple[bytes, str]] = {}
-        self._pool: ThreadPoolExecutor | None = None
-        self._test_pool: ThreadPoolExecutor | None = None
+        # Threads start with the first call, so an unused page costs none.
+        self._page = page if page is not None else Lane("page", 2)
+        self._camera_io = camera_io if camera_io is not None else Lane("camera-io", 1)
+        self._owned = [
+            lane for lane, given in ((self._page, page), (self._camera_io, camera_io)) if not given
+        ]
         self._test_lock = asyncio.Lock()
         self._verify_lock = asyncio.Lock()
         self._cancel = threading.Event()
-        self._inflight: set[Future[Any]] = set()
         self._snapshots: dict[tuple[str, str], tuple[CameraView, str, bytes]] = {}
         self._throttle = PasswordThrottle()
 
@@ -143,9 +156,6 @@ class WebUi:
         app.router.add_get("/ui/api/snapshot", self._snapshot)
         app.router.add_post("/ui/api/camera-test", self._camera_test)
         app.router.add_get("/ui/api/models", self._models)
-        if self._pool is None:  # threads start with the first task
-            self._pool = ThreadPoolExecutor(2, thread_name_prefix="webui")
-            self._test_pool = ThreadPoolExecutor(1, thread_name_prefix="webui-camera-test")
         if self._refused is None:
             log.info(
                 "WEBUI_LISTENING host=%s password=%s",
@@ -154,31 +164,14 @@ class WebUi:
             )
 
     async def close(self) -> None:
-        """Stop the worker threads; a camera test in progress is cut short (bounded by
-        the camera open and read timeouts)."""
+        """Wait for the page's work in flight; a camera test in progress is cut short
+        (bounded by the camera open and read timeouts). Closes the lanes it made."""
         self._cancel.set()
-        pending = [asyncio.wrap_future(f) for f in self._inflight if not f.done()]
-        if pending:
-            bound = self.cameras.open_timeout_s + self.cameras.read_timeout_s + 2
-            await asyncio.wait(pending, timeout=bound)
-        for pool in (self._pool, self._test_pool):
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
+        bound = self.cameras.open_timeout_s + self.cameras.read_timeout_s + 2
+        await asyncio.gather(self._page.drain(bound), self._camera_io.drain(bound))
+        for lane in self._owned:
+            lane.close(wait=False)
         self._snapshots.clear()
-
-    async def _run(self, pool: ThreadPoolExecutor | None, func: Callable[[], Any]) -> Any:
-        """Run ``func`` on a worker thread of ``pool`` and await it."""
-        assert pool is not None, "mount() first"
-        loop = asyncio.get_running_loop()
-        future = pool.submit(func)
-        self._inflight.add(future)
-
-        def done(finished: Future[Any]) -> None:  # on the worker thread: hand it to the loop
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to tidy
-                loop.call_soon_threadsafe(self._inflight.discard, finished)
-
-        future.add_done_callback(done)
-        return await asyncio.wrap_future(future)
 
     # Guard ----------------------------------------------------------------------------
 
@@ -311,7 +304,7 @@ class WebUi:
                 self.cfg.snapshot_jpeg_quality,
             )
             try:
-                jpeg = await self._run(self._pool, render)
+                jpeg = await self._page.call(render)
             except SnapshotError as exc:
                 log.error(
                     "SNAPSHOT_FAILED slot=%s camera=%s error=%s",
@@ -390,7 +383,7 @@ class WebUi:
                 quality=self.cfg.snapshot_jpeg_quality,
                 cancel=self._cancel,
             )
-            result = await self._run(self._test_pool, probe)
+            result = await self._camera_io.call(probe)
         log.info(
             "CAMERA_TEST url=%s ok=%s size=%sx%s fps=%s code=%s",
             result.source,
@@ -416,7 +409,7 @@ class WebUi:
         from agent.vision.modelpack import verify_packs
 
         async with self._verify_lock:
-            checks = await self._run(self._pool, lambda: verify_packs(self.models_dir))
+            checks = await self._page.call(verify_packs, self.models_dir)
         model = page_state(self.sources.status())["model"]
         return web.json_response(
             {
