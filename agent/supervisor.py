@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.backoff import Backoff
 from agent.errors import AgentError, ErrorCode
 from agent.redaction import log_safe
 from agent.status.models import TaskStatus
@@ -67,6 +67,13 @@ class RestartPolicy:
     backoff_min_s: float = 1.0
     backoff_max_s: float = 30.0
 
+    def backoff(self) -> Backoff:
+        """The pause before each restart: doubling from ``backoff_min_s`` up to
+        ``backoff_max_s`` (never below the first), jittered."""
+        return Backoff(
+            first_s=self.backoff_min_s, cap_s=max(self.backoff_min_s, self.backoff_max_s)
+        )
+
 
 class Supervisor:
     """Owns the agent's long-lived tasks; see the module docstring."""
@@ -78,6 +85,7 @@ class Supervisor:
         on_failure: Callable[[str], None] | None = None,
     ) -> None:
         self.policy = policy or RestartPolicy()
+        self._backoff = self.policy.backoff()  # an unusable policy fails here, not later
         self._on_failure = on_failure
         self._records: dict[str, TaskRecord] = {}
         self.fatal = asyncio.Event()
@@ -99,7 +107,7 @@ class Supervisor:
 
     async def _keep(self, record: TaskRecord, factory: TaskFactory) -> None:
         policy = self.policy
-        delay = policy.backoff_min_s
+        retries = self._backoff.retries()
         while True:
             record.state = "running"
             started = time.monotonic()
@@ -121,14 +129,13 @@ class Supervisor:
                 self.fatal.set()
                 return
             if time.monotonic() - started > policy.window_s:
-                delay = policy.backoff_min_s  # it ran well for a while: start over
-            wait = delay * random.uniform(0.5, 1.0)
+                retries.reset()  # it ran well for a while: start over
+            wait = retries.next()
             record.state = "backoff"
             log.warning(
                 "TASK_RESTART task=%s in=%.1fs failures=%d", record.name, wait, record.failures
             )
             await asyncio.sleep(wait)
-            delay = min(policy.backoff_max_s, delay * 2)
 
     def _note(self, record: TaskRecord, exc: BaseException) -> None:
         now = time.monotonic()

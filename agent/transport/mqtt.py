@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent.backoff import Backoff
 from agent.config import MqttConfig, secret_value
 from agent.status.models import OfflineMessage, wire
 
@@ -65,8 +65,8 @@ class MqttLink:
         self,
         cfg: MqttConfig,
         site_id: str,
-        handler: Handler,
-        online_payload: Callable[[], dict[str, Any]],
+        handler: Handler | None = None,
+        online_payload: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.site_id = site_id
@@ -87,6 +87,15 @@ class MqttLink:
         self._handlers: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_HANDLERS)
         self.connects = 0
+
+    def attach(self, handler: Handler, online_payload: Callable[[], dict[str, Any]]) -> None:
+        """Give the link what it serves: the command handler and the 'online' payload.
+
+        For the parts built after the link because they need it (the agent's command
+        processor replies through it; its status report describes it). Before :meth:`run`.
+        """
+        self._handler = handler
+        self._online_payload = online_payload
 
     @property
     def connected(self) -> bool:
@@ -143,7 +152,11 @@ class MqttLink:
         3.1.1 (some 3.1.1-only brokers refuse MQTT 5, others never answer it); the version
         that connects is kept from then on.
         """
-        delay = self.cfg.reconnect_min_s
+        if self._handler is None or self._online_payload is None:
+            raise RuntimeError("MqttLink.run() before attach(): no command handler")
+        retries = Backoff(
+            first_s=self.cfg.reconnect_min_s, cap_s=self.cfg.reconnect_max_s
+        ).retries()
         settled = self.cfg.protocol != "auto"
         while True:
             connects_before = self.connects
@@ -178,11 +191,10 @@ class MqttLink:
                 self._client = None
                 self._connected.clear()
             if self.connects > connects_before:
-                delay = self.cfg.reconnect_min_s  # it was up: start the backoff over
-            sleep = delay * random.uniform(0.5, 1.0)
+                retries.reset()  # it was up: start the backoff over
+            sleep = retries.next()
             log.info("MQTT_RECONNECT in=%.1fs", sleep)
             await asyncio.sleep(sleep)
-            delay = min(self.cfg.reconnect_max_s, delay * 2)
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         await client.subscribe(self.command_filter, qos=1)
@@ -217,6 +229,7 @@ class MqttLink:
                 if isinstance(message.payload, bytes)
                 else (str(message.payload).encode())
             )
+            assert self._handler is not None, "attach() before run()"
             await self._handler(
                 IncomingMessage(str(message.topic), payload, response_topic, correlation, users)
             )
@@ -266,6 +279,7 @@ class MqttLink:
 
     async def publish_status(self) -> None:
         """Publish the retained 'online' availability message (with current state)."""
+        assert self._online_payload is not None, "attach() before run()"
         await self.publish(self.status_topic, self._online_payload(), retain=True, wait_s=0.1)
 
     async def drain_handlers(self, timeout: float) -> None:
