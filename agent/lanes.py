@@ -136,6 +136,9 @@ class Lanes:
         return (self.page, self.commands, self.camera_io, self.inference, self.sqlite)
 
     def close(self) -> None:
-        """Close every lane, waiting for running work."""
+        """Close every lane, waiting for running work on all but the status page's two:
+        the page already waited (bounded) for its work in flight when it closed, and a
+        camera test still running past its timeouts must not hold up shutdown."""
+        unwaited = (self.page, self.camera_io)
         for lane in self.all():
-            lane.close()
+            lane.close(wait=not any(lane is u for u in unwaited))
