@@ -23,11 +23,13 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from agent.camera.check import check_camera_url
+from agent.camera.reader import CameraReader
 from agent.camera.snapshot import RECOGNISED, UNKNOWN, ascii_label, render_snapshot
 from agent.camera.urls import CameraUrlError
 from agent.camera.view import CameraView, FaceBox
-from agent.config import AgentConfig, ConfigError, load_config, masked_dump
+from agent.config import AgentConfig, ConfigError, RecognitionConfig, load_config, masked_dump
 from agent.protocol import SessionStart
+from agent.session.camera_work import CameraWork
 from agent.session.limits import SessionCamera
 from agent.session.manager import ActiveSession
 from agent.status.metrics import Metrics
@@ -107,7 +109,18 @@ def _session(view: CameraView | None) -> ActiveSession:
         embedding_space="arcface-x",
         threshold=0.4,
     )
-    session.camera_view = lambda camera_id: view if camera_id == "cam-1" else None
+    if view is not None:  # the camera's work, as the runner leaves it after an analysis
+        reader = CameraReader(
+            "cam-1",
+            "Room 1",
+            "rtsp://127.0.0.1:1/room1",
+            AgentConfig().cameras,
+            asyncio.get_running_loop(),
+            on_state=lambda *change: None,
+        )
+        work = CameraWork.create(reader, RecognitionConfig(), session.threshold)
+        work.view = view
+        session.camera_work = [work]
     return session
 
 

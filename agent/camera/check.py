@@ -27,7 +27,9 @@ from agent.camera.urls import CAMERA_PORTS, CameraUrlError
 from agent.camera.video_source import (
     DecodeMode,
     SourceError,
+    SourceFailure,
     VideoSource,
+    failure_kind,
     open_source,
 )
 from agent.config import CamerasConfig
@@ -108,20 +110,20 @@ def probe_camera(
         source = open_source(url, cameras)
     except Exception as exc:  # SourceError, or anything a backend raises
         took = time.monotonic() - started
-        text = str(exc)
+        text, kind = str(exc), failure_kind(exc)
         if isinstance(exc, SourceError) and exc.code is ErrorCode.CAMERA_FRAME_TOO_LARGE:
             return CameraTestResult(
                 safe, False, seconds=round(took, 2), error_code=exc.code, error=text
             )
         # A library may report an open that waited out the timeout as something else (PyAV
         # against a silent socket: "Invalid data"); to a technician it is a timeout.
-        if "timed out" in text or took >= cameras.open_timeout_s * 0.9:
+        if kind is SourceFailure.TIMEOUT or took >= cameras.open_timeout_s * 0.9:
             why = (
                 f"no answer within {cameras.open_timeout_s:g} s ([cameras] open_timeout_s): "
                 "check the address, that the camera is powered and on this network, and the "
                 "port"
             )
-        elif "refused" in text and "Connection" not in text:
+        elif kind is SourceFailure.REFUSED:
             why = (
                 "the camera refused the stream: check the path, the user and password, "
                 "and that the stream (e.g. H.264) is enabled on the camera"

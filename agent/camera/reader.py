@@ -5,10 +5,8 @@ the analyser can use: every frame in :attr:`DecodeMode.FULL`, only the keyframes
 analysis is waiting for in :attr:`DecodeMode.KEYFRAMES` (the scheduler picks the mode);
 it converts a frame to BGR only when the analyser asked for one, and hands it to the event
 loop; nothing is queued, so results are always about *now*. Failures: a
-failed read (or no frame for ``max_frame_age_s``) releases the stream and retries the open
-``reconnect_attempts`` times, ``reconnect_interval_s`` apart; when all fail the camera is
-dead for the session, and is then re-probed every ``probe_min_s`` for ``probe_fast_for_s``
-(a rebooting camera is LIVE again within seconds of its return), then with capped backoff. A
+failed read (or no frame for ``max_frame_age_s``) releases the stream and opens it again,
+as :mod:`agent.camera.reconnect` times it (attempts, then DEAD and re-probed). A
 library error is a failed open or read like any other; any other exception on the thread
 is logged (CAMERA_THREAD_CRASHED, with the traceback) and ends the reader as DEAD with the
 reason, never silently. Logs never show the URL's credentials.
@@ -27,15 +25,18 @@ import logging
 import threading
 import time
 import traceback
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from agent.camera.counters import Frame, LoopCounters, ReaderCounters
+from agent.camera.reconnect import Reconnects
 from agent.camera.video_source import (
     DecodeMode,
     SourceError,
+    SourceFailure,
     VideoSource,
     choose_decoder,
+    failure_kind,
     open_source,
 )
 from agent.config import CamerasConfig
@@ -43,49 +44,8 @@ from agent.config import CamerasConfig
 # redact_url is re-exported: tests/test_camera_units.py imports it from here.
 from agent.redaction import log_safe, redact_text, redact_url, url_secrets
 from agent.status.models import CameraHealth, CameraState
-from agent.vision.faces import Image
 
 log = logging.getLogger(__name__)
-
-RATE_WINDOW_S = 10.0  # analysis rate shown in status: analyses over the last 10 s
-
-
-@dataclass(frozen=True)
-class Frame:
-    """One decoded frame and when it was read."""
-
-    image: Image
-    monotonic: float
-    wall: float
-
-
-@dataclass
-class ReaderCounters:
-    """Written by the reader thread only (the loop reads them for status)."""
-
-    frames_read: int = 0  # video packets (PyAV) or frames (OpenCV) received from the stream
-    frames_decoded: int = 0
-    frames_invalid: int = 0  # decoded but unusable
-    reconnects: int = 0
-    last_error: str = ""
-    # Monotonic time of the last usable video packet or frame (one a decoder can use: not
-    # before the stream's first keyframe, not audio).
-    last_frame_at: float | None = None
-    next_retry_at: float | None = None  # wall time of the next open attempt while down
-
-
-@dataclass
-class LoopCounters:
-    """Written on the event loop only."""
-
-    frames_analysed: int = 0
-    analysis_errors: int = 0
-    analyses_shed: int = 0  # analyses a busy box skipped (the scheduler's count)
-    stall_error: str = ""  # the loop's own finding: no frame for max_frame_age_s
-    up_seconds: float = 0.0
-    live_since: float | None = None
-    analysed_at: deque[float] = field(default_factory=lambda: deque(maxlen=256))
-
 
 StateCallback = Callable[[str, CameraState, str], None]
 
@@ -114,6 +74,7 @@ class CameraReader:
     _thread_state: CameraState = CameraState.CONNECTING  # the thread's own view
     _thread_source: str = ""  # "pyav" or "opencv" once opened
     _thread_fps: float = 0.0  # the stream's nominal rate once opened
+    _thread_failure: SourceFailure = SourceFailure.OTHER  # the kind of counters.last_error
 
     @property
     def _log_id(self) -> str:
@@ -179,9 +140,8 @@ class CameraReader:
         return self._thread_fps
 
     def analysis_rate(self) -> float:
-        """Analyses per second over the last ``RATE_WINDOW_S`` seconds."""
-        since = time.monotonic() - RATE_WINDOW_S
-        return sum(1 for t in self.loop_counters.analysed_at if t >= since) / RATE_WINDOW_S
+        """Analyses per second over the last 10 s (``counters.RATE_WINDOW_S``)."""
+        return self.loop_counters.analysis_rate(time.monotonic())
 
     def frame_age(self) -> float | None:
         """Seconds since the last frame was read (None before the first)."""
@@ -292,7 +252,7 @@ class CameraReader:
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(_resolve, waiter, frame)
 
-    def _thread_failure(self, what: str, exc: BaseException) -> str:
+    def _thread_failure_reason(self, what: str, exc: BaseException) -> str:
         """A one-line reason for an exception, safe to log and report (credentials masked:
         FFmpeg and OpenCV messages may quote the URL)."""
         return self._thread_mask(f"{what}: {type(exc).__name__}: {exc}")
@@ -301,14 +261,24 @@ class CameraReader:
         """``text`` with the URL's credentials masked, cut to one reasonable line."""
         return redact_text(text, url_secrets(self.url), 300)
 
+    def _thread_failed(self, failure: str | SourceError) -> None:
+        """Keep the latest failure: its reason for status, its kind for the logs."""
+        if isinstance(failure, SourceError):
+            self.counters.last_error = self._thread_mask(str(failure))
+            self._thread_failure = failure.kind
+        else:
+            self.counters.last_error = failure
+            self._thread_failure = SourceFailure.OTHER
+
     def _thread_open(self) -> VideoSource | None:
         try:
             source = open_source(self.url, self.cfg)
         except SourceError as exc:
-            self.counters.last_error = self._thread_mask(str(exc))
+            self._thread_failed(exc)
             return None
         except Exception as exc:  # whatever a backend raises: a failed open
-            self.counters.last_error = self._thread_failure("open failed", exc)
+            self._thread_failed(self._thread_failure_reason("open failed", exc))
+            self._thread_failure = failure_kind(exc)
             return None
         self._thread_source = source.name
         self._thread_fps = source.fps
@@ -322,7 +292,7 @@ class CameraReader:
             self._thread_read_loop()
         except Exception as exc:
             secrets = url_secrets(self.url)
-            reason = self._thread_failure("reader crashed", exc)
+            reason = self._thread_failure_reason("reader crashed", exc)
             trace = "\n".join(
                 redact_text(line, secrets, 1000)
                 for line in "".join(traceback.format_exception(exc)).splitlines()
@@ -334,7 +304,7 @@ class CameraReader:
                 reason,
                 trace,
             )
-            self.counters.last_error = reason
+            self._thread_failed(reason)
             if not self._stop.is_set():
                 self._thread_report(CameraState.DEAD, reason)
                 return
@@ -345,70 +315,43 @@ class CameraReader:
         self.counters.next_retry_at = time.time() + seconds
         self._stop.wait(seconds)
 
-    def _thread_probe_interval(self, lost_at: float, probe: float) -> tuple[float, float]:
-        """This wait and the next one while dead: ``probe_min_s`` during ``probe_fast_for_s``
-        after the loss (a camera reboot is over in 30-90 s, and the session waits for it),
-        then doubling up to ``probe_max_s`` (a camera gone for good costs little)."""
-        if time.monotonic() - lost_at < self.cfg.probe_fast_for_s:
-            return self.cfg.probe_min_s, probe
-        return probe, min(self.cfg.probe_max_s, probe * 2)
-
     def _thread_read_loop(self) -> None:
-        attempts = 0
-        probe = self.cfg.probe_min_s
-        lost_at = time.monotonic()
-        safe_url = redact_url(self.url)
+        retry = Reconnects(self.cfg)
         while not self._stop.is_set():
             source = self._thread_open()
             if source is not None:
                 try:
-                    reason, delivered = self._thread_read_until_failure(source, attempts)
+                    failure, delivered = self._thread_read_until_failure(source, retry.attempts)
                 finally:  # also on a crash: the stream holds a socket and a decoder
                     source.release()
                 if self._stop.is_set():
                     break
-                self.counters.last_error = reason
+                self._thread_failed(failure)
+                reason = self.counters.last_error
                 log.warning("CAMERA_READ_FAIL camera=%s reason=%s", self._log_id, reason)
                 if delivered:  # it was live: start the attempts afresh
-                    attempts = 0
-                    probe = self.cfg.probe_min_s
-                    lost_at = time.monotonic()
+                    retry.lost()
                     log.info("CAMERA_RECONNECT camera=%s", self._log_id)
                     self._thread_report(CameraState.RECONNECTING, reason)
                     continue
                 # Opened but never gave a usable frame (no keyframe, no video): a failed
                 # attempt like a failed open, so such a camera ends DEAD with the reason.
-            attempts += 1
-            if self._thread_state is CameraState.DEAD:
-                wait, probe = self._thread_probe_interval(lost_at, probe)
-                log.info("CAMERA_PROBE_FAILED camera=%s next_in=%.0fs", self._log_id, wait)
-                self._thread_wait(wait)
-                continue
-            event = (
-                "CAMERA_RECONNECT_TIMEOUT"
-                if "timed out" in self.counters.last_error
-                else "CAMERA_RECONNECT_ERROR"
-            )
-            log.warning(
-                "%s camera=%s url=%s attempt=%d/%d error=%s",
-                event,
-                self._log_id,
-                safe_url,
-                attempts,
-                self.cfg.reconnect_attempts,
-                self.counters.last_error,
-            )
-            if attempts >= self.cfg.reconnect_attempts:
-                log.error(
-                    "CAMERA_DEAD camera=%s url=%s after %d attempts",
-                    self._log_id,
-                    safe_url,
-                    attempts,
-                )
-                self._thread_report(CameraState.DEAD, self.counters.last_error)
-                self._thread_wait(self.cfg.probe_min_s)
-                continue
-            self._thread_wait(self.cfg.reconnect_interval_s)
+            self._thread_attempt_failed(retry)
+
+    def _thread_attempt_failed(self, retry: Reconnects) -> None:
+        """An open (or a stream that never gave a frame) failed: wait for the next attempt,
+        and report the camera DEAD after the last one."""
+        dead = self._thread_state is CameraState.DEAD
+        wait = retry.failed(
+            self._log_id,
+            redact_url(self.url),
+            self.counters.last_error,
+            dead=dead,
+            timed_out=self._thread_failure is SourceFailure.TIMEOUT,
+        )
+        if not dead and retry.gave_up:
+            self._thread_report(CameraState.DEAD, self.counters.last_error)
+        self._thread_wait(wait)
 
     def _thread_went_live(self, attempts: int) -> None:
         """The first usable frame since the stream was opened: the camera is live."""
@@ -418,11 +361,14 @@ class CameraReader:
             log.info("CAMERA_RECONNECT_OK camera=%s after %d attempt(s)", self._log_id, attempts)
         self._thread_report(CameraState.LIVE)
 
-    def _thread_read_until_failure(self, source: VideoSource, attempts: int) -> tuple[str, bool]:
-        """Read until a failure or a stop request; returns the reason and whether a usable
-        frame came at all. A library error is a failure like any other: the stream is
-        reopened. Only usable video counts as a frame: packets before the first keyframe
-        and other tracks' packets do not keep a camera alive."""
+    def _thread_read_until_failure(
+        self, source: VideoSource, attempts: int
+    ) -> tuple[str | SourceError, bool]:
+        """Read until a failure or a stop request; returns the failure (a reason, or the
+        source's error) and whether a usable frame came at all. A library error is a failure
+        like any other: the stream is reopened. Only usable video counts as a frame:
+        packets before the first keyframe and other tracks' packets do not keep a camera
+        alive."""
         fps = source.fps or 10.0
         pace = 1.0 / fps if self.url.startswith("file://") else 0.0
         last = time.monotonic()  # the last usable frame (or the open)
@@ -434,7 +380,7 @@ class CameraReader:
             try:
                 grab = source.grab(self.decode_mode, self._want.is_set())
             except SourceError as exc:
-                return self._thread_mask(str(exc)), delivered
+                return exc, delivered
             now = time.monotonic()
             if not grab.ok:
                 return "read failed (stream ended or connection lost)", delivered

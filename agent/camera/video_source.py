@@ -31,6 +31,10 @@ from agent.camera import frame_size
 from agent.camera.frame_size import jpeg_size, too_large
 from agent.config import CamerasConfig
 from agent.errors import AgentError, ErrorCode
+
+# DecodeMode is spelled in the status models (it is reported); readers and the scheduler
+# import it from here with the sources that honour it.
+from agent.status.models import DecodeMode
 from agent.vision.faces import Image
 
 try:  # PyAV is a dependency; without it every camera is read with OpenCV.
@@ -40,23 +44,62 @@ try:  # PyAV is a dependency; without it every camera is read with OpenCV.
 except ImportError:  # pragma: no cover - exercised only on a broken install
     HAVE_PYAV = False
 
+__all__ = [
+    "HAVE_PYAV",
+    "OPENCV_OPTIONS_ENV",
+    "DecodeMode",
+    "Grab",
+    "OpenCvSource",
+    "PyAvSource",
+    "SourceError",
+    "SourceFailure",
+    "VideoSource",
+    "choose_decoder",
+    "failure_kind",
+    "install_opencv_options",
+    "open_source",
+    "opencv_options",
+]
 
-class DecodeMode(StrEnum):
-    """How much of a stream is decoded."""
 
-    FULL = "FULL"  # every frame (a frame can be analysed at any time)
-    KEYFRAMES = "KEYFRAMES"  # only keyframes that an analysis is waiting for
+class SourceFailure(StrEnum):
+    """What kind of failure a :class:`SourceError` is, as the source knew it (callers act on
+    this, never on the words of the reason)."""
+
+    TIMEOUT = "TIMEOUT"  # no answer (or no data) within the open or read timeout
+    REFUSED = "REFUSED"  # the library declined the stream at once, without saying why
+    CONNECTION_REFUSED = "CONNECTION_REFUSED"  # nothing accepts connections at the address
+    OTHER = "OTHER"  # anything else: the reason says what
 
 
 class SourceError(AgentError):
     """Opening or reading a stream failed; ``str()`` is a one-line reason (it becomes the
-    camera's ``lastError`` and the CAMERA_DISCONNECTED message)."""
+    camera's ``lastError`` and the CAMERA_DISCONNECTED message), ``kind`` its kind."""
 
     def __init__(
-        self, reason: str, *, opening: bool = False, code: ErrorCode | None = None
+        self,
+        reason: str,
+        *,
+        opening: bool = False,
+        code: ErrorCode | None = None,
+        kind: SourceFailure = SourceFailure.OTHER,
     ) -> None:
         default = ErrorCode.CAMERA_OPEN_FAILED if opening else ErrorCode.CAMERA_NO_FRAME
         super().__init__(code or default, reason, status=502)
+        self.kind = kind
+
+
+def failure_kind(exc: BaseException) -> SourceFailure:
+    """The kind of any exception an open or a read raised: a SourceError's own, else by the
+    exception's type (PyAV raises FFmpeg's ETIMEDOUT as a TimeoutError, ECONNREFUSED as a
+    ConnectionRefusedError)."""
+    if isinstance(exc, SourceError):
+        return exc.kind
+    if isinstance(exc, TimeoutError):
+        return SourceFailure.TIMEOUT
+    if isinstance(exc, ConnectionRefusedError):
+        return SourceFailure.CONNECTION_REFUSED
+    return SourceFailure.OTHER
 
 
 def _check_size(width: int, height: int, cfg: CamerasConfig, *, opening: bool = False) -> None:
@@ -99,6 +142,12 @@ class VideoSource(Protocol):
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether PyAV gave up because its timeout interrupted FFmpeg (its ExitError, which
+    says only "Immediate exit requested"): a timeout."""
+    return "Immediate exit requested" in str(exc)
 
 
 def choose_decoder(url: str, cfg: CamerasConfig) -> str:
@@ -207,10 +256,14 @@ class PyAvSource:
             raise
         except Exception as exc:  # av.error.*, OSError: a failed open
             _close(container)
-            if "Immediate exit requested" in str(exc):
-                raise SourceError("open timed out", opening=True) from exc
+            if _interrupted(exc):
+                raise SourceError(
+                    "open timed out", opening=True, kind=SourceFailure.TIMEOUT
+                ) from exc
             hint = " (HTTP redirects are not followed)" if "max_redirects" in options else ""
-            raise SourceError(f"open failed: {_describe(exc)}{hint}", opening=True) from exc
+            raise SourceError(
+                f"open failed: {_describe(exc)}{hint}", opening=True, kind=failure_kind(exc)
+            ) from exc
         return cls(container, stream, cfg)
 
     def grab(self, mode: DecodeMode, wanted: bool) -> Grab:
@@ -220,9 +273,11 @@ class PyAvSource:
             while packet is not None and packet.size == 0:  # flush packets carry nothing
                 packet = next(self._packets, None)
         except Exception as exc:
-            if "Immediate exit requested" in str(exc):
-                raise SourceError("read timed out (no data from the stream)") from exc
-            raise SourceError(f"read failed: {_describe(exc)}") from exc
+            if _interrupted(exc):
+                raise SourceError(
+                    "read timed out (no data from the stream)", kind=SourceFailure.TIMEOUT
+                ) from exc
+            raise SourceError(f"read failed: {_describe(exc)}", kind=failure_kind(exc)) from exc
         if packet is None:
             return Grab(ok=False)
         if packet.stream_index != self._stream.index:
@@ -319,12 +374,15 @@ class OpenCvSource:
             opened = bool(cap.isOpened())
         except Exception as exc:  # cv2.error or whatever a backend raises: a failed open
             _release(cap)
-            raise SourceError(f"open failed: {_describe(exc)}", opening=True) from exc
+            raise SourceError(
+                f"open failed: {_describe(exc)}", opening=True, kind=failure_kind(exc)
+            ) from exc
         if not opened:
             _release(cap)
             # OpenCV says only "not opened": an open that took the whole timeout timed out.
-            timed_out = time.monotonic() - started >= cfg.open_timeout_s * 0.9
-            raise SourceError("open timed out" if timed_out else "open refused", opening=True)
+            if time.monotonic() - started >= cfg.open_timeout_s * 0.9:
+                raise SourceError("open timed out", opening=True, kind=SourceFailure.TIMEOUT)
+            raise SourceError("open refused", opening=True, kind=SourceFailure.REFUSED)
         source = cls(cap, cfg)
         try:
             source.check_size(opening=True)

@@ -1,12 +1,12 @@
 """What a camera saw at its last analysis: the frame and the faces on it.
 
-The pipeline keeps one :class:`CameraView` per camera in memory (replaced at each
-analysis, never written to disk) so the technician's page can draw a snapshot on request.
+Each camera's work (:class:`~agent.session.camera_work.CameraWork`) keeps its last
+:class:`CameraView` in memory (replaced at each analysis, never written to disk) so the
+technician's page can draw a snapshot on request.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.vision.faces import Image
@@ -29,7 +29,3 @@ class CameraView:
     image: Image  # BGR, as decoded; read-only by convention
     wall: float  # time.time() when the frame was read
     faces: tuple[FaceBox, ...]
-
-
-ViewLookup = Callable[[str], CameraView | None]
-"""Returns a camera's last view by camera id (None before its first analysis)."""

@@ -15,16 +15,16 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from agent.camera.reader import CameraReader
 from agent.protocol import SessionStatus, StatusReason
 from agent.redaction import log_safe
+from agent.session.camera_work import CameraWork
 from agent.status.models import CameraState
 
 log = logging.getLogger(__name__)
 
-Report = Callable[[SessionStatus, StatusReason, CameraReader, str], Awaitable[None]]
+Report = Callable[[SessionStatus, StatusReason, CameraWork, str], Awaitable[None]]
 """Sends one camera status event of the session (status, reason, camera, message)."""
 
 StateChange = tuple[str, CameraState, str]
@@ -33,13 +33,13 @@ StateChange = tuple[str, CameraState, str]
 
 @dataclass
 class CameraWatch:
-    """Turns a session's camera state changes into events and decides when it must stop."""
+    """Turns a session's camera state changes into events and decides when it must stop.
+    A camera reported down is marked :attr:`CameraWork.disconnected` until it is back."""
 
     slot_id: str
-    readers: Sequence[CameraReader]
+    cameras: Sequence[CameraWork]
     grace_s: float
     report: Report
-    down: set[str] = field(default_factory=set)
     deadline: float | None = None  # monotonic; set while every camera is down
 
     def seconds_left(self) -> float | None:
@@ -63,16 +63,16 @@ class CameraWatch:
                     self.grace_s,
                 )
                 return StatusReason.ALL_CAMERAS_FAILED
-            reader = next(r for r in self.readers if r.camera_id == camera_id)
+            work = next(w for w in self.cameras if w.camera_id == camera_id)
             if state is CameraState.DEAD:
-                if await self._lost(reader, reason):
+                if await self._lost(work, reason):
                     return StatusReason.ALL_CAMERAS_FAILED
-            elif state is CameraState.LIVE and camera_id in self.down:
-                await self._back(reader)
+            elif state is CameraState.LIVE and work.disconnected:
+                await self._back(work)
 
-    async def _lost(self, reader: CameraReader, reason: str) -> bool:
+    async def _lost(self, work: CameraWork, reason: str) -> bool:
         """A camera went down; True when the session must stop at once (no grace)."""
-        all_down = all(r.state is CameraState.DEAD for r in self.readers)
+        all_down = all(w.reader.state is CameraState.DEAD for w in self.cameras)
         if all_down and self.grace_s <= 0:
             log.error("ALL_CAMERAS_DEAD slot=%s", log_safe(self.slot_id))
             return True
@@ -83,21 +83,19 @@ class CameraWatch:
                 log_safe(self.slot_id),
                 self.grace_s,
             )
-        if reader.camera_id not in self.down:
-            self.down.add(reader.camera_id)
+        if not work.disconnected:
+            work.disconnected = True
             await self.report(
-                SessionStatus.CAMERA_DISCONNECTED, StatusReason.CAMERA_FAILURE, reader, reason
+                SessionStatus.CAMERA_DISCONNECTED, StatusReason.CAMERA_FAILURE, work, reason
             )
         return False
 
-    async def _back(self, reader: CameraReader) -> None:
+    async def _back(self, work: CameraWork) -> None:
         """A down camera is live again: the wait, if any, is over."""
-        self.down.discard(reader.camera_id)
+        work.disconnected = False
         if self.deadline is not None:
             log.info(
-                "CAMERAS_BACK slot=%s camera=%s", log_safe(self.slot_id), log_safe(reader.camera_id)
+                "CAMERAS_BACK slot=%s camera=%s", log_safe(self.slot_id), log_safe(work.camera_id)
             )
         self.deadline = None
-        await self.report(
-            SessionStatus.CAMERA_RECONNECTED, StatusReason.CAMERA_RECOVERED, reader, ""
-        )
+        await self.report(SessionStatus.CAMERA_RECONNECTED, StatusReason.CAMERA_RECOVERED, work, "")

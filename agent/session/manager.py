@@ -15,10 +15,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from agent.allowlist import CallbackUrlError, check_callback_url, is_allowed
-from agent.camera.view import ViewLookup
 from agent.config import CallbackConfig, CamerasConfig, RecognitionConfig, RuntimeConfig
 from agent.errors import AgentError, ErrorCode
 from agent.events.event import EventFactory, EventSink, emit_or_log
@@ -40,6 +39,10 @@ from agent.status.models import CameraHealth, CameraRef, SessionSummary
 from agent.vision.inference import ModelSlot
 from agent.vision.matching import Roster
 
+if TYPE_CHECKING:  # the runner's parts, which import this module: typing only, no cycle
+    from agent.session.camera_watch import CameraWatch
+    from agent.session.camera_work import CameraWork
+
 log = logging.getLogger(__name__)
 
 
@@ -57,27 +60,35 @@ class ActiveSession:
     stop_reason: StatusReason | None = None
     presence: PresenceBook = field(default_factory=lambda: PresenceBook([]))
     final_presence: list[PresenceEntry] | None = None  # the verdict, once stopped
-    # Set by the runner while it runs: per-camera health and up-times.
-    camera_health: Callable[[], list[CameraHealth]] | None = None
-    uptimes: Callable[[], list[CameraUptime]] | None = None
-    # Set by the runner: the last analysed frame of a camera, with its faces.
-    camera_view: ViewLookup | None = None
-    # Set by the runner: seconds of grace left while every camera is down, else None.
-    waiting_for_cameras: Callable[[], float | None] | None = None
+    # One per camera once the runner made them; kept after the stop for the final summary.
+    camera_work: list[CameraWork] = field(default_factory=list)
+    # The runner's watch over the cameras as a whole (the grace while all are down).
+    camera_watch: CameraWatch | None = None
 
     @property
     def slot_id(self) -> str:
         """The class slot this session serves."""
         return self.command.slot_id
 
+    def camera_health(self) -> list[CameraHealth]:
+        """Each running camera's health (empty before the runner made them)."""
+        return [work.describe() for work in self.camera_work]
+
+    def uptimes(self) -> list[CameraUptime] | None:
+        """Each camera's up-time out of the session's (None if no camera ever ran)."""
+        total = max(0.0, time.time() - self.started_at.timestamp())
+        return [w.uptime(total) for w in self.camera_work] if self.camera_work else None
+
+    def waiting_for_cameras(self) -> float | None:
+        """While every camera is down: seconds of grace left before the session stops."""
+        return self.camera_watch.seconds_left() if self.camera_watch is not None else None
+
     def describe(self) -> SessionSummary:
         """What replies and status show of the session (no embeddings, no names)."""
         end = self.command.end_time
-        cameras: list[CameraHealth | CameraRef] = (
-            list(self.camera_health())
-            if self.camera_health is not None
-            else [CameraRef(id=c.id, name=c.name) for c in self.cameras]
-        )
+        cameras: list[CameraHealth | CameraRef] = [*self.camera_health()] or [
+            CameraRef(id=c.id, name=c.name) for c in self.cameras
+        ]
         return SessionSummary(
             slot_id=self.slot_id,
             mode=self.command.mode,
@@ -89,9 +100,7 @@ class ActiveSession:
             started_at=self.started_at.isoformat(),
             presence_counts=self.presence.counts(),
             presence=self.final_presence,
-            waiting_for_cameras_seconds=self.waiting_for_cameras()
-            if self.waiting_for_cameras
-            else None,
+            waiting_for_cameras_seconds=self.waiting_for_cameras(),
         )
 
 
@@ -353,7 +362,7 @@ class SessionManager:
             session.slot_id,
             SessionStatus.STOPPED,
             StatusReason.STOP_FAILED if problem else reason,
-            cameras=session.uptimes() if session.uptimes else None,
+            cameras=session.uptimes(),
             presence=session.final_presence,
             message=f"Stopping for {reason} failed: {problem}." if problem else None,
         )

@@ -19,14 +19,14 @@ from prometheus_client.registry import Collector
 from agent.status.models import (
     AgentStatus,
     CameraHealth,
+    CameraState,
+    DecodeMode,
     ModelLoaded,
     ModelStatus,
     OutboxStats,
 )
 
 STAGES = ("decode", "detect", "embed", "match")
-CAMERA_STATES = ("CONNECTING", "LIVE", "RECONNECTING", "DEAD", "STOPPED")
-DECODE_MODES = ("FULL", "KEYFRAMES")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -148,7 +148,8 @@ class _StateCollector(Collector):
         )
         mode = GaugeMetricFamily(
             "edge_agent_camera_decode_mode",
-            "1 for the camera's decode mode (FULL: every frame; KEYFRAMES: keyframes only).",
+            f"1 for the camera's decode mode ({DecodeMode.FULL}: every frame; "
+            f"{DecodeMode.KEYFRAMES}: keyframes only).",
             labels=["slot", "camera", "mode"],
         )
         for session in status.sessions:
@@ -156,15 +157,15 @@ class _StateCollector(Collector):
                 if not isinstance(cam, CameraHealth):
                     continue  # the session's work has not started yet
                 labels = [session.slot_id, cam.id]
-                for name in CAMERA_STATES:
-                    state.add_metric([*labels, name], 1.0 if cam.state == name else 0.0)
+                for name in CameraState:
+                    state.add_metric([*labels, name.value], 1.0 if cam.state == name else 0.0)
                 if cam.frame_age_seconds is not None:
                     age.add_metric(labels, cam.frame_age_seconds)
                 for field, family in counters.items():  # field names match the metric names
                     family.add_metric(labels, float(getattr(cam, field)))
                 rate.add_metric(labels, cam.analysis_rate or 0.0)
-                for name in DECODE_MODES:
-                    mode.add_metric([*labels, name], 1.0 if cam.decode_mode == name else 0.0)
+                for dm in DecodeMode:
+                    mode.add_metric([*labels, dm.value], 1.0 if cam.decode_mode == dm else 0.0)
         yield state
         yield age
         yield rate

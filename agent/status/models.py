@@ -28,6 +28,20 @@ class CameraState(StrEnum):
     STOPPED = "STOPPED"  # the session's camera work has ended
 
 
+class DecodeMode(StrEnum):
+    """How much of a camera's stream is decoded (``decodeMode`` in status, the metrics'
+    ``mode`` label); the scheduler picks it per camera."""
+
+    FULL = "FULL"  # every frame (a frame can be analysed at any time)
+    KEYFRAMES = "KEYFRAMES"  # only keyframes that an analysis is waiting for
+
+
+def _one_of(words: type[StrEnum]) -> str:
+    """An enum's values as a sentence: "A, B or C"."""
+    *first, last = [w.value for w in words]
+    return f"{', '.join(first)} or {last}" if first else last
+
+
 def wire(model: WireModel) -> dict[str, Any]:
     """The JSON-ready dict of a model, in the wire field names."""
     return model.model_dump(mode="json", by_alias=True)
@@ -64,9 +78,9 @@ class CameraHealth(WireModel):
 
     id: str = Field(description="Camera id.")
     name: str = Field(description="Display name.")
-    state: str = Field(description="CONNECTING, LIVE, RECONNECTING, DEAD or STOPPED.")
-    # A str, not CameraState: the published schema stays as it is (the enum is the code's
-    # spelling of the same five words; tests/test_status_models.py checks they agree).
+    state: str = Field(description=f"{_one_of(CameraState)}.")
+    # A str, not CameraState: the published schema stays as it is (a plain string with
+    # the enum's words in its description).
     frame_age_seconds: float | None = Field(
         alias="frameAgeSeconds", description="Seconds since the last frame; null before one."
     )
@@ -100,7 +114,8 @@ class CameraHealth(WireModel):
     decode_mode: str | None = Field(
         None,
         alias="decodeMode",
-        description="FULL: every frame decoded; KEYFRAMES: only keyframes analyses use.",
+        description=f"{DecodeMode.FULL}: every frame decoded; "
+        f"{DecodeMode.KEYFRAMES}: only keyframes analyses use.",
     )
     coverage: CameraCoverageStatus | None = Field(
         None, description="Full-resolution coverage and face sizes; null before analyses."

@@ -72,7 +72,7 @@ class StatusReporter:
         if space_change:
             found.append(space_change)
         for session in self.sessions.sessions:
-            left = session.waiting_for_cameras() if session.waiting_for_cameras else None
+            left = session.waiting_for_cameras()
             if left is not None:
                 found.append(
                     f"CAMERAS_DOWN: every camera of slot {session.slot_id} is down; the "

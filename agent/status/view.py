@@ -91,9 +91,9 @@ def _trouble(health: CameraHealth, now: float) -> dict[str, Any]:
     age = health.frame_age_seconds
     retry = health.next_retry_at
     return {
-        "reason": camera_reason(health.last_error) if health.state != "LIVE" else None,
+        "reason": camera_reason(health.last_error) if health.state != CameraState.LIVE else None,
         "nextRetryInSeconds": None if retry is None else round(max(0.0, retry - now), 1),
-        "stale": health.state != "LIVE" or (age is not None and age > STALE_AFTER_S),
+        "stale": health.state != CameraState.LIVE or (age is not None and age > STALE_AFTER_S),
     }
 
 

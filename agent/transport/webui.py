@@ -282,7 +282,7 @@ class WebUi:
             return _error(404, ErrorCode.SESSION_NOT_FOUND, "No session runs for this slot.")
         if camera not in {c.id for c in session.cameras}:
             return _error(404, ErrorCode.CAMERA_NOT_FOUND, "This session has no such camera.")
-        view = session.camera_view(camera) if session.camera_view is not None else None
+        view = next((w.view for w in session.camera_work if w.camera_id == camera), None)
         if view is None:
             return _error(
                 503,
