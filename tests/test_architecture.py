@@ -49,6 +49,7 @@ ENGINE_CODE = {
 }
 DOMAIN = {
     "agent.session.manager",
+    "agent.session.plan",
     "agent.session.limits",
     "agent.session.runner",
     "agent.session.attendance",
@@ -65,6 +66,7 @@ LIGHT = sorted(
         "agent.session.presence",
         "agent.session.placement",
         "agent.session.limits",
+        "agent.session.plan",
         "agent.vision.faces",
         "agent.config",
         "agent.errors",
