@@ -92,6 +92,23 @@ def test_errors_are_reported_by_key_path(
     assert fragment in paths[key]
 
 
+def test_idle_analysis_faster_than_busy_is_refused_by_key_path(tmp_path: Path) -> None:
+    toml = "[cameras]\nanalysis_fps = 2.0\nidle_analysis_fps = 3.0\n"
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, toml))
+    assert info.value.errors == [
+        (
+            "cameras",
+            "idle_analysis_fps (3) must not exceed analysis_fps (2): an empty room is "
+            "analysed at most as often as a busy one",
+        )
+    ]
+    equal = load_config(
+        _write(tmp_path, "[cameras]\nanalysis_fps = 2.0\nidle_analysis_fps = 2.0\n")
+    )
+    assert equal.cameras.idle_analysis_fps == equal.cameras.analysis_fps
+
+
 def test_all_errors_reported_at_once(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(_write(tmp_path, "[models]\nfoo = 1\n[recognition]\ndet_threshold = 7\n"))
