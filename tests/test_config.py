@@ -219,6 +219,34 @@ def test_every_named_file_is_read_at_load(tmp_path: Path) -> None:
     assert masked_dump(cfg)["auth"]["api_keys_file"] == str(keys)
 
 
+def test_each_section_gives_its_resolved_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = {name: tmp_path / name for name in ("keys", "callback", "mqtt", "page")}
+    for name, path in files.items():
+        path.write_text(f"{name}-from-file\n")
+    cfg = load_config(
+        _write(
+            tmp_path,
+            f'[auth]\napi_keys_file = "{files["keys"]}"\n'
+            f'[callback]\napi_key_file = "{files["callback"]}"\n'
+            f'[mqtt]\npassword_file = "{files["mqtt"]}"\n'
+            f'[webui]\npassword_file = "{files["page"]}"\n',
+        )
+    )
+    for path in files.values():
+        path.unlink()  # resolved at load: nothing reads them again
+    assert cfg.auth.keys() == api_keys(cfg.auth) == ["keys-from-file"]
+    assert cfg.callback.api_key_value() == "callback-from-file"
+    assert cfg.mqtt.password_value() == "mqtt-from-file"
+    assert cfg.webui.password_value() == "page-from-file"
+    shown = repr(cfg) + str(cfg) + str(cfg.model_dump()) + str(masked_dump(cfg))
+    assert "from-file" not in shown
+    monkeypatch.setenv("AGENT_CALLBACK__API_KEY", "callback-from-env")
+    assert load_config(None).callback.api_key_value() == "callback-from-env"
+    assert load_config(None).mqtt.password_value() is None
+
+
 def test_missing_and_bad_files_are_errors_by_key_path(tmp_path: Path) -> None:
     bad_ca = tmp_path / "ca.pem"
     bad_ca.write_text("not a certificate\n")
