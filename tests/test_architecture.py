@@ -50,6 +50,7 @@ ENGINE_CODE = {
 DOMAIN = {
     "agent.session.manager",
     "agent.session.plan",
+    "agent.session.autostop",
     "agent.session.limits",
     "agent.session.runner",
     "agent.session.attendance",
@@ -67,6 +68,7 @@ LIGHT = sorted(
         "agent.session.placement",
         "agent.session.limits",
         "agent.session.plan",
+        "agent.session.autostop",
         "agent.vision.faces",
         "agent.config",
         "agent.errors",
