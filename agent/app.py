@@ -24,14 +24,16 @@ from agent import __version__
 from agent.camera.video_source import install_opencv_options
 from agent.commands.handlers import build_handlers
 from agent.commands.processor import CommandProcessor
-from agent.config import AgentConfig, api_keys, secret_value
-from agent.events.delivery import Delivery, OutboxSink
+from agent.config import AgentConfig, api_keys
+from agent.events.delivery import Delivery
 from agent.events.event import EventFactory, EventSink
 from agent.events.housekeeping import housekeeping
 from agent.events.outbox import Outbox
+from agent.events.sink import OutboxSink
 from agent.events.store import Store
 from agent.lanes import Lanes
 from agent.protocol import StatusReason
+from agent.session.autostop import AutoStop
 from agent.session.history import SessionHistory
 from agent.session.manager import SessionManager, SessionRunner
 from agent.session.runner import RecognitionRunner
@@ -105,6 +107,8 @@ class Agent:
         self.metrics.attach(self._status_for_metrics)
         self.http: LocalHttp | None = None
         self.delivery: Delivery | None = None
+        # Stops a session whose backend fails its events (fed by delivery's records).
+        self.autostop = AutoStop(cfg.callback, self._autostop)
         self.supervisor: Supervisor | None = None
         self.reporter: StatusReporter | None = None
         self.space_notice: SpaceNotice | None = None
@@ -232,9 +236,9 @@ class Agent:
         delivery = self.delivery = Delivery(
             outbox,
             cfg.callback,
-            api_key=secret_value(cfg.callback.api_key, cfg.callback.api_key_file),
+            api_key=cfg.callback.api_key_value(),
             active_slots=self._active_slots,
-            on_unresponsive=self._autostop,
+            on_health=self.autostop.observe,
             on_result=self.metrics.observe_delivery,
             on_crash=supervisor.record_failure,
         )
@@ -392,6 +396,7 @@ class Agent:
         if self.sessions is not None:
             await self.sessions.shutdown()  # no-op after a clean shutdown
         await core.supervisor.stop()
+        await self.autostop.close()
         await core.delivery.close()
         if self.http is not None:
             await self.http.stop()

@@ -91,9 +91,10 @@ if importlib.util.find_spec("agent") is None:  # run from a checkout without ins
 
 from agent.config import CallbackConfig  # noqa: E402
 from agent.devkit.ports import free_port  # noqa: E402
-from agent.events.delivery import Delivery, OutboxSink  # noqa: E402
+from agent.events.delivery import Delivery  # noqa: E402
 from agent.events.event import Event, EventFactory  # noqa: E402
 from agent.events.outbox import EventState, Outbox, OutboxEvent  # noqa: E402
+from agent.events.sink import OutboxSink  # noqa: E402
 from agent.events.store import Store  # noqa: E402
 from agent.protocol import SessionStatus  # noqa: E402
 

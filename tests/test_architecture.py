@@ -49,6 +49,8 @@ ENGINE_CODE = {
 }
 DOMAIN = {
     "agent.session.manager",
+    "agent.session.plan",
+    "agent.session.autostop",
     "agent.session.limits",
     "agent.session.runner",
     "agent.session.attendance",
@@ -65,6 +67,8 @@ LIGHT = sorted(
         "agent.session.presence",
         "agent.session.placement",
         "agent.session.limits",
+        "agent.session.plan",
+        "agent.session.autostop",
         "agent.vision.faces",
         "agent.config",
         "agent.errors",

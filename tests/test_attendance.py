@@ -117,7 +117,7 @@ async def test_one_event_per_student_across_cameras(store: Store) -> None:
     assert _recognitions(sink) == [("stu-1", "cam-1"), ("stu-2", "cam-1")]
     event = sink.events[0][0]
     assert event.confidence == 0.8 and event.student_code == "S001"  # type: ignore[union-attr]
-    assert await store.run(store.recognized, "slot-a") == {"stu-1", "stu-2"}
+    assert await store.call(store.recognized, "slot-a") == {"stu-1", "stu-2"}
 
 
 async def test_a_lost_event_is_tried_again_at_the_next_sighting(store: Store) -> None:
@@ -128,7 +128,7 @@ async def test_a_lost_event_is_tried_again_at_the_next_sighting(store: Store) ->
         sighting = Sighting("stu-1", 0.8, FACE)
         await see(reporter, "cam-1", 1.0, sighting)
         assert _recognitions(sink) == []
-        assert await store.run(store.recognized, "slot-a") == set()
+        assert await store.call(store.recognized, "slot-a") == set()
         await see(reporter, "cam-1", 2.0, sighting)
     finally:
         pool.close()
@@ -149,4 +149,4 @@ async def test_continuous_mode_reports_again_after_the_interval(store: Store) ->
     finally:
         pool.close()
     assert len(_recognitions(sink)) == 2
-    assert await store.run(store.recognized, "slot-a") == set()  # not an attendance
+    assert await store.call(store.recognized, "slot-a") == set()  # not an attendance

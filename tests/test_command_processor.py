@@ -142,7 +142,7 @@ async def test_request_id_is_replayed_from_the_store(setup: Any, store: Store) -
     again = await processor.process(message("session/stop", {**STOP, "requestId": "dup"}))
     assert again == first and again.data == {"call": 1}
     assert len(handlers.calls) == 1
-    cached = await store.run(store.find_reply, "dup", 3600)
+    cached = await store.call(store.find_reply, "dup", 3600)
     assert cached is not None and cached["data"] == {"call": 1}
 
 

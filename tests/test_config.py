@@ -92,6 +92,23 @@ def test_errors_are_reported_by_key_path(
     assert fragment in paths[key]
 
 
+def test_idle_analysis_faster_than_busy_is_refused_by_key_path(tmp_path: Path) -> None:
+    toml = "[cameras]\nanalysis_fps = 2.0\nidle_analysis_fps = 3.0\n"
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, toml))
+    assert info.value.errors == [
+        (
+            "cameras",
+            "idle_analysis_fps (3) must not exceed analysis_fps (2): an empty room is "
+            "analysed at most as often as a busy one",
+        )
+    ]
+    equal = load_config(
+        _write(tmp_path, "[cameras]\nanalysis_fps = 2.0\nidle_analysis_fps = 2.0\n")
+    )
+    assert equal.cameras.idle_analysis_fps == equal.cameras.analysis_fps
+
+
 def test_all_errors_reported_at_once(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(_write(tmp_path, "[models]\nfoo = 1\n[recognition]\ndet_threshold = 7\n"))
@@ -200,6 +217,34 @@ def test_every_named_file_is_read_at_load(tmp_path: Path) -> None:
     for secret in ("key-one", "pw@", "page-pw"):
         assert secret not in shown
     assert masked_dump(cfg)["auth"]["api_keys_file"] == str(keys)
+
+
+def test_each_section_gives_its_resolved_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = {name: tmp_path / name for name in ("keys", "callback", "mqtt", "page")}
+    for name, path in files.items():
+        path.write_text(f"{name}-from-file\n")
+    cfg = load_config(
+        _write(
+            tmp_path,
+            f'[auth]\napi_keys_file = "{files["keys"]}"\n'
+            f'[callback]\napi_key_file = "{files["callback"]}"\n'
+            f'[mqtt]\npassword_file = "{files["mqtt"]}"\n'
+            f'[webui]\npassword_file = "{files["page"]}"\n',
+        )
+    )
+    for path in files.values():
+        path.unlink()  # resolved at load: nothing reads them again
+    assert cfg.auth.keys() == api_keys(cfg.auth) == ["keys-from-file"]
+    assert cfg.callback.api_key_value() == "callback-from-file"
+    assert cfg.mqtt.password_value() == "mqtt-from-file"
+    assert cfg.webui.password_value() == "page-from-file"
+    shown = repr(cfg) + str(cfg) + str(cfg.model_dump()) + str(masked_dump(cfg))
+    assert "from-file" not in shown
+    monkeypatch.setenv("AGENT_CALLBACK__API_KEY", "callback-from-env")
+    assert load_config(None).callback.api_key_value() == "callback-from-env"
+    assert load_config(None).mqtt.password_value() is None
 
 
 def test_missing_and_bad_files_are_errors_by_key_path(tmp_path: Path) -> None:

@@ -10,9 +10,10 @@ import pytest
 
 from agent.config import CallbackConfig
 from agent.devkit.callback_receiver import CallbackServer
-from agent.events.delivery import Delivery, OutboxSink, parse_retry_after
+from agent.events.delivery import Delivery, parse_retry_after
 from agent.events.event import EventFactory
 from agent.events.outbox import Outbox, OutboxFullError
+from agent.events.sink import OutboxSink
 from agent.events.store import Store
 from agent.protocol import SessionStatus
 from agent.status.models import wire

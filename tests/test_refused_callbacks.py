@@ -12,10 +12,11 @@ from pydantic import ValidationError
 
 from agent.config import CallbackConfig
 from agent.devkit.callback_receiver import CallbackServer
-from agent.events.delivery import Delivery, OutboxSink
+from agent.events.delivery import Delivery
 from agent.events.event import EventFactory
 from agent.events.migrations import MIGRATIONS
 from agent.events.outbox import Outbox
+from agent.events.sink import OutboxSink
 from agent.events.store import Store
 from agent.protocol import SessionStatus
 from agent.status.models import wire

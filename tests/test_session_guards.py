@@ -95,7 +95,7 @@ async def test_a_model_swap_during_a_slow_stop_does_not_revive_the_session(
         await agent._on_swap(engine)  # what a model swap does: resume persisted sessions
         assert (await stopping)["status"] == 200
         await asyncio.sleep(0.2)
-        rows = await store.store.run(store.store.sessions)
+        rows = await store.store.call(store.store.sessions)
         running = [s.slot_id for s in sessions.sessions]
     assert running == []
     assert rows == []

@@ -104,7 +104,7 @@ async def test_only_the_newest_are_kept(tmp_path: Path) -> None:
                 f"slot-{i}", StatusReason.REQUESTED, at, at, recognised=i, students=30
             )
         reloaded = await SessionHistory.loaded(store)
-        rows = await store.run(store.query, "select count(*) as n from ended_sessions")
+        rows = await store.call(store.query, "select count(*) as n from ended_sessions")
     finally:
         store.close()
     expected = [f"slot-{i}" for i in reversed(range(5, RECENT + 5))]

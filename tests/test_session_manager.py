@@ -100,7 +100,7 @@ class Rig:
 
     async def rows(self) -> list[str]:
         """Slots with a persisted session row."""
-        return [row["slot_id"] for row in await self.store.run(self.store.sessions)]
+        return [row["slot_id"] for row in await self.store.call(self.store.sessions)]
 
     def events(self, slot_id: str) -> list[tuple[str, str | None]]:
         """(status, reason) of the slot's SESSION_STATUS events, in order."""
@@ -250,7 +250,7 @@ async def test_a_saved_session_whose_end_time_passed_is_not_resumed(
 ) -> None:
     past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
     row = command("slot-1", yao_embedding, endTime=past)
-    await rig.store.run(
+    await rig.store.call(
         rig.store.save_session,
         "slot-1",
         row.model_dump(mode="json", by_alias=True),

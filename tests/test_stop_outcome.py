@@ -16,9 +16,10 @@ import pytest
 from agent.config import CallbackConfig, CamerasConfig, RecognitionConfig
 from agent.devkit.callback_receiver import CallbackServer
 from agent.errors import AgentError, ErrorCode
-from agent.events.delivery import Delivery, OutboxSink
+from agent.events.delivery import Delivery
 from agent.events.event import EventFactory
 from agent.events.outbox import Outbox
+from agent.events.sink import OutboxSink
 from agent.events.store import Store
 from agent.protocol import CameraUptime, SessionStart, StatusReason
 from agent.session.manager import ActiveSession, SessionManager

@@ -170,9 +170,9 @@ async def test_run_executes_on_the_store_thread_not_the_loop(store: Store) -> No
         seen.append(threading.current_thread())
         return store.recognized(slot_id)
 
-    await store.run(mark, store, "slot-a", "stu-1")
-    assert await store.run(record, "slot-a") == {"stu-1"}
-    assert await store.run(record, slot_id="slot-a") == {"stu-1"}
+    await store.call(mark, store, "slot-a", "stu-1")
+    assert await store.call(record, "slot-a") == {"stu-1"}
+    assert await store.call(record, slot_id="slot-a") == {"stu-1"}
     assert len(seen) == 2 and seen[0] is seen[1]  # one thread, always the same
     assert seen[0] is not loop_thread
     assert seen[0].name.startswith("lane-sqlite")
@@ -184,21 +184,21 @@ async def test_run_passes_the_store_error_through(store: Store) -> None:
             db.execute("insert into no_such_table values (1)")
 
     with pytest.raises(StoreError) as caught:
-        await store.run(fails)
+        await store.call(fails)
     assert store.last_error is not None and store.last_error[1] is caught.value
 
 
 async def test_calls_run_one_at_a_time_in_order(store: Store) -> None:
     results = await asyncio.gather(
-        *(store.run(mark, store, "slot-a", f"stu-{i}") for i in range(20)),
-        store.run(mark, store, "slot-a", "stu-0"),
+        *(store.call(mark, store, "slot-a", f"stu-{i}") for i in range(20)),
+        store.call(mark, store, "slot-a", "stu-0"),
     )
     assert results == [True] * 20 + [False]
     assert len(store.recognized("slot-a")) == 20
 
 
 async def test_read_uses_the_read_only_connection_from_the_loop(store: Store) -> None:
-    await store.run(store.save_session, "slot-a", {"slotId": "slot-a"}, None)
+    await store.call(store.save_session, "slot-a", {"slotId": "slot-a"}, None)
     assert store.read("select slot_id from sessions") == [{"slot_id": "slot-a"}]
     with pytest.raises(StoreError):
         store.read("delete from sessions")  # the reader cannot write
@@ -208,6 +208,6 @@ async def test_a_closed_store_refuses_work(tmp_path: Path) -> None:
     st = Store(tmp_path / "data")
     st.close()
     with pytest.raises(StoreError):
-        await st.run(st.sessions)
+        await st.call(st.sessions)
     with pytest.raises(StoreError):
         st.read("select 1")

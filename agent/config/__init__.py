@@ -216,9 +216,8 @@ def load_config(path: Path | None = None) -> AgentConfig:
 
 
 def api_keys(cfg: AuthConfig) -> list[str]:
-    """The accepted command API keys (comma- or line-separated); empty means none set."""
-    raw = secret_value(cfg.api_keys, cfg.api_keys_file) or ""
-    return [k.strip() for k in raw.replace("\n", ",").split(",") if k.strip()]
+    """The accepted command API keys (:meth:`AuthConfig.keys`); empty means none set."""
+    return cfg.keys()
 
 
 def config_warnings(config: AgentConfig) -> list[tuple[str, str]]:

@@ -7,7 +7,7 @@ import ipaddress
 from typing import Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from agent.config.secrets import SecretFile
 from agent.config.sections import Section
@@ -115,7 +115,8 @@ class CamerasConfig(Section):
         1.0,
         gt=0,
         le=30,
-        description="Analyses per second while no face is in view (saves CPU in empty rooms).",
+        description="Analyses per second while no face is in view (saves CPU in empty "
+        "rooms); at most analysis_fps.",
     )
     decoder: Literal["auto", "pyav", "opencv"] = Field(
         "auto",
@@ -193,6 +194,18 @@ class CamerasConfig(Section):
         if duplicates:
             raise ValueError(f"camera ids must be unique: {', '.join(duplicates)}")
         return registry
+
+    @model_validator(mode="after")
+    def _idle_not_faster(self) -> CamerasConfig:
+        # An empty room analysed faster than a busy one would be a typo, not a wish: say
+        # so at load rather than quietly running the idle rate at analysis_fps.
+        if self.idle_analysis_fps > self.analysis_fps:
+            raise ValueError(
+                f"idle_analysis_fps ({self.idle_analysis_fps:g}) must not exceed "
+                f"analysis_fps ({self.analysis_fps:g}): an empty room is analysed at most "
+                "as often as a busy one"
+            )
+        return self
 
     def find(self, camera_id: str) -> CameraEntry | None:
         """The registered camera with this id, if any."""

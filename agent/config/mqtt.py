@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, PrivateAttr, SecretStr, model_validator
 
 from agent.config.hosts import is_loopback
-from agent.config.secrets import ReadableFile, SecretFile
+from agent.config.secrets import ReadableFile, SecretFile, secret_value
 from agent.config.sections import Section
 from agent.errors import ErrorCode
 
@@ -144,6 +144,10 @@ class MqttConfig(Section):
                 f"not encrypted): {exc}"
             ) from None
         return context
+
+    def password_value(self) -> str | None:
+        """The broker password: the environment's, else the file's (read at load)."""
+        return secret_value(self.password, self.password_file)
 
     def tls_context(self) -> ssl.SSLContext | None:
         """The TLS context built at load (None without ``tls``)."""

@@ -16,7 +16,7 @@ from pydantic import (
     field_validator,
 )
 
-from agent.config.secrets import SecretFile
+from agent.config.secrets import SecretFile, secret_value
 
 ExecutionProvider = Literal[
     "TensorrtExecutionProvider",
@@ -221,6 +221,10 @@ class CallbackConfig(Section):
         "the event stays a dead letter without it.",
     )
 
+    def api_key_value(self) -> str | None:
+        """The X-API-Key to send: the environment's, else the file's (read at load)."""
+        return secret_value(self.api_key, self.api_key_file)
+
     @field_validator("allowed_urls")
     @classmethod
     def _absolute_urls(cls, urls: tuple[str, ...]) -> tuple[str, ...]:
@@ -308,6 +312,12 @@ class AuthConfig(Section):
         description="File holding the API keys, one per line (read when the config is loaded).",
     )
 
+    def keys(self) -> list[str]:
+        """The accepted command API keys (comma- or line-separated, from the environment,
+        else the file read at load); empty means none set."""
+        raw = secret_value(self.api_keys, self.api_keys_file) or ""
+        return [k.strip() for k in raw.replace("\n", ",").split(",") if k.strip()]
+
 
 class MetricsConfig(Section):
     """The local HTTP endpoint: Prometheus metrics, status JSON, health."""
@@ -365,6 +375,10 @@ class WebUiConfig(Section):
         800, ge=160, le=3840, description="Snapshots wider than this are scaled down (pixels)."
     )
     snapshot_jpeg_quality: int = Field(80, ge=30, le=95, description="JPEG quality of snapshots.")
+
+    def password_value(self) -> str | None:
+        """The page's password: the environment's, else the file's (read at load)."""
+        return secret_value(self.password, self.password_file)
 
     @field_validator("camera_test_allowed_urls")
     @classmethod

@@ -9,10 +9,10 @@ its own session. 2xx = delivered; 408, 429, 5xx, timeouts and connection errors 
 would carry the API key and the face crop to another host, or turn the POST into a GET)
 and a URL the allowlist no longer admits = dead letter, logged, counted and shown in status
 at once. Failed rounds (an event's every attempt of a round failing, not a single POST)
-and dead letters both feed the per-session auto-stop rule (N consecutive failures, or T
-seconds without a success): a backend that refuses every event stops its sessions like one
-that does not answer, while the defaults weather a 10-minute backend outage (the events
-wait in the outbox and are delivered in order once it is back).
+and dead letters are recorded per running session in :class:`BackendHealth`, and reported
+to a listener: delivery never stops a session, the session side decides what a failing
+backend means (:mod:`agent.session.autostop`). Events wait in the outbox meanwhile and are
+delivered in order once the backend is back.
 """
 
 from __future__ import annotations
@@ -20,21 +20,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
+import math
 import time
-from collections.abc import Callable, Collection, Coroutine
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
-from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from agent.allowlist import CallbackUrlError, check_callback_url
+from agent.backoff import Backoff
 from agent.config import CallbackConfig
-from agent.events.event import Event
 from agent.events.outbox import Outbox, OutboxEvent
-from agent.protocol import StatusReason
 from agent.redaction import log_safe, redact_text, redact_url
 
 log = logging.getLogger(__name__)
@@ -47,26 +45,76 @@ SCAN_INTERVAL_S = 5.0
 BODY_EXCERPT = 300
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Outcome:
     """The result of one POST."""
 
-    delivered: bool
-    permanent: bool
-    status: int | None
-    error: str
+    error: str = ""
+    status: int | None = None
+    delivered: bool = False
+    permanent: bool = False  # a dead letter at once (3xx, most 4xx, a URL not allowed)
     retry_after: float | None = None
     refused: bool = False  # 401/403/404: ends the round, retried for refused_rounds rounds
 
 
-@dataclass
+@dataclass(frozen=True)
 class SlotHealth:
-    """Delivery health of one session, for the auto-stop rule."""
+    """How one running session's deliveries went since its last success."""
 
-    consecutive_failures: int = 0
-    failing_since: float | None = None
-    triggered: bool = False
-    rejected: bool = False  # the last failure was a dead letter (the backend refused)
+    consecutive_failures: int = 0  # failed rounds and dead letters in a row
+    failing_since: float | None = None  # wall time of the first of them; None: not failing
+    rejected: bool = False  # the last of them was a refusal (dead letter, 401/403/404)
+
+
+HealthListener = Callable[[str, SlotHealth | None], None]
+"""Told each slot's new :class:`SlotHealth` as it is recorded; None once it is forgotten."""
+
+
+class BackendHealth:
+    """Delivery outcomes per running session, as delivery records them.
+
+    Records only: what a failing backend means (stopping its sessions) is decided by the
+    ``listener`` (:class:`agent.session.autostop.AutoStop`). Slots without a running
+    session are not recorded (the STOPPED event of a session that is gone would leave a
+    record nobody forgets).
+    """
+
+    def __init__(
+        self,
+        active_slots: Callable[[], Collection[str]] = lambda: (),
+        listener: HealthListener | None = None,
+    ) -> None:
+        self._active_slots = active_slots
+        self._listener = listener
+        self._slots: dict[str, SlotHealth] = {}
+
+    def get(self, slot_id: str) -> SlotHealth | None:
+        """The slot's record, if it has one (a running session that had a failure)."""
+        return self._slots.get(slot_id)
+
+    def succeeded(self, slot_id: str) -> None:
+        """An event of the slot was delivered: its failures in a row start over."""
+        if slot_id in self._slots:
+            self._set(slot_id, SlotHealth())
+
+    def failed(self, slot_id: str, *, rejected: bool) -> None:
+        """A round of one of the slot's events failed, or the event became a dead letter
+        (``rejected``: the backend refused it rather than not answering)."""
+        if slot_id not in self._active_slots():
+            return
+        old = self._slots.get(slot_id, SlotHealth())
+        since = old.failing_since if old.failing_since is not None else time.time()
+        self._set(slot_id, SlotHealth(old.consecutive_failures + 1, since, rejected))
+
+    def forget(self, slot_id: str) -> None:
+        """Drop the slot's record (its session ended)."""
+        if self._slots.pop(slot_id, None) is not None and self._listener is not None:
+            self._listener(slot_id, None)
+
+    def _set(self, slot_id: str, health: SlotHealth) -> None:
+        self._slots[slot_id] = health
+        if self._listener is not None:
+            self._listener(slot_id, health)
 
 
 @dataclass
@@ -104,24 +152,30 @@ class Delivery:
         *,
         api_key: str | None,
         active_slots: Callable[[], Collection[str]] = lambda: (),
-        on_unresponsive: Callable[[str, StatusReason], Coroutine[Any, Any, None]] | None = None,
+        on_health: HealthListener | None = None,
         on_result: Callable[[str, float], None] | None = None,
         on_crash: Callable[[str, BaseException], None] | None = None,
     ) -> None:
         self.outbox = outbox
         self.cfg = cfg
         self._api_key = api_key
-        self._active_slots = active_slots
-        self._on_unresponsive = on_unresponsive
+        self.health = BackendHealth(active_slots, on_health)
         self._on_result = on_result
         self._on_crash = on_crash
         self._http: aiohttp.ClientSession | None = None
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._wake: dict[str, asyncio.Event] = {}
-        self._health: dict[str, SlotHealth] = {}
-        self._side_tasks: set[asyncio.Task[None]] = set()
         self._scanner: asyncio.Task[None] | None = None
         self.dead_letters = DeadLetterNews()
+        # Within a round: first_retry_s doubling, no jitter (a round is a few seconds).
+        self._in_round = Backoff(first_s=cfg.first_retry_s, cap_s=math.inf, jitter=(1.0, 1.0))
+        # Between rounds: from 4 x first_retry_s (after 1, 2 s in the round), doubling up
+        # to retry_max_s, +-25 % so agents that failed together do not return together.
+        self._between_rounds = Backoff(
+            first_s=min(cfg.first_retry_s * 4, cfg.retry_max_s),
+            cap_s=cfg.retry_max_s,
+            jitter=(0.75, 1.25),
+        )
 
     async def start(self, *, scanner: bool = True) -> None:
         """Open the HTTP client and start delivering what is pending. With
@@ -136,7 +190,7 @@ class Delivery:
 
     async def close(self) -> None:
         """Stop all workers (events in flight stay pending) and close the client."""
-        tasks = [t for t in (self._scanner, *self._workers.values(), *self._side_tasks) if t]
+        tasks = [t for t in (self._scanner, *self._workers.values()) if t]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -153,8 +207,8 @@ class Delivery:
         self._ensure_worker(slot_id)
 
     def forget(self, slot_id: str) -> None:
-        """Drop the slot's auto-stop counters (its session ended)."""
-        self._health.pop(slot_id, None)
+        """Drop the slot's health record (its session ended)."""
+        self.health.forget(slot_id)
 
     def _ensure_worker(self, slot_id: str) -> None:
         task = self._workers.get(slot_id)
@@ -166,13 +220,13 @@ class Delivery:
 
     async def scan_forever(self) -> None:
         """Start workers for every slot with pending events (those from before a restart,
-        dead letters re-queued by `python -m agent outbox retry`, workers that crashed)
-        and apply the auto-stop time rule; every few seconds until cancelled."""
+        dead letters re-queued by `python -m agent outbox retry`, workers that crashed);
+        every few seconds until cancelled."""
         while True:
             for slot_id in await self.outbox.pending_slots():
                 self._ensure_worker(slot_id)
-            for slot_id, health in list(self._health.items()):
-                self._maybe_stop(slot_id, health)  # the time rule fires between failures too
+            # The pace it had when the scan also applied the auto-stop time rule: a short
+            # autostop_seconds still means a quick scan.
             await asyncio.sleep(min(SCAN_INTERVAL_S, max(0.5, self.cfg.autostop_seconds / 4)))
 
     async def _worker(self, slot_id: str) -> None:
@@ -205,7 +259,7 @@ class Delivery:
     async def _deliver(self, event: OutboxEvent) -> None:
         """One round: up to ``attempts_per_round`` POSTs, then success, dead, or retry later."""
         attempts = event.attempts
-        outcome = Outcome(False, False, None, "not attempted")
+        outcome = Outcome(error="not attempted")
         for round_attempt in range(1, self.cfg.attempts_per_round + 1):
             attempts += 1
             started = time.perf_counter()
@@ -216,7 +270,7 @@ class Delivery:
                 )
             if outcome.delivered:
                 await self.outbox.mark_delivered(event, outcome.status or 200, attempts)
-                self._record_success(event.slot_id)
+                self.health.succeeded(event.slot_id)
                 if attempts > 1:
                     await self._backend_is_back(event)
                 log.info(
@@ -243,16 +297,20 @@ class Delivery:
                 log_safe(outcome.error, 300),
             )
             if round_attempt < self.cfg.attempts_per_round:
-                wait = self.cfg.first_retry_s * 2 ** (round_attempt - 1)
+                wait = self._in_round.base(round_attempt - 1)
                 await asyncio.sleep(max(wait, outcome.retry_after or 0.0))
+        await self._round_failed(event, attempts, outcome)
+
+    async def _round_failed(self, event: OutboxEvent, attempts: int, outcome: Outcome) -> None:
+        """No POST of the round got through: a dead letter once refused too often, else
+        the event waits out the backoff between rounds."""
         refused = event.refused_rounds + int(outcome.refused)
         if outcome.refused and refused >= self.cfg.refused_rounds:
             error = f"{outcome.error} (refused in {refused} round{'s' * (refused > 1)})"
             await self._dead_letter(event, attempts, replace(outcome, error=error))
             return
         rounds = max(1, attempts // self.cfg.attempts_per_round, refused)
-        backoff = min(self.cfg.retry_max_s, self.cfg.first_retry_s * 4 * 2 ** (rounds - 1))
-        backoff = max(backoff * random.uniform(0.75, 1.25), outcome.retry_after or 0.0)
+        backoff = max(self._between_rounds.delay(rounds - 1), outcome.retry_after or 0.0)
         await self.outbox.mark_retry(
             event, attempts, time.time() + backoff, outcome.error, outcome.status, refused
         )
@@ -264,14 +322,14 @@ class Delivery:
             backoff,
             attempts,
         )
-        # The whole round failed: one failure for auto-stop (a single POST is not one; a
+        # The whole round failed: one failure of the slot (a single POST is not one; a
         # backend restart fails several POSTs while every event is safe in the outbox). A
         # refused round counts as the backend rejecting, like the dead letter it may become.
-        self._record_failure(event.slot_id, rejected=outcome.refused)
+        self.health.failed(event.slot_id, rejected=outcome.refused)
 
     async def _dead_letter(self, event: OutboxEvent, attempts: int, outcome: Outcome) -> None:
         """Keep a permanently refused event as a dead letter and say so everywhere at once:
-        log, metric, status; it counts as a failure for the auto-stop rule."""
+        log, metric, status; it counts as a (rejected) failure of the slot."""
         await self.outbox.mark_dead(event, attempts, outcome.error, outcome.status)
         news = self.dead_letters
         news.count += 1
@@ -289,17 +347,17 @@ class Delivery:
             outcome.status,
             log_safe(outcome.error, 300),
         )
-        self._record_failure(event.slot_id, rejected=True)
+        self.health.failed(event.slot_id, rejected=True)
 
     async def _post(self, event: OutboxEvent) -> Outcome:
         if self._http is None:
-            return Outcome(False, False, None, "delivery is closed")
+            return Outcome(error="delivery is closed")
         try:
             # Checked again at delivery: a URL removed from the allowlist since the event
             # was stored (config changed, agent restarted) receives nothing more.
             check_callback_url(event.callback_url, self.cfg.allowed_urls)
         except CallbackUrlError as exc:
-            return Outcome(False, True, None, f"callback URL {exc}: not sent")
+            return Outcome(permanent=True, error=f"callback URL {exc}: not sent")
         headers = {
             "Content-Type": "application/json",
             "Idempotency-Key": event.event_id,
@@ -316,15 +374,14 @@ class Delivery:
             ) as response:
                 status = response.status
                 if 200 <= status < 300:
-                    return Outcome(True, False, status, "")
+                    return Outcome(delivered=True, status=status)
                 if 300 <= status < 400:
                     target = redact_url(response.headers.get("Location", "(no Location)"))
                     return Outcome(
-                        False,
-                        True,
-                        status,
-                        f"HTTP {status} redirect to {target} refused: callbacks never follow "
-                        "redirects; configure the final URL",
+                        permanent=True,
+                        status=status,
+                        error=f"HTTP {status} redirect to {target} refused: callbacks never "
+                        "follow redirects; configure the final URL",
                     )
                 excerpt = (await response.content.read(BODY_EXCERPT)).decode("utf-8", "replace")
                 error = f"HTTP {status}: {excerpt}".strip()
@@ -332,22 +389,24 @@ class Delivery:
                     response.headers.get("Retry-After"), self.cfg.retry_max_s
                 )
                 if status in REFUSED_STATUS:
-                    return Outcome(False, False, status, error, retry_after, refused=True)
+                    return Outcome(
+                        status=status, error=error, retry_after=retry_after, refused=True
+                    )
                 retryable = status in RETRYABLE_STATUS or status >= 500
-                return Outcome(False, not retryable, status, error, retry_after)
+                return Outcome(
+                    permanent=not retryable, status=status, error=error, retry_after=retry_after
+                )
         except aiohttp.InvalidURL as exc:
             return Outcome(
-                False, True, None, redact_text(f"invalid callback URL: {exc}", limit=300)
+                permanent=True, error=redact_text(f"invalid callback URL: {exc}", limit=300)
             )
         except TimeoutError:
-            return Outcome(False, False, None, f"timed out after {self.cfg.timeout_s:g} s")
+            return Outcome(error=f"timed out after {self.cfg.timeout_s:g} s")
         except aiohttp.ClientError as exc:
-            return Outcome(
-                False, False, None, redact_text(f"{type(exc).__name__}: {exc}", limit=300)
-            )
+            return Outcome(error=redact_text(f"{type(exc).__name__}: {exc}", limit=300))
         except (ValueError, UnicodeError) as exc:  # yarl/aiohttp on a URL they cannot use
             return Outcome(
-                False, True, None, redact_text(f"invalid callback URL: {exc}", limit=300)
+                permanent=True, error=redact_text(f"invalid callback URL: {exc}", limit=300)
             )
 
     async def _backend_is_back(self, event: OutboxEvent) -> None:
@@ -358,63 +417,3 @@ class Delivery:
         for slot_id in await self.outbox.expedite(origin):
             if slot_id != event.slot_id:
                 self.notify(slot_id)
-
-    def _record_success(self, slot_id: str) -> None:
-        health = self._health.get(slot_id)
-        if health is not None:
-            health.consecutive_failures = 0
-            health.failing_since = None
-
-    def _record_failure(self, slot_id: str, *, rejected: bool = False) -> None:
-        if slot_id not in self._active_slots():
-            return
-        health = self._health.setdefault(slot_id, SlotHealth())
-        health.rejected = rejected
-        health.consecutive_failures += 1
-        if health.failing_since is None:
-            health.failing_since = time.time()
-        self._maybe_stop(slot_id, health)
-
-    def _maybe_stop(self, slot_id: str, health: SlotHealth) -> None:
-        if health.triggered or health.failing_since is None or self._on_unresponsive is None:
-            return
-        by_count = 0 < self.cfg.autostop_failures <= health.consecutive_failures
-        by_time = 0 < self.cfg.autostop_seconds <= time.time() - health.failing_since
-        if by_count or by_time:
-            health.triggered = True
-            reason = (
-                StatusReason.BACKEND_REJECTED
-                if health.rejected
-                else StatusReason.BACKEND_UNRESPONSIVE
-            )
-            log.error(
-                "%s slot=%s failures=%d failing_for=%.0fs: stopping the session",
-                reason,
-                slot_id,
-                health.consecutive_failures,
-                time.time() - health.failing_since,
-            )
-            task = asyncio.create_task(
-                self._on_unresponsive(slot_id, reason), name=f"autostop-{slot_id}"
-            )
-            self._side_tasks.add(task)
-            task.add_done_callback(self._side_tasks.discard)
-
-
-class OutboxSink:
-    """The production event sink: commit to the outbox, then wake the slot's worker."""
-
-    def __init__(self, outbox: Outbox, delivery: Delivery) -> None:
-        self.outbox = outbox
-        self.delivery = delivery
-
-    async def emit(self, event: Event, callback_url: str) -> None:
-        """Store the event durably (raises OutboxFullError when it cannot) and schedule it."""
-        await self.outbox.add(event, callback_url)
-        self.delivery.notify(event.slot_id)
-
-    async def emit_final(self, event: Event, callback_url: str, slot_id: str) -> None:
-        """Store a session's STOPPED event and delete its saved row in one transaction
-        (raises like :meth:`emit`, and then neither happened), and schedule the event."""
-        await self.outbox.add(event, callback_url, forget_session=slot_id)
-        self.delivery.notify(event.slot_id)

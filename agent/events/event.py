@@ -2,7 +2,7 @@
 
 Sessions and cameras build :class:`SessionStatusEvent` and :class:`RecognitionEvent`
 objects and hand them to an :class:`EventSink`; the durable outbox
-(:class:`agent.events.delivery.OutboxSink`) is the one the agent uses.
+(:class:`agent.events.sink.OutboxSink`) is the one the agent uses.
 """
 
 from __future__ import annotations

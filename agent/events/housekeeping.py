@@ -27,9 +27,9 @@ async def housekeeping(
     crop outlives its retention by at most half of it."""
     interval = min(HOUSEKEEPING_INTERVAL_S, max(0.5, dead_letter_crop_retention_s / 2))
     while True:
-        pruned = await store.run(store.prune_replies, reply_cache_s)
-        delivered = await store.run(outbox.prune_delivered, delivered_retention_s)
-        crops = await store.run(outbox.purge_dead_crops, dead_letter_crop_retention_s)
+        pruned = await store.call(store.prune_replies, reply_cache_s)
+        delivered = await store.call(outbox.prune_delivered, delivered_retention_s)
+        crops = await store.call(outbox.purge_dead_crops, dead_letter_crop_retention_s)
         outbox.forget_delivered_urls()
         if pruned or delivered or crops:
             log.info(

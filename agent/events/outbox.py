@@ -112,7 +112,7 @@ class Outbox:
             url = self.urls.stored(event.slot_id, callback_url)  # no token at rest
             self._adding.append(event.slot_id)
             try:
-                stored = await self.store.run(self._insert, event, body, url, forget_session)
+                stored = await self.store.call(self._insert, event, body, url, forget_session)
             finally:
                 self._adding.remove(event.slot_id)
         except StoreFullError as exc:
@@ -195,7 +195,7 @@ class Outbox:
 
     async def next_for_slot(self, slot_id: str) -> OutboxEvent | None:
         """The slot's oldest pending event (delivery is in order per slot)."""
-        return await self.store.run(self._next_for_slot, slot_id)
+        return await self.store.call(self._next_for_slot, slot_id)
 
     def _next_for_slot(self, slot_id: str) -> OutboxEvent | None:
         rows = self.store.query(
@@ -213,7 +213,7 @@ class Outbox:
         Reads one row per slot (its first pending event, by index) instead of every
         pending row: 0.06 ms instead of ~160 ms at 100,000 pending rows (measured).
         """
-        rows = await self.store.run(
+        rows = await self.store.call(
             self.store.query,
             "select slot_id, (select created_at from events e where e.state = ? and "
             "e.slot_id = s.slot_id order by e.seq limit 1) as oldest from slot_sequences s "
@@ -225,7 +225,7 @@ class Outbox:
     async def expedite(self, url_prefix: str) -> list[str]:
         """Make pending events for callback URLs under ``url_prefix`` due now (their
         backend just answered); returns the slots concerned."""
-        return await self.store.run(self._expedite, url_prefix)
+        return await self.store.call(self._expedite, url_prefix)
 
     def _expedite(self, url_prefix: str) -> list[str]:
         now = time.time()
@@ -239,7 +239,7 @@ class Outbox:
 
     async def mark_delivered(self, event: OutboxEvent, status_code: int, attempts: int) -> None:
         """Record a 2xx; the body loses any face crop (kept only until delivered)."""
-        await self.store.run(self._mark_delivered, event, status_code, attempts)
+        await self.store.call(self._mark_delivered, event, status_code, attempts)
 
     def _mark_delivered(self, event: OutboxEvent, status_code: int, attempts: int) -> None:
         body = dict(event.body)
@@ -272,7 +272,7 @@ class Outbox:
     ) -> None:
         """Record a failed round; the event stays pending until ``next_at``.
         ``refused_rounds``: the rounds the callback has refused it so far."""
-        await self.store.run(
+        await self.store.call(
             self._mark_retry, event, attempts, next_at, error, status_code, refused_rounds
         )
 
@@ -296,7 +296,7 @@ class Outbox:
         self, event: OutboxEvent, attempts: int, error: str, status_code: int | None
     ) -> None:
         """Record a permanent refusal (a dead letter, kept until re-queued)."""
-        await self.store.run(self._mark_dead, event, attempts, error, status_code)
+        await self.store.call(self._mark_dead, event, attempts, error, status_code)
 
     def _mark_dead(
         self, event: OutboxEvent, attempts: int, error: str, status_code: int | None

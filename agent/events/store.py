@@ -257,10 +257,6 @@ class Store:
             if deadline is not None:
                 self._lock_left()
 
-    # The name the outbox, the sessions and housekeeping still call (they change apart
-    # from this module); new code calls :meth:`call`.
-    run = call
-
     def _lock_met(self, now: float) -> None:
         """A call met another process's lock: count it; the first one says so."""
         self._waiting += 1

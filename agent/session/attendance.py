@@ -96,7 +96,7 @@ class AttendanceReporter:
         student_id = sighting.student_id
         student = next(s for s in session.command.students if s.id == student_id)
         crop = (
-            await self.pool.run(face_jpeg, engine, seen.image, sighting.face)
+            await self.pool.call(face_jpeg, engine, seen.image, sighting.face)
             if self.cfg.face_jpeg
             else None
         )
@@ -118,7 +118,7 @@ class AttendanceReporter:
             return False
         session.presence.recognised(student_id, seen.wall, seen.camera_id, sighting.score)
         try:
-            await self.store.run(
+            await self.store.call(
                 self.store.record_recognition,
                 session.slot_id,
                 student_id,

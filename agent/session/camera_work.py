@@ -158,7 +158,7 @@ class CameraWork:
             return
         try:
             async with scheduler.turn(camera):
-                result = await analysis.pool.run(
+                result = await analysis.pool.call(
                     analysis.analyse,
                     engine,
                     frame.image,

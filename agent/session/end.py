@@ -32,7 +32,7 @@ async def forget_row(store: Store, slot_id: str) -> bool:
     """Delete a session's row and its reported students; False (logged) if the state file
     refused."""
     try:
-        await store.run(store.delete_session, slot_id)
+        await store.call(store.delete_session, slot_id)
     except StoreError as exc:
         log.error(
             "SESSION_ROW_NOT_DELETED slot=%s code=%s message=%s", slot_id, exc.code, exc.message

@@ -63,7 +63,7 @@ class SessionHistory:
 
     async def load(self) -> None:
         """Read the kept sessions from the state file (at start)."""
-        rows = await self._store.run(
+        rows = await self._store.call(
             self._store.query,
             "select slot_id, reason, started_at, ended_at, recognised, students "
             "from ended_sessions order by id desc limit ?",
@@ -119,7 +119,7 @@ class SessionHistory:
         )
         self._recent.appendleft(ended)
         try:
-            await self._store.run(self._insert, ended)
+            await self._store.call(self._insert, ended)
         except StoreError as exc:
             log.error(
                 "SESSION_HISTORY_NOT_SAVED slot=%s code=%s message=%s",

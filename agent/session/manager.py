@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
-from agent.allowlist import CallbackUrlError, check_callback_url, is_allowed
+from agent.allowlist import is_allowed
 from agent.config import CallbackConfig, CamerasConfig, RecognitionConfig, RuntimeConfig
 from agent.errors import AgentError, ErrorCode
 from agent.events.event import EventFactory, EventSink, emit_or_log
@@ -33,7 +33,8 @@ from agent.protocol import (
 from agent.session.at_rest import SessionCommands
 from agent.session.end import forget_and_report, forget_row, wind_down
 from agent.session.history import SessionHistory
-from agent.session.limits import SessionCamera, check_limits, resolve_cameras
+from agent.session.limits import SessionCamera, check_limits
+from agent.session.plan import PlanSections, plan_session
 from agent.session.presence import PresenceBook
 from agent.status.models import CameraHealth, CameraRef, SessionSummary
 from agent.vision.inference import ModelSlot
@@ -143,7 +144,8 @@ class SessionManager:
         self._events = events
         self._cameras = cameras
         self._callback = callback
-        self._recognition = recognition
+        # What plan_session reads: the start command's checks are the planner's.
+        self._plan_config = PlanSections(callback, cameras, recognition)
         self._runner = runner
         self._on_change = on_change
         self._on_stopped = on_stopped
@@ -164,45 +166,17 @@ class SessionManager:
         return self._sessions.get(slot_id)
 
     def _build(self, command: SessionStart, started_at: datetime | None = None) -> ActiveSession:
-        """Validate a start command against config and model, and build the session."""
-        try:
-            check_callback_url(command.callback_url, self._callback.allowed_urls)
-        except CallbackUrlError as exc:
-            raise AgentError(
-                ErrorCode.CALLBACK_URL_NOT_ALLOWED,
-                f"callbackUrl {exc}; use a URL under one of [callback] allowed_urls.",
-                details={"errors": [{"path": "callbackUrl", "problem": str(exc)}]},
-            ) from exc
-        cameras = resolve_cameras(command, self._cameras)
-        engine = self._models.require()
-        space = engine.embedding_space
-        wrong = sorted(
-            {s.embedding_space for s in command.students if s.embedding_space not in (None, space)}
-        )
-        if wrong:
-            raise AgentError(
-                ErrorCode.EMBEDDING_MODEL_MISMATCH,
-                f"Embeddings are from space {', '.join(map(str, wrong))}; this agent expects "
-                f"{space}. Regenerate them with embedding/generate.",
-                status=409,
-                details={"expected": space, "received": wrong},
-            )
-        roster = Roster.validated(
-            [(s.id, s.embeddings) for s in command.students], engine.embedding_dim
-        )
-        threshold = (
-            command.threshold
-            if command.threshold is not None
-            else self._recognition.match_threshold
-        )
+        """Plan the session (:func:`plan_session`: its refusals are the command's) and build
+        it, started now or, when resumed, at ``started_at``."""
+        plan = plan_session(command, self._plan_config, self._models.require)
         return ActiveSession(
-            command=command,
-            roster=roster,
-            cameras=cameras,
-            embedding_space=space,
-            threshold=threshold,
+            command=plan.command,
+            roster=plan.roster,
+            cameras=list(plan.cameras),
+            embedding_space=plan.embedding_space,
+            threshold=plan.threshold,
             started_at=started_at or self._events.now(),
-            presence=PresenceBook([s.id for s in command.students]),
+            presence=PresenceBook(plan.student_ids),
         )
 
     async def start(self, command: SessionStart) -> SessionSummary:
@@ -238,7 +212,7 @@ class SessionManager:
         # concurrent starts cannot both pass.
         self._sessions[command.slot_id] = session
         try:
-            await self._store.run(
+            await self._store.call(
                 self._store.save_session,
                 command.slot_id,
                 self._commands.save(command),
@@ -394,7 +368,7 @@ class SessionManager:
             await self._resume_rows()
 
     async def _resume_rows(self) -> None:
-        rows = await self._store.run(self._store.sessions)
+        rows = await self._store.call(self._store.sessions)
         if self._models.engine is None:
             if rows:
                 log.error("SESSION_RESUME_DEFERRED sessions=%d reason=no model loaded", len(rows))
@@ -422,7 +396,7 @@ class SessionManager:
                 )
                 await self._drop(command, started, StatusReason.AGENT_RESTARTED, exc.message)
                 continue
-            session.presence.restore(await self._store.run(self._store.presence, slot))
+            session.presence.restore(await self._store.call(self._store.presence, slot))
             self._sessions[slot] = session
             await self._emit(session, SessionStatus.RESUMED, StatusReason.AGENT_RESTARTED)
             self._launch(session)
@@ -435,7 +409,7 @@ class SessionManager:
         among the ended sessions."""
         book = PresenceBook([s.id for s in command.students])
         with contextlib.suppress(StoreError):  # the verdict then says only NOT_SEEN
-            book.restore(await self._store.run(self._store.presence, command.slot_id))
+            book.restore(await self._store.call(self._store.presence, command.slot_id))
         log.info("SESSION_NOT_RESUMED slot=%s reason=%s", command.slot_id, reason)
         if self._history is not None:
             await self._history.record(

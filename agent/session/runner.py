@@ -78,7 +78,7 @@ class RecognitionRunner:
         reported = (
             set()
             if session.command.mode is SessionMode.CONTINUOUS
-            else await self.store.run(self.store.recognized, session.slot_id)
+            else await self.store.call(self.store.recognized, session.slot_id)
         )
         analysis = self._analysis(session, reported)
         tasks: list[asyncio.Task[None]] = [
@@ -183,7 +183,7 @@ class RecognitionRunner:
             if not session.presence.changed:
                 continue
             try:
-                await self.store.run(
+                await self.store.call(
                     self.store.save_presence, session.slot_id, session.presence.to_json()
                 )
             except StoreError as exc:

@@ -223,10 +223,10 @@ class AnalysisScheduler:
 
     def interval(self, camera: ScheduledCamera) -> float:
         """Seconds between two analyses of a camera at its priority."""
-        busy = self.cameras_cfg.analysis_fps
         if camera.priority is Priority.EMPTY:
-            return 1.0 / min(self.cameras_cfg.idle_analysis_fps, busy)
-        return 1.0 / busy
+            # Never above analysis_fps: the config refuses it at load.
+            return 1.0 / self.cameras_cfg.idle_analysis_fps
+        return 1.0 / self.cameras_cfg.analysis_fps
 
     def next_due(self, camera: ScheduledCamera) -> float:
         """Monotonic time of the camera's next analysis."""

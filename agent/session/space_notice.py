@@ -34,7 +34,7 @@ class SpaceNotice:
 
     async def load(self) -> None:
         """Read what the state file remembers (at start, before the first pack loads)."""
-        rows = await self._store.run(self._store.query, "select key, value from agent_facts")
+        rows = await self._store.call(self._store.query, "select key, value from agent_facts")
         facts = {r["key"]: r["value"] for r in rows}
         self.current = facts.get(SERVING)
         self.changed_from = facts.get(CHANGED_FROM)
@@ -82,7 +82,7 @@ class SpaceNotice:
         shows until a restart)."""
         self._on_change()
         try:
-            await self._store.run(self._write, self.current, self.changed_from)
+            await self._store.call(self._write, self.current, self.changed_from)
         except StoreError as exc:
             log.error("EMBEDDING_SPACE_NOT_SAVED code=%s message=%s", exc.code, exc.message)
 

@@ -24,7 +24,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.backoff import Backoff
-from agent.config import MqttConfig, secret_value
+from agent.config import MqttConfig
 from agent.status.models import OfflineMessage, wire
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class MqttLink:
             properties.SessionExpiryInterval = cfg.session_expiry_s
         # Both resolved when the config was loaded: nothing is read from disk here.
         tls_context = cfg.tls_context()
-        password = secret_value(cfg.password, cfg.password_file)
+        password = cfg.password_value()
         return aiomqtt.Client(
             cfg.host,
             cfg.port,

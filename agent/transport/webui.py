@@ -45,7 +45,7 @@ from agent.camera.check import check_camera_url, probe_camera
 from agent.camera.snapshot import SnapshotError, render_snapshot
 from agent.camera.urls import CameraUrlError
 from agent.camera.view import CameraView
-from agent.config import AgentConfig, secret_value
+from agent.config import AgentConfig
 from agent.config.hosts import is_loopback
 from agent.errors import ErrorCode
 from agent.lanes import Lane
@@ -126,7 +126,7 @@ class WebUi:
 
     def _load_password(self) -> None:
         """Take the password (resolved at load); decide whether the page may be served."""
-        secret = secret_value(self.cfg.password, self.cfg.password_file)
+        secret = self.cfg.password_value()
         self._password = secret.encode() if secret else None
         if self._password is None and not self._loopback:
             self._refused = (

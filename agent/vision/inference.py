@@ -43,10 +43,6 @@ class InferencePool:
         """Run ``fn(*args, **kwargs)`` on the inference lane and return its result."""
         return await self.lane.call(fn, *args, **kwargs)
 
-    # The name the session runner and the attendance log still call (they are being
-    # restructured apart from this change); new code calls :meth:`call`.
-    run = call
-
     def close(self) -> None:
         """Wait for running work, then stop the threads (only those this pool made)."""
         if self._owned:

@@ -65,7 +65,7 @@ class PackSightings:
         folder removed while it is looked at is skipped. Raises OSError when ``models_dir``
         cannot be listed."""
         if self._seen is None:
-            self._seen = await self._store.run(_load, self._store) if self._store else {}
+            self._seen = await self._store.call(_load, self._store) if self._store else {}
         seen = self._seen
         now = time.time()
         changed: dict[str, Seen] = {}
@@ -85,7 +85,7 @@ class PackSightings:
         for name in gone:
             del seen[name]
         if self._store is not None and (changed or gone):
-            await self._store.run(_save, self._store, changed, gone)
+            await self._store.call(_save, self._store, changed, gone)
         # sort() is stable with reverse=True, so equal keys keep the name order.
         return [f for _, _, f in sorted(dated, key=lambda d: (d[0], d[1]), reverse=True)]
 
