@@ -385,7 +385,7 @@ class Agent:
             sources = UiSources(
                 self.reporter.status,
                 sessions.get,
-                lambda: [(s.slot_id, c.url) for s in sessions.sessions for c in s.cameras],
+                lambda: [(s.slot_id, c.url) for s in sessions.sessions for c in s.camera_plan],
             )
             ui = WebUi(cfg, sources, page=core.lanes.page, camera_io=core.lanes.camera_io)
         self.http = LocalHttp(cfg.metrics, self.metrics, self.reporter.status, ui)

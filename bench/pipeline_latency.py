@@ -595,7 +595,7 @@ async def running_session(
     session = ActiveSession(
         command=command,
         roster=Roster(ids, [np.asarray([agent.roster[s]], np.float32) for s in ids]),
-        cameras=[SessionCamera(f"cam-{i}", f"cam-{i}", u) for i, u in enumerate(urls)],
+        camera_plan=[SessionCamera(f"cam-{i}", f"cam-{i}", u) for i, u in enumerate(urls)],
         embedding_space=agent.engine.embedding_space,
         threshold=agent.cfg.recognition.match_threshold,
     )

@@ -54,7 +54,7 @@ def _session(mode: str) -> ActiveSession:
     return ActiveSession(
         command=command,
         roster=Roster.validated([(s.id, s.embeddings) for s in command.students], 512),
-        cameras=[SessionCamera("cam-1", "Room 1", "rtsp://127.0.0.1:1/a")],
+        camera_plan=[SessionCamera("cam-1", "Room 1", "rtsp://127.0.0.1:1/a")],
         embedding_space="arcface-x",
         threshold=0.4,
     )

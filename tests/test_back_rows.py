@@ -120,7 +120,7 @@ async def test_back_row_students_are_recognised_at_default_settings(
         )
         assert time.monotonic() - started <= 40
         session = agent.sessions.get("slot-back") if agent.sessions else None
-        assert session is not None and session.camera_work  # the runner made its cameras
+        assert session is not None and session.cameras  # the runner made its cameras
         (health,) = session.camera_health()
         assert health.coverage is not None
         assert health.coverage.regions > 0  # found at native resolution, not shrunk

@@ -39,7 +39,7 @@ def _payload(slot: str, camera: RtspServer, embedding: list[float]) -> dict[str,
 def _state(agent: Agent, slot: str) -> str | None:
     assert agent.sessions is not None
     session = agent.sessions.get(slot)
-    if session is None or not session.camera_work:
+    if session is None or not session.cameras:
         return None
     return session.camera_health()[0].state
 

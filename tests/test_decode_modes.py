@@ -125,7 +125,7 @@ async def test_agent_recognises_in_either_decode_mode(
             "Yao Ming recognised",
         )
         session = agent.sessions.get("slot-dm") if agent.sessions else None
-        assert session is not None and session.camera_work  # the runner made its cameras
+        assert session is not None and session.cameras  # the runner made its cameras
         camera_health = session.camera_health
         await wait_until(lambda: camera_health()[0].frames_read >= 30, 10, "3 s of the stream read")
         (health,) = camera_health()

@@ -140,8 +140,8 @@ async def test_start_reports_started_saves_the_row_and_runs(
     assert await rig.rows() == ["slot-1"]
     session = mgr.get("slot-1")
     assert session is not None and [s.slot_id for s in mgr.sessions] == ["slot-1"]
-    assert len(session.roster) == 1 and [c.id for c in session.cameras] == ["cam-1"]
-    assert session.cameras[0].url == "rtsp://127.0.0.1:1/room1"  # from the registry
+    assert len(session.roster) == 1 and [c.id for c in session.camera_plan] == ["cam-1"]
+    assert session.camera_plan[0].url == "rtsp://127.0.0.1:1/room1"  # from the registry
     await wait_until(lambda: rig.runner.started == ["slot-1"], 5, "the runner to start")
 
 

@@ -70,7 +70,7 @@ def video_dies() -> Iterator[RtspServer]:
 def _camera(agent: Agent, slot: str, camera_id: str) -> dict[str, Any]:
     assert agent.sessions is not None
     session = agent.sessions.get(slot)
-    assert session is not None and session.camera_work  # the runner made its cameras
+    assert session is not None and session.cameras  # the runner made its cameras
     return next(wire(c) for c in session.camera_health() if c.id == camera_id)
 
 

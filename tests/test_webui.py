@@ -105,7 +105,7 @@ def _session(view: CameraView | None) -> ActiveSession:
     session = ActiveSession(
         command=command,
         roster=None,  # type: ignore[arg-type]  # not read by the page
-        cameras=[SessionCamera("cam-1", "Room 1", "rtsp://127.0.0.1:1/room1")],
+        camera_plan=[SessionCamera("cam-1", "Room 1", "rtsp://127.0.0.1:1/room1")],
         embedding_space="arcface-x",
         threshold=0.4,
     )
@@ -120,7 +120,7 @@ def _session(view: CameraView | None) -> ActiveSession:
         )
         work = CameraWork.create(reader, RecognitionConfig(), session.threshold)
         work.view = view
-        session.camera_work = [work]
+        session.cameras = [work]
     return session
 
 

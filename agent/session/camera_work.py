@@ -2,7 +2,7 @@
 has seen, and the analysis loop that turns its frames into sightings.
 
 The :class:`~agent.session.runner.RecognitionRunner` makes one :class:`CameraWork` per
-camera of a session and puts them on the session (``ActiveSession.camera_work``), where
+camera of a session and puts them on the session (``ActiveSession.cameras``), where
 status, the STOPPED event's up-times and the technician's page read their typed state.
 The loop waits for the camera's next turn from the agent-wide
 :class:`~agent.session.scheduler.AnalysisScheduler`, takes the newest frame and runs the

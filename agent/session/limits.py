@@ -103,7 +103,7 @@ def check_limits(
             status=409,
             details={"limit": "max_sessions", "value": limits.max_sessions},
         )
-    running = [c for s in others for c in s.cameras]
+    running = [c for s in others for c in s.camera_plan]
     if len(running) + len(cameras) > limits.max_cameras:
         raise AgentError(
             ErrorCode.LIMIT_EXCEEDED,

@@ -53,7 +53,7 @@ class ActiveSession:
 
     command: SessionStart
     roster: Roster
-    cameras: list[SessionCamera]
+    camera_plan: list[SessionCamera]  # the cameras the command named, resolved
     embedding_space: str
     threshold: float
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -62,7 +62,7 @@ class ActiveSession:
     presence: PresenceBook = field(default_factory=lambda: PresenceBook([]))
     final_presence: list[PresenceEntry] | None = None  # the verdict, once stopped
     # One per camera once the runner made them; kept after the stop for the final summary.
-    camera_work: list[CameraWork] = field(default_factory=list)
+    cameras: list[CameraWork] = field(default_factory=list)
     # The runner's watch over the cameras as a whole (the grace while all are down).
     camera_watch: CameraWatch | None = None
 
@@ -73,12 +73,12 @@ class ActiveSession:
 
     def camera_health(self) -> list[CameraHealth]:
         """Each running camera's health (empty before the runner made them)."""
-        return [work.describe() for work in self.camera_work]
+        return [work.describe() for work in self.cameras]
 
     def uptimes(self) -> list[CameraUptime] | None:
         """Each camera's up-time out of the session's (None if no camera ever ran)."""
         total = max(0.0, time.time() - self.started_at.timestamp())
-        return [w.uptime(total) for w in self.camera_work] if self.camera_work else None
+        return [w.uptime(total) for w in self.cameras] if self.cameras else None
 
     def waiting_for_cameras(self) -> float | None:
         """While every camera is down: seconds of grace left before the session stops."""
@@ -88,7 +88,7 @@ class ActiveSession:
         """What replies and status show of the session (no embeddings, no names)."""
         end = self.command.end_time
         cameras: list[CameraHealth | CameraRef] = [*self.camera_health()] or [
-            CameraRef(id=c.id, name=c.name) for c in self.cameras
+            CameraRef(id=c.id, name=c.name) for c in self.camera_plan
         ]
         return SessionSummary(
             slot_id=self.slot_id,
@@ -172,7 +172,7 @@ class SessionManager:
         return ActiveSession(
             command=plan.command,
             roster=plan.roster,
-            cameras=list(plan.cameras),
+            camera_plan=list(plan.cameras),
             embedding_space=plan.embedding_space,
             threshold=plan.threshold,
             started_at=started_at or self._events.now(),
@@ -203,7 +203,7 @@ class SessionManager:
             )
         session = self._build(command)
         check_limits(
-            session.cameras,
+            session.camera_plan,
             [*self._sessions.values(), *self._stopping.values()],
             self._limits,
             allow_shared=self._cameras.allow_shared,
@@ -235,7 +235,7 @@ class SessionManager:
         log.info(
             "SESSION_STARTED slot=%s cameras=%d students=%d mode=%s",
             session.slot_id,
-            len(session.cameras),
+            len(session.camera_plan),
             len(session.roster),
             command.mode,
         )

@@ -2,7 +2,7 @@
 
 Per camera: a :class:`~agent.session.camera_work.CameraWork` with a reader thread
 (``agent.camera.reader``) and one analysis task, kept on the session
-(``ActiveSession.camera_work``) for status. The task waits for its camera's next turn
+(``ActiveSession.cameras``) for status. The task waits for its camera's next turn
 from the agent-wide :class:`~agent.session.scheduler.AnalysisScheduler` (which shares
 the box among all cameras by priority), takes the newest frame, and runs
 :func:`~agent.vision.recognition.analyse_frame` in the inference pool. A student is recognised
@@ -74,7 +74,7 @@ class RecognitionRunner:
         """Run the session's cameras until cancelled, or until all of them are dead."""
         changes: asyncio.Queue[tuple[str, CameraState, str]] = asyncio.Queue()
         works = self._camera_work(session, changes)
-        session.camera_work = works
+        session.cameras = works
         reported = (
             set()
             if session.command.mode is SessionMode.CONTINUOUS
@@ -131,7 +131,7 @@ class RecognitionRunner:
                 self.cfg,
                 session.threshold,
             )
-            for cam in session.cameras
+            for cam in session.camera_plan
         ]
 
     def _analysis(self, session: ActiveSession, reported: set[str]) -> Analysis:

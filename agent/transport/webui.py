@@ -280,9 +280,9 @@ class WebUi:
         session = self.sources.session(slot) if slot else None
         if session is None:
             return _error(404, ErrorCode.SESSION_NOT_FOUND, "No session runs for this slot.")
-        if camera not in {c.id for c in session.cameras}:
+        if camera not in {c.id for c in session.camera_plan}:
             return _error(404, ErrorCode.CAMERA_NOT_FOUND, "This session has no such camera.")
-        view = next((w.view for w in session.camera_work if w.camera_id == camera), None)
+        view = next((w.view for w in session.cameras if w.camera_id == camera), None)
         if view is None:
             return _error(
                 503,
