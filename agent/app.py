@@ -270,7 +270,7 @@ class Agent:
             limit=runtime.task_restart_limit,
             window_s=runtime.task_restart_window_s,
             backoff_min_s=runtime.task_backoff_min_s,
-            backoff_max_s=max(runtime.task_backoff_min_s, runtime.task_backoff_max_s),
+            backoff_max_s=runtime.task_backoff_max_s,
         )
 
     async def _build_sessions(self, core: _Core) -> SessionManager:

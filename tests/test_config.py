@@ -109,6 +109,15 @@ def test_idle_analysis_faster_than_busy_is_refused_by_key_path(tmp_path: Path) -
     assert equal.cameras.idle_analysis_fps == equal.cameras.analysis_fps
 
 
+def test_task_backoff_below_its_first_pause_is_refused_by_key_path(tmp_path: Path) -> None:
+    toml = "[runtime]\ntask_backoff_min_s = 5.0\ntask_backoff_max_s = 2.0\n"
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, toml))
+    assert info.value.errors == [
+        ("runtime", "task_backoff_max_s (2) must not be below task_backoff_min_s (5)")
+    ]
+
+
 def test_all_errors_reported_at_once(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(_write(tmp_path, "[models]\nfoo = 1\n[recognition]\ndet_threshold = 7\n"))

@@ -14,6 +14,7 @@ from pydantic import (
     Field,
     SecretStr,
     field_validator,
+    model_validator,
 )
 
 from agent.config.secrets import SecretFile, secret_value
@@ -272,6 +273,16 @@ class RuntimeConfig(Section):
     task_backoff_max_s: float = Field(
         30.0, ge=0.01, le=3600.0, description="Longest pause before a failed task is restarted."
     )
+
+    @model_validator(mode="after")
+    def _backoff_in_order(self) -> RuntimeConfig:
+        # Said at load rather than quietly raising the longest pause to the first one.
+        if self.task_backoff_max_s < self.task_backoff_min_s:
+            raise ValueError(
+                f"task_backoff_max_s ({self.task_backoff_max_s:g}) must not be below "
+                f"task_backoff_min_s ({self.task_backoff_min_s:g})"
+            )
+        return self
 
 
 class StorageConfig(Section):
