@@ -12,13 +12,10 @@ from typing import Any
 
 import aiomqtt
 import cv2
-import pytest
 
 from agent.devkit.brokers import Mosquitto
 from agent.vision.engine import FaceEngine
 from tests.agent_harness import API_KEY, backend, spawn_agent, start_payload
-
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 
 
 def _start_agent(tmp_path: Path, broker: Mosquitto) -> subprocess.Popen[bytes]:

@@ -19,8 +19,6 @@ from agent.devkit.brokers import Mosquitto
 from tests.agent_harness import RecordingSink, agent_config, backend, running_agent, start_payload
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 BAD_URL = "rtsp://user:secret@127.0.0.1:99999/x"
 # Through session/start a URL must parse (an invalid port is refused with
 # CAMERA_URL_NOT_ALLOWED, tests/test_camera_urls.py): nothing listens on port 1.

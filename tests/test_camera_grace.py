@@ -17,8 +17,6 @@ from tests.agent_harness import RecordingSink, agent_config, backend, running_ag
 from tests.rtsp import RtspServer
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 # Failure detection is quick (as in test_cameras.py); the re-probe timing is the default
 # one (probe_min_s = 2 s during probe_fast_for_s), which is what is under test.
 CAMERAS = {

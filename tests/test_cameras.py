@@ -37,8 +37,6 @@ FAST_CAMERAS = {
     "analysis_fps": 5.0,
 }
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 
 @pytest.fixture(scope="module")
 def classroom(

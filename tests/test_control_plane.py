@@ -27,8 +27,6 @@ from tests.agent_harness import (
 )
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 
 async def test_status_over_v5_response_topic(broker: Mosquitto, tmp_path: Path) -> None:
     async with running_agent(agent_config(tmp_path, broker)), backend(broker) as b:

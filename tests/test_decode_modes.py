@@ -21,8 +21,6 @@ from tests.agent_harness import RecordingSink, agent_config, backend, running_ag
 from tests.rtsp import RtspServer
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 
 def _reader(url: str, decoder: str = "auto") -> CameraReader:
     cfg = load_config(None).cameras.model_copy(update={"decoder": decoder})

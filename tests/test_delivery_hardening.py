@@ -24,8 +24,6 @@ from tests.waiting import wait_until
 
 FAST = {"timeout_s": 0.5, "first_retry_s": 0.05, "retry_max_s": 0.3}
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 
 def _cfg(tmp_path: Path, broker: Mosquitto, allowed: list[str], **callback: Any) -> Any:
     return agent_config(

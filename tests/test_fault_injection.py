@@ -34,8 +34,6 @@ from tests.rtsp import RtspServer
 from tests.test_model_faults import drop_in, make_pack
 from tests.test_store_faults import Locker
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:

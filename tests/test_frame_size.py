@@ -21,8 +21,6 @@ from tests.mjpeg import MjpegServer, jpeg, write_huge_jpeg
 from tests.rtsp import RtspServer
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 HUGE = 16000
 FAST = {
     "open_timeout_s": 2.0,

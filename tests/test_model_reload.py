@@ -25,8 +25,6 @@ from tests.waiting import wait_until
 SETTLE = {"settle_s": 0.5}
 FAST_CAMERAS = {"open_timeout_s": 1.0, "read_timeout_s": 1.0, "analysis_fps": 5.0}
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 
 def copy_pack(src: ModelPack, dest: Path, *, recognizer: Path | None = None) -> Path:
     """A complete pack folder named ``dest.name`` with its own manifest."""

@@ -19,8 +19,6 @@ from agent.devkit.backend import v5_request_properties
 from agent.devkit.brokers import Mosquitto
 from tests.agent_harness import API_KEY, agent_config, backend, running_agent, start_payload
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 
 class LoopWatch:
     """Measures the longest stall of the event loop while it runs."""

@@ -25,8 +25,6 @@ FAST = {
     "allowed_urls": ["http://127.0.0.1/"],
 }
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 
 @pytest.fixture
 def store(tmp_path: Path) -> AsyncIterator[Store]:

@@ -21,7 +21,6 @@ from tests.conftest import MODELS_DIR
 from tests.test_model_faults import DETECTOR, make_pack, write_matching_manifest
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 SETTLE_S = 0.3
 
 

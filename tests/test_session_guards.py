@@ -7,16 +7,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import pytest
-
 from agent.devkit.brokers import Mosquitto
 from agent.protocol import StatusReason
 from agent.session.manager import ActiveSession
 from tests.agent_harness import RecordingSink, agent_config, backend, running_agent, start_payload
 from tests.rtsp import RtspServer
 from tests.waiting import wait_until
-
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 
 
 def _cams(*names: str) -> list[dict[str, str]]:

@@ -13,13 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from agent.devkit.brokers import Mosquitto
 from agent.devkit.callback_receiver import CallbackServer
 from tests.agent_harness import backend, spawn_agent, start_payload
-
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 
 
 def _spawn(tmp_path: Path, broker: Mosquitto, server: CallbackServer) -> subprocess.Popen[bytes]:

@@ -33,8 +33,6 @@ from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 
 def _event(slot: str = "slot-1") -> object:
     return EventFactory("site-1", "UTC").status(slot, SessionStatus.STARTED)

@@ -26,8 +26,6 @@ from tests.agent_harness import RecordingSink, agent_config, backend, running_ag
 from tests.rtsp import RtspServer
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 CAMERAS = {
     "open_timeout_s": 2.0,
     "read_timeout_s": 1.0,
