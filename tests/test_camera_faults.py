@@ -110,6 +110,7 @@ async def test_camera_id_cannot_forge_log_lines(caplog: pytest.LogCaptureFixture
     assert changes[0][0] == reader.camera_id  # the loop still gets the real id
 
 
+@pytest.mark.slow
 async def test_exception_in_reader_thread_is_logged_and_reported_dead(
     video: str, caplog: pytest.LogCaptureFixture
 ) -> None:

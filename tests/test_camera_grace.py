@@ -87,6 +87,7 @@ async def test_camera_reboot_within_the_grace_keeps_the_session(
     print(f"disconnected after {disconnected_after:.1f} s, reconnected {back_after:.1f} s")
 
 
+@pytest.mark.slow
 async def test_short_grace_stops_the_session_with_all_cameras_failed(
     broker: Mosquitto, yao_camera: RtspServer, tmp_path: Path, yao_embedding: list[float]
 ) -> None:

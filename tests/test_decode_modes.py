@@ -45,6 +45,7 @@ async def _frames_for(reader: CameraReader, seconds: float) -> list[object]:
     return frames
 
 
+@pytest.mark.slow
 async def test_keyframes_mode_decodes_only_wanted_keyframes(
     yao_camera: RtspServer, engine: FaceEngine
 ) -> None:
@@ -101,6 +102,7 @@ async def test_opencv_decoder_always_decodes_everything(yao_camera: RtspServer) 
         await reader.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("budget", "mode"), [(40.0, "FULL"), (0.0, "KEYFRAMES")])
 async def test_agent_recognises_in_either_decode_mode(
     broker: Mosquitto,

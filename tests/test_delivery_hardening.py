@@ -154,6 +154,7 @@ async def test_url_removed_from_allowlist_gets_nothing_more(
     assert all("allowlist" in d["lastError"] for d in stats["deadLetters"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("refusal", [401, 403, 404, 413])
 async def test_a_backend_refusing_everything_is_seen_and_stops_the_session(
     broker: Mosquitto,

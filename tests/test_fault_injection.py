@@ -192,6 +192,7 @@ def check_outbox_against_backend(
     assert sum(1 for r in rows if r["type"] == "RECOGNITION") == 1  # ATTENDANCE: once
 
 
+@pytest.mark.slow
 async def test_faults_lose_nothing(
     tmp_path: Path,
     broker: Mosquitto,

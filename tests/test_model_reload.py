@@ -104,6 +104,7 @@ async def _enroll(b: Any, photo: Path) -> dict[str, Any]:
     return dict(reply["data"])
 
 
+@pytest.mark.slow
 async def test_slow_copy_then_swap_with_running_session(
     broker: Mosquitto,
     tmp_path: Path,
@@ -202,6 +203,7 @@ def _hash_mismatch(pack: Path) -> None:
     (pack / MANIFEST_NAME).write_text(json.dumps(manifest))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "damage", "reason"),
     [

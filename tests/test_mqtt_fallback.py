@@ -48,6 +48,7 @@ def v311_broker() -> Iterator[Amqtt]:
             proc.stdout.close()
 
 
+@pytest.mark.slow
 async def test_agent_falls_back_to_311(
     v311_broker: Amqtt, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -149,6 +149,7 @@ async def test_urls_are_redacted_in_logs_and_status(
     assert "rtsp://***@127.0.0.1:1/stream" in caplog.text
 
 
+@pytest.mark.slow
 async def test_a_flood_is_bounded_and_the_agent_serves_on(
     broker: Mosquitto, tmp_path: Path, photos: dict[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:

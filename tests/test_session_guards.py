@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from agent.devkit.brokers import Mosquitto
 from agent.protocol import StatusReason
 from agent.session.manager import ActiveSession
@@ -98,6 +100,7 @@ async def test_a_model_swap_during_a_slow_stop_does_not_revive_the_session(
     assert sink.statuses("s1") == ["STARTED", "STOPPED"]
 
 
+@pytest.mark.slow
 async def test_one_attendance_event_per_student_across_cameras(
     broker: Mosquitto, tmp_path: Path, yao_embedding: list[float], yao_camera: RtspServer
 ) -> None:

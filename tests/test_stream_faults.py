@@ -92,6 +92,7 @@ def _camera_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("camera-")]
 
 
+@pytest.mark.slow
 async def test_stream_without_keyframes_is_never_live_and_dies_with_the_reason(
     broker: Mosquitto,
     healthy: RtspServer,
@@ -127,6 +128,7 @@ async def test_stream_without_keyframes_is_never_live_and_dies_with_the_reason(
     assert took < 2 * (CAMERAS["open_timeout_s"] + CAMERAS["max_frame_age_s"]) + 2.0
 
 
+@pytest.mark.slow
 async def test_video_stopping_while_audio_goes_on_reconnects_then_dies(
     broker: Mosquitto,
     healthy: RtspServer,
@@ -155,6 +157,7 @@ async def test_video_stopping_while_audio_goes_on_reconnects_then_dies(
     assert dead_after < limit, dead_after
 
 
+@pytest.mark.slow
 async def test_stopping_a_camera_that_sends_only_audio_leaves_no_thread(
     broker: Mosquitto,
     video_dies: RtspServer,
