@@ -1,11 +1,13 @@
 # The two commands a newcomer runs: `make demo` and `make test`. Each sets up what it needs.
+# `make check` is the developers' inner loop: lint, types and the tests not marked `slow`
+# (a test taking 2 s or more is marked `slow`).
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PACK := models/buffalo_sc/manifest.json
 
-.PHONY: setup system-deps test lint demo bench clean
+.PHONY: setup system-deps test check lint demo bench clean
 
 setup: $(STAMP) $(PACK)
 
@@ -28,6 +30,9 @@ lint: setup
 
 test: setup system-deps lint
 	$(PY) -m pytest
+
+check: setup system-deps lint
+	$(PY) -m pytest -m "not slow"
 
 demo: setup system-deps
 	$(PY) -m agent demo

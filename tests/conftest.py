@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from pytest_asyncio import is_async_test
 
 from agent.config import AgentConfig, load_config
 from agent.devkit.brokers import Mosquitto
@@ -112,9 +113,27 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
     server.stop()
 
 
+@pytest.fixture(autouse=True)
+def _no_leftover_tasks_in_async_tests(
+    request: pytest.FixtureRequest,
+    no_leftover_threads: None,  # set up before this one: see below
+) -> None:
+    """Every async test gets :func:`no_leftover_tasks`; a sync test has no event loop of its
+    own to check (one that starts a loop, e.g. with ``asyncio.run``, closes it itself).
+
+    Requested here, before the test's other fixtures, so it is torn down after them: the
+    check runs once everything the test started has been stopped. It asks for
+    :func:`no_leftover_threads` (autouse fixtures alone are set up in name order, which would
+    put this one first), so the test's event loop, set up with this one, is closed (its
+    executor threads joined) before the threads are counted."""
+    if is_async_test(request.node):
+        request.getfixturevalue("no_leftover_tasks")
+
+
 @pytest.fixture
 async def no_leftover_tasks() -> AsyncIterator[None]:
-    """Fail an async test that leaves an asyncio task running."""
+    """Fail an async test that leaves an asyncio task running (every async test: see
+    :func:`_no_leftover_tasks_in_async_tests`)."""
     yield
     current = asyncio.current_task()
     leftover = [t for t in asyncio.all_tasks() if t is not current and not t.done()]

@@ -18,8 +18,6 @@ from agent.devkit.brokers import Mosquitto
 from agent.vision.engine import FaceEngine
 from tests.agent_harness import API_KEY, backend, spawn_agent, start_payload
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 
 def _start_agent(tmp_path: Path, broker: Mosquitto) -> subprocess.Popen[bytes]:
     return spawn_agent(tmp_path, broker, "http://127.0.0.1:9/", AGENT_LOGGING__FORMAT="json")
@@ -47,6 +45,7 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> int:
         raise
 
 
+@pytest.mark.slow
 async def test_sigterm_stops_cleanly_and_session_resumes(
     broker: Mosquitto, tmp_path: Path, engine: FaceEngine, photos: dict[str, Path]
 ) -> None:
@@ -94,6 +93,7 @@ async def test_sigterm_stops_cleanly_and_session_resumes(
     assert "SESSION_RESUMED" in (tmp_path / "agent.log").read_text()
 
 
+@pytest.mark.slow
 async def test_killed_agent_leaves_last_will(broker: Mosquitto, tmp_path: Path) -> None:
     proc = _start_agent(tmp_path, broker)
     try:
@@ -127,6 +127,7 @@ async def test_killed_agent_leaves_last_will(broker: Mosquitto, tmp_path: Path) 
                 break
 
 
+@pytest.mark.slow
 async def test_second_agent_on_the_same_data_dir_exits_2_and_the_first_serves_on(
     broker: Mosquitto, tmp_path: Path
 ) -> None:
@@ -160,6 +161,7 @@ async def test_second_agent_on_the_same_data_dir_exits_2_and_the_first_serves_on
                 proc.wait()
 
 
+@pytest.mark.slow
 async def test_a_wrong_or_missing_key_gets_its_401_on_the_response_topic(
     broker: Mosquitto, tmp_path: Path
 ) -> None:

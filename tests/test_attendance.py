@@ -27,8 +27,6 @@ from agent.vision.matching import Roster
 from agent.vision.recognition import Sighting
 from tests.agent_harness import RecordingSink, start_payload
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 IMAGE = np.zeros((120, 160, 3), np.uint8)
 FACE = DetectedFace(np.array([10, 10, 60, 60], np.float32), 0.9, np.zeros((5, 2), np.float32))
 

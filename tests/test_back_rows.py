@@ -88,6 +88,7 @@ def back_row_camera(engine: FaceEngine, tmp_path: Path, shared_faces: Path) -> I
     yield from _camera(plan.frames_dir)
 
 
+@pytest.mark.slow
 async def test_back_row_students_are_recognised_at_default_settings(
     broker: Mosquitto,
     tmp_path: Path,
@@ -178,6 +179,7 @@ def uncertain_camera(
         yield server, score
 
 
+@pytest.mark.slow
 async def test_presence_verdict_survives_an_agent_restart(
     broker: Mosquitto,
     tmp_path: Path,

@@ -25,8 +25,6 @@ from tests.agent_harness import agent_config, backend, running_agent, start_payl
 from tests.rtsp import RtspServer
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 OUTAGE_S = 150.0
 CALLBACK = {"timeout_s": 2.0, "first_retry_s": 0.5, "retry_max_s": 40.0}
 CAMERAS = {

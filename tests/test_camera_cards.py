@@ -18,8 +18,6 @@ from agent.status.view import camera_reason, page_state
 from agent.vision.inference import ModelSlot
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 NOW = 1_800_000_000.0
 
 

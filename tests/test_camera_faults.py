@@ -19,8 +19,6 @@ from agent.devkit.brokers import Mosquitto
 from tests.agent_harness import RecordingSink, agent_config, backend, running_agent, start_payload
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 BAD_URL = "rtsp://user:secret@127.0.0.1:99999/x"
 # Through session/start a URL must parse (an invalid port is refused with
 # CAMERA_URL_NOT_ALLOWED, tests/test_camera_urls.py): nothing listens on port 1.
@@ -112,6 +110,7 @@ async def test_camera_id_cannot_forge_log_lines(caplog: pytest.LogCaptureFixture
     assert changes[0][0] == reader.camera_id  # the loop still gets the real id
 
 
+@pytest.mark.slow
 async def test_exception_in_reader_thread_is_logged_and_reported_dead(
     video: str, caplog: pytest.LogCaptureFixture
 ) -> None:

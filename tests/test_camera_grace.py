@@ -17,8 +17,6 @@ from tests.agent_harness import RecordingSink, agent_config, backend, running_ag
 from tests.rtsp import RtspServer
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 # Failure detection is quick (as in test_cameras.py); the re-probe timing is the default
 # one (probe_min_s = 2 s during probe_fast_for_s), which is what is under test.
 CAMERAS = {
@@ -89,6 +87,7 @@ async def test_camera_reboot_within_the_grace_keeps_the_session(
     print(f"disconnected after {disconnected_after:.1f} s, reconnected {back_after:.1f} s")
 
 
+@pytest.mark.slow
 async def test_short_grace_stops_the_session_with_all_cameras_failed(
     broker: Mosquitto, yao_camera: RtspServer, tmp_path: Path, yao_embedding: list[float]
 ) -> None:

@@ -14,8 +14,6 @@ from agent.config import AgentConfig
 from agent.devkit.brokers import Mosquitto
 from tests.agent_harness import agent_config, backend, running_agent, start_payload
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 PUBLIC = "rtsp://203.0.113.5:554/stream"  # TEST-NET-3: outside every default network
 
 

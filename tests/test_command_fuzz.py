@@ -89,6 +89,7 @@ async def fuzz_target(tmp_path: Path) -> AsyncIterator[tuple[Agent, Backend]]:
         broker.stop()
 
 
+@pytest.mark.slow
 @settings(
     max_examples=1500,
     deadline=None,

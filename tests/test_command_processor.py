@@ -20,8 +20,6 @@ from agent.transport.mqtt import IncomingMessage
 KEY = "test-key-123"
 PREFIX = "attendance/site-1/cmd"
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 
 class Handlers:
     """Fake handlers that count calls; ``session/stop`` raises what ``fail_with`` holds."""

@@ -27,8 +27,6 @@ from tests.agent_harness import (
 )
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 
 async def test_status_over_v5_response_topic(broker: Mosquitto, tmp_path: Path) -> None:
     async with running_agent(agent_config(tmp_path, broker)), backend(broker) as b:
@@ -151,6 +149,7 @@ async def test_session_lifecycle_and_errors(
     assert f"{yao_embedding[0]:.6f}"[:8] not in caplog.text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("mutate", "status", "code"),
     [
@@ -225,6 +224,7 @@ async def test_unknown_command(broker: Mosquitto, tmp_path: Path) -> None:
     assert (reply["status"], reply["code"], reply["requestId"]) == (404, "UNKNOWN_COMMAND", "u1")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("payload", "paths"),
     [
@@ -450,6 +450,7 @@ async def test_failure_during_stop_is_500_and_session_is_gone(
     assert sink.statuses("slot-f") == ["STARTED", "STOPPED"]
 
 
+@pytest.mark.slow
 async def test_command_published_while_broker_restarts_is_executed(tmp_path: Path) -> None:
     server = Mosquitto(tmp_path / "persistent-broker")
     server.start()

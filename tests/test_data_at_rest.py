@@ -27,8 +27,6 @@ from agent.protocol import RecognitionEvent, SessionMode
 from tests.agent_harness import agent_config, backend, running_agent, start_payload
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 PASSWORD = "Pa55-Camera-9zQ"
 TOKEN = "T0ken-Qx81-secret"
 NAME = "Zelda Quintavalle-Ruiz"

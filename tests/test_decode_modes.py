@@ -21,8 +21,6 @@ from tests.agent_harness import RecordingSink, agent_config, backend, running_ag
 from tests.rtsp import RtspServer
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 
 def _reader(url: str, decoder: str = "auto") -> CameraReader:
     cfg = load_config(None).cameras.model_copy(update={"decoder": decoder})
@@ -47,6 +45,7 @@ async def _frames_for(reader: CameraReader, seconds: float) -> list[object]:
     return frames
 
 
+@pytest.mark.slow
 async def test_keyframes_mode_decodes_only_wanted_keyframes(
     yao_camera: RtspServer, engine: FaceEngine
 ) -> None:
@@ -103,6 +102,7 @@ async def test_opencv_decoder_always_decodes_everything(yao_camera: RtspServer) 
         await reader.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("budget", "mode"), [(40.0, "FULL"), (0.0, "KEYFRAMES")])
 async def test_agent_recognises_in_either_decode_mode(
     broker: Mosquitto,

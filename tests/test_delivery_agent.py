@@ -28,8 +28,6 @@ from tests.waiting import wait_until
 
 FAST_CALLBACK = {"timeout_s": 0.5, "first_retry_s": 0.05, "retry_max_s": 0.3}
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 
 def _cfg(tmp_path: Path, broker: Mosquitto, server: CallbackServer, **callback: Any) -> Any:
     return agent_config(
@@ -73,6 +71,7 @@ async def test_events_reach_the_callback(
     assert status["data"]["outbox"]["counts"]["pending"] == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule", ["failures", "seconds"])
 async def test_autostop_on_unresponsive_backend(
     broker: Mosquitto, server: CallbackServer, tmp_path: Path, yao_embedding: list[float], rule: str
@@ -139,6 +138,7 @@ def _outbox_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return run_cli("outbox", *args, env=env, timeout=60)
 
 
+@pytest.mark.slow
 async def test_dead_letter_visible_and_requeued_by_cli(
     broker: Mosquitto, server: CallbackServer, tmp_path: Path, yao_embedding: list[float]
 ) -> None:
@@ -192,6 +192,7 @@ async def _wait_connected(broker: Mosquitto, proc: subprocess.Popen[bytes]) -> N
                     pass
 
 
+@pytest.mark.slow
 async def test_sigkill_loses_nothing(
     broker: Mosquitto, server: CallbackServer, tmp_path: Path, yao_embedding: list[float]
 ) -> None:

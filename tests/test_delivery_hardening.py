@@ -24,8 +24,6 @@ from tests.waiting import wait_until
 
 FAST = {"timeout_s": 0.5, "first_retry_s": 0.05, "retry_max_s": 0.3}
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 
 def _cfg(tmp_path: Path, broker: Mosquitto, allowed: list[str], **callback: Any) -> Any:
     return agent_config(
@@ -156,6 +154,7 @@ async def test_url_removed_from_allowlist_gets_nothing_more(
     assert all("allowlist" in d["lastError"] for d in stats["deadLetters"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("refusal", [401, 403, 404, 413])
 async def test_a_backend_refusing_everything_is_seen_and_stops_the_session(
     broker: Mosquitto,

@@ -255,6 +255,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return run_cli("embed", "--json", *args)
 
 
+@pytest.mark.slow
 def test_cli_embed_outputs(
     photos: dict[str, Path], skimage_photos: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -34,8 +34,6 @@ from tests.rtsp import RtspServer
 from tests.test_model_faults import drop_in, make_pack
 from tests.test_store_faults import Locker
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
@@ -194,6 +192,7 @@ def check_outbox_against_backend(
     assert sum(1 for r in rows if r["type"] == "RECOGNITION") == 1  # ATTENDANCE: once
 
 
+@pytest.mark.slow
 async def test_faults_lose_nothing(
     tmp_path: Path,
     broker: Mosquitto,

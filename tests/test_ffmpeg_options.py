@@ -21,8 +21,6 @@ from tests.mjpeg import MjpegServer, jpeg
 from tests.rtsp import RtspServer
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 
 def _opencv_cfg() -> CamerasConfig:
     cfg = load_config(None).cameras.model_copy(update={"decoder": "opencv"})

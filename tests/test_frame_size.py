@@ -21,8 +21,6 @@ from tests.mjpeg import MjpegServer, jpeg, write_huge_jpeg
 from tests.rtsp import RtspServer
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 HUGE = 16000
 FAST = {
     "open_timeout_s": 2.0,
@@ -118,6 +116,7 @@ async def test_huge_mjpeg_frames_are_refused_and_memory_stays_bounded(
     assert "frame 16000x16000 (256.0 Mpx) is larger than [cameras] max_frame_pixels" in caplog.text
 
 
+@pytest.mark.slow
 async def test_resolution_change_mid_stream_keeps_working_and_over_cap_is_refused() -> None:
     cap = 640 * 480
     server = await _served([(jpeg(320, 240), 1.5), (jpeg(640, 480), 1.5), (jpeg(1280, 720), 1)])

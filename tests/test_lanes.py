@@ -12,8 +12,6 @@ import pytest
 from agent.backoff import Backoff
 from agent.lanes import Lane, LaneClosedError, Lanes
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 WHO = contextvars.ContextVar("who", default="nobody")
 
 

@@ -25,8 +25,6 @@ from tests.agent_harness import MODELS_DIR
 from tests.mjpeg import MjpegServer, jpeg
 from tests.test_webui import STATUS
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 JSON = {"Content-Type": "application/json"}
 Serve = Callable[[AgentConfig], Any]
 

@@ -46,8 +46,6 @@ RECOGNIZER = "w600k_mbf.onnx"
 SETTLE_S = 0.3
 REASON_LIMIT = 400  # the library's text is cut to ~300 characters, plus our sentence
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 
 # Bad packs ------------------------------------------------------------------------------
 

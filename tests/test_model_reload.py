@@ -25,8 +25,6 @@ from tests.waiting import wait_until
 SETTLE = {"settle_s": 0.5}
 FAST_CAMERAS = {"open_timeout_s": 1.0, "read_timeout_s": 1.0, "analysis_fps": 5.0}
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 
 def copy_pack(src: ModelPack, dest: Path, *, recognizer: Path | None = None) -> Path:
     """A complete pack folder named ``dest.name`` with its own manifest."""
@@ -106,6 +104,7 @@ async def _enroll(b: Any, photo: Path) -> dict[str, Any]:
     return dict(reply["data"])
 
 
+@pytest.mark.slow
 async def test_slow_copy_then_swap_with_running_session(
     broker: Mosquitto,
     tmp_path: Path,
@@ -204,6 +203,7 @@ def _hash_mismatch(pack: Path) -> None:
     (pack / MANIFEST_NAME).write_text(json.dumps(manifest))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "damage", "reason"),
     [

@@ -21,7 +21,6 @@ from agent.devkit.brokers import Mosquitto
 from agent.devkit.ports import free_port
 from tests.agent_harness import agent_config, running_agent
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -17,8 +17,6 @@ from agent.devkit.brokers import Mosquitto
 from agent.devkit.ports import free_port
 from tests.agent_harness import API_KEY, agent_config, running_agent
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 
 class Amqtt(Mosquitto):
     """Only what the harness reads of a broker: its port (amqtt runs as a subprocess)."""
@@ -50,6 +48,7 @@ def v311_broker() -> Iterator[Amqtt]:
             proc.stdout.close()
 
 
+@pytest.mark.slow
 async def test_agent_falls_back_to_311(
     v311_broker: Amqtt, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

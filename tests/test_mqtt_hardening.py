@@ -19,8 +19,6 @@ from agent.devkit.backend import v5_request_properties
 from agent.devkit.brokers import Mosquitto
 from tests.agent_harness import API_KEY, agent_config, backend, running_agent, start_payload
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 
 class LoopWatch:
     """Measures the longest stall of the event loop while it runs."""
@@ -151,6 +149,7 @@ async def test_urls_are_redacted_in_logs_and_status(
     assert "rtsp://***@127.0.0.1:1/stream" in caplog.text
 
 
+@pytest.mark.slow
 async def test_a_flood_is_bounded_and_the_agent_serves_on(
     broker: Mosquitto, tmp_path: Path, photos: dict[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:

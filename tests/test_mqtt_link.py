@@ -8,13 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import pytest
-
 from agent.config import MqttConfig
 from agent.transport.mqtt import IncomingMessage, MqttLink
 from tests.waiting import wait_until
-
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 
 CONNACK = bytes([0x20, 0x02, 0x00, 0x00])
 

@@ -17,8 +17,6 @@ from agent.devkit.brokers import Mosquitto
 from tests.agent_harness import API_KEY, agent_config, running_agent
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 
 def _run(*args: str, cwd: Path) -> None:
     subprocess.run(args, cwd=cwd, check=True, capture_output=True, timeout=60)

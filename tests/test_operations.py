@@ -40,6 +40,7 @@ def _samples(text: str, family: str) -> dict[str, float]:
     return found
 
 
+@pytest.mark.slow
 async def test_metrics_status_and_health_during_a_session(
     broker: Mosquitto,
     yao_camera: RtspServer,

@@ -26,8 +26,6 @@ FAST = {
     "allowed_urls": ["http://127.0.0.1/"],
 }
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 
 @pytest.fixture
 def store(tmp_path: Path) -> AsyncIterator[Store]:
@@ -78,6 +76,7 @@ async def test_delivery_headers_and_order(store: Store, server: CallbackServer) 
     assert outbox.describe().counts == {"pending": 0, "delivered": 5, "dead": 0}
 
 
+@pytest.mark.slow
 async def test_outage_500_then_down_then_hang_then_back(
     store: Store, server: CallbackServer
 ) -> None:

@@ -21,7 +21,6 @@ from tests.conftest import MODELS_DIR
 from tests.test_model_faults import DETECTOR, make_pack, write_matching_manifest
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 SETTLE_S = 0.3
 
 
@@ -94,6 +93,7 @@ async def test_a_pack_copied_with_cp_a_becomes_active_and_stays_so_after_a_resta
     assert engine.pack.path == copied.resolve()
 
 
+@pytest.mark.slow
 async def test_a_broken_newer_pack_is_retried_only_when_its_files_change(
     default_pack: ModelPack,
     config: AgentConfig,

@@ -219,7 +219,6 @@ def test_end_time_round_trips_through_the_saved_form() -> None:
 # --- through the real agent over MQTT -----------------------------------------------------
 
 
-@pytest.mark.usefixtures("no_leftover_tasks")
 async def test_older_backends_integer_ids_over_mqtt(
     broker: Mosquitto, tmp_path: Path, yao_embedding: list[float]
 ) -> None:
@@ -262,7 +261,6 @@ async def test_older_backends_integer_ids_over_mqtt(
     assert getattr(last, "slot_id", None) == "42"
 
 
-@pytest.mark.usefixtures("no_leftover_tasks")
 async def test_integer_submission_id_and_rtsp_camera_over_mqtt(
     broker: Mosquitto, tmp_path: Path, photos: dict[str, Path], yao_embedding: list[float]
 ) -> None:
@@ -283,7 +281,6 @@ async def test_integer_submission_id_and_rtsp_camera_over_mqtt(
     assert [e["path"] for e in refused["data"]["errors"]] == ["slotId"]
 
 
-@pytest.mark.usefixtures("no_leftover_tasks")
 @pytest.mark.parametrize("end_time", [1893456000, "1893456000"])
 async def test_numeric_end_time_is_422_over_mqtt(
     broker: Mosquitto, tmp_path: Path, yao_embedding: list[float], end_time: object

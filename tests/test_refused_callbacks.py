@@ -22,8 +22,6 @@ from agent.protocol import SessionStatus
 from agent.status.models import wire
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 FAST = {"timeout_s": 0.5, "first_retry_s": 0.05, "retry_max_s": 0.3}
 
 

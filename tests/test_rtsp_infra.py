@@ -107,6 +107,7 @@ def read_until_false(cap: Any, limit_s: float) -> float:
     pytest.fail(f"read() still returned frames {limit_s} s after the server went away")
 
 
+@pytest.mark.slow
 def test_stream_is_the_clip_and_faces_are_recognised(
     server: RtspServer, captures: list[Any], classroom: ClassroomPlan, engine: FaceEngine
 ) -> None:
@@ -165,6 +166,7 @@ def test_kill_is_seen_at_once_and_restart_serves_again(
     assert frame.shape == (SIZE[1], SIZE[0], 3)
 
 
+@pytest.mark.slow
 def test_frozen_server_times_reads_out_and_thaws(server: RtspServer, captures: list[Any]) -> None:
     cap = open_stream(server, captures)
     assert cap.read()[0]

@@ -9,13 +9,9 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-import pytest
-
 from agent.camera.video_source import DecodeMode
 from agent.config import AnalysisConfig, load_config
 from agent.session.scheduler import AnalysisScheduler, EmbedBudget, Priority, ScheduledCamera
-
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 
 
 @dataclass

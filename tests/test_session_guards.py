@@ -16,8 +16,6 @@ from tests.agent_harness import RecordingSink, agent_config, backend, running_ag
 from tests.rtsp import RtspServer
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 
 def _cams(*names: str) -> list[dict[str, str]]:
     return [{"id": n, "rtspUrl": f"rtsp://127.0.0.1:1/{n}"} for n in names]
@@ -102,6 +100,7 @@ async def test_a_model_swap_during_a_slow_stop_does_not_revive_the_session(
     assert sink.statuses("s1") == ["STARTED", "STOPPED"]
 
 
+@pytest.mark.slow
 async def test_one_attendance_event_per_student_across_cameras(
     broker: Mosquitto, tmp_path: Path, yao_embedding: list[float], yao_camera: RtspServer
 ) -> None:

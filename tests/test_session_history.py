@@ -20,8 +20,6 @@ from agent.status.view import page_state
 from agent.vision.inference import ModelSlot
 from tests.agent_harness import RecordingSink, agent_config, backend, running_agent, start_payload
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 DEAD_CAMERA = {
     "reconnect_attempts": 1,
     "reconnect_interval_s": 0.1,

@@ -23,8 +23,6 @@ from agent.vision.inference import ModelSlot
 from tests.agent_harness import RecordingSink, start_payload
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 CAMERAS = [
     {"id": "cam-1", "name": "Room 1", "url": "rtsp://127.0.0.1:1/room1"},
     {"id": "cam-2", "name": "Room 2", "url": "rtsp://127.0.0.1:1/room2"},

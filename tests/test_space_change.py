@@ -23,7 +23,6 @@ from tests.agent_harness import agent_config, backend, running_agent
 from tests.test_model_reload import SETTLE, _enroll, copy_pack, models_dir, other_space
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 __all__ = ["models_dir", "other_space"]  # fixtures used here
 
 

@@ -20,8 +20,6 @@ from tests.agent_harness import ROOT, agent_config, backend, running_agent, star
 from tests.chromium import INSTALL_HINT, Chromium, chromium_path
 from tests.rtsp import RtspServer
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 FAST_CAMERAS = {
     "open_timeout_s": 1.0,
     "read_timeout_s": 1.0,

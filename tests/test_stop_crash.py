@@ -19,8 +19,6 @@ from agent.devkit.brokers import Mosquitto
 from agent.devkit.callback_receiver import CallbackServer
 from tests.agent_harness import backend, spawn_agent, start_payload
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 
 def _spawn(tmp_path: Path, broker: Mosquitto, server: CallbackServer) -> subprocess.Popen[bytes]:
     return spawn_agent(
@@ -87,6 +85,7 @@ def _state(db: Path, slot: str) -> tuple[list[str], list[dict[str, Any]]]:
     return rows, stopped
 
 
+@pytest.mark.slow
 async def test_sigkill_as_the_row_leaves_keeps_the_stopped_event(
     broker: Mosquitto, server: CallbackServer, tmp_path: Path, yao_embedding: list[float]
 ) -> None:

@@ -27,8 +27,6 @@ from agent.vision.engine import FaceEngine
 from agent.vision.inference import ModelSlot
 from tests.agent_harness import start_payload
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 FAST = {"timeout_s": 0.5, "first_retry_s": 0.05, "retry_max_s": 0.3}
 
 

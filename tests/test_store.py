@@ -15,8 +15,6 @@ import sqlite_utils
 from agent.events.migrations import MIGRATIONS
 from agent.events.store import Store, StoreError
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:

@@ -33,8 +33,6 @@ from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 
 def _event(slot: str = "slot-1") -> object:
     return EventFactory("site-1", "UTC").status(slot, SessionStatus.STARTED)
@@ -123,6 +121,7 @@ def test_a_failing_migration_rolls_back_whole(tmp_path: Path) -> None:
     assert applied == {"001_sessions"}
 
 
+@pytest.mark.slow
 async def test_locked_file_delays_the_event_never_the_loop(tmp_path: Path, locker: Locker) -> None:
     store = Store(tmp_path / "data", busy_wait_s=30)
     outbox = Outbox(store, max_pending=100)
@@ -159,6 +158,7 @@ async def test_locked_file_delays_the_event_never_the_loop(tmp_path: Path, locke
     assert outbox.refused == 0
 
 
+@pytest.mark.slow
 async def test_lock_held_past_the_wait_reports_the_real_cause(
     tmp_path: Path, locker: Locker
 ) -> None:

@@ -26,8 +26,6 @@ from tests.agent_harness import RecordingSink, agent_config, backend, running_ag
 from tests.rtsp import RtspServer
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 CAMERAS = {
     "open_timeout_s": 2.0,
     "read_timeout_s": 1.0,
@@ -94,6 +92,7 @@ def _camera_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("camera-")]
 
 
+@pytest.mark.slow
 async def test_stream_without_keyframes_is_never_live_and_dies_with_the_reason(
     broker: Mosquitto,
     healthy: RtspServer,
@@ -129,6 +128,7 @@ async def test_stream_without_keyframes_is_never_live_and_dies_with_the_reason(
     assert took < 2 * (CAMERAS["open_timeout_s"] + CAMERAS["max_frame_age_s"]) + 2.0
 
 
+@pytest.mark.slow
 async def test_video_stopping_while_audio_goes_on_reconnects_then_dies(
     broker: Mosquitto,
     healthy: RtspServer,
@@ -157,6 +157,7 @@ async def test_video_stopping_while_audio_goes_on_reconnects_then_dies(
     assert dead_after < limit, dead_after
 
 
+@pytest.mark.slow
 async def test_stopping_a_camera_that_sends_only_audio_leaves_no_thread(
     broker: Mosquitto,
     video_dies: RtspServer,

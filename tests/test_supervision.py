@@ -29,8 +29,6 @@ from tests.agent_harness import (
 )
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 FAST_RESTART = {"task_backoff_min_s": 0.05, "task_backoff_max_s": 0.2}
 
 

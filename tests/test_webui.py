@@ -42,8 +42,6 @@ from tests.agent_harness import MODELS_DIR, start_payload
 from tests.cli import run_cli
 from tests.rtsp import RtspServer
 
-pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
-
 PASSWORD = "correct horse"
 CAMERA: dict[str, Any] = {
     "id": "cam-1",
