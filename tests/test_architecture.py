@@ -163,20 +163,9 @@ RULES = (
     ),
 )
 
-# Known violations, each to be fixed in issue 20 (the code is outside this test's change).
-# An allowance that no longer matches an import fails test_allowances_are_still_needed.
-ALLOWED: dict[tuple[str, str], str] = {
-    # TODO(issue 20): the analysis budget (EmbedBudget, Priority) lives in session/scheduler
-    # but is consumed by vision/recognition: vision depends on session.
-    ("agent.vision.recognition", "agent.session.scheduler"): "vision uses the session budget",
-    # TODO(issue 20): the pack sightings are persisted by vision code through the SQLite
-    # store; vision depends on events/store.
-    ("agent.vision.pack_order", "agent.events.store"): "pack sightings stored by vision",
-    ("agent.vision.model_watch", "agent.events.store"): "the watcher hands the store on",
-    # TODO(issue 20): the outbox keeps the in-memory callback URLs (CallbackUrls) of
-    # session/at_rest: events depends on session.
-    ("agent.events.outbox", "agent.session.at_rest"): "outbox uses session CallbackUrls",
-}
+# Known exceptions to the rules, each with its reason; none today. An allowance that no
+# longer matches an import fails test_allowances_are_still_needed.
+ALLOWED: dict[tuple[str, str], str] = {}
 
 
 def _module_name(path: Path) -> str:
@@ -381,10 +370,6 @@ HEAVY = {
     "agent.vision.embedding": "computes an embedding with the engine",
     "agent.commands.embedding_generate": "runs embedding/generate (vision.embedding)",
     "agent.commands.handlers": "wires every command, embedding/generate included",
-    # TODO(issue 20): status/reporter imports vision/model_watch (so the engine) at run time
-    # only to annotate StatusReporter.watcher; under TYPE_CHECKING both would be light.
-    "agent.status.reporter": "imports ModelWatcher for an annotation",
-    "agent.commands.status": "imports status/reporter",
 }
 LIGHT_FOLDERS = (
     "agent.camera",

@@ -13,7 +13,7 @@ import pytest
 
 from agent.config import AgentConfig, RecognitionConfig
 from agent.devkit.classroom import Person, face_box_of, make_classroom_frames
-from agent.session.scheduler import FineBudget
+from agent.vision.budget import FineBudget
 from agent.vision.coverage import (
     TILE_OVERLAP_PX,
     CameraCoverage,

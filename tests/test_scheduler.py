@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from agent.camera.video_source import DecodeMode
 from agent.config import AnalysisConfig, load_config
-from agent.session.scheduler import AnalysisScheduler, EmbedBudget, Priority, ScheduledCamera
+from agent.session.scheduler import AnalysisScheduler, ScheduledCamera
+from agent.vision.budget import EmbedBudget, Priority
 
 
 @dataclass

@@ -23,9 +23,9 @@ from enum import StrEnum
 from typing import Any, NoReturn
 
 from agent.errors import AgentError, ErrorCode
+from agent.events.callback_urls import CallbackUrls
 from agent.events.event import Event
 from agent.events.store import Store, StoreBusyError, StoreError, StoreFullError
-from agent.session.at_rest import CallbackUrls
 from agent.status.models import DeadLetter, OutboxStats, PendingEvent
 
 log = logging.getLogger(__name__)

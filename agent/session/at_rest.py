@@ -78,26 +78,3 @@ class SessionCommands:
     def forget(self, slot_id: str) -> None:
         """Drop the slot's credentials (its row is gone)."""
         self._full.pop(slot_id, None)
-
-
-class CallbackUrls:
-    """Full callback URLs in memory, by slot and stored form, for the outbox's rows."""
-
-    def __init__(self) -> None:
-        self._full: dict[tuple[str, str], str] = {}
-
-    def stored(self, slot_id: str, url: str) -> str:
-        """The form of ``url`` to store; the full one is remembered here."""
-        kept = strip_credentials(url)
-        if kept != url:
-            self._full[(slot_id, kept)] = url
-        return kept
-
-    def full(self, slot_id: str, stored: str) -> str:
-        """The URL to POST to for a stored row (the stored form once memory is lost)."""
-        return self._full.get((slot_id, stored), stored)
-
-    def keep_only(self, slots: set[str]) -> None:
-        """Forget the URLs of slots with no undelivered event left."""
-        for key in [k for k in self._full if k[0] not in slots]:
-            del self._full[key]

@@ -13,16 +13,17 @@ each running its own fixed-rate loop:
 * **Inference slots.** At most ``runtime.inference_workers`` analyses run at once, granted
   in priority order, and at most ``analysis.max_analyses_per_s`` start per second.
 * **Embeddings.** At most ``analysis.max_embeddings_per_s`` faces are embedded per second
-  (:class:`EmbedBudget`, taken from inference threads).
+  (:class:`agent.vision.budget.EmbedBudget`, taken from inference threads).
 * **Full-resolution detection.** Regions around small faces and sweep tiles
   (``agent.vision.coverage``) may use ``analysis.fine_detect_cores`` of CPU over all cameras
-  (:class:`FineBudget`); cameras ask in their analysis order, so unrecognised rooms first,
-  and each camera's share is shown in status.
+  (:class:`agent.vision.budget.FineBudget`); cameras ask in their analysis order, so
+  unrecognised rooms first, and each camera's share is shown in status.
 * **Decoding.** Frame-by-frame decoding costs ~0.19 of a core per 1080p 15 fps camera, so
   only ``analysis.full_decode_mpx_s`` megapixels per second are decoded that way, given to
   cameras in priority order; the others decode only the keyframes their analyses use.
 
-Everything here runs on the event loop except :meth:`EmbedBudget.take`.
+Everything here runs on the event loop; the budgets it grants are spent from inference
+threads (``agent.vision.budget``).
 """
 
 from __future__ import annotations
@@ -31,25 +32,15 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import Protocol
 
-from agent.camera.video_source import DecodeMode
 from agent.config import AnalysisConfig, CamerasConfig
-from agent.status.models import AnalysisLoad
-
-
-class Priority(IntEnum):
-    """What a camera's last analysis found; lower goes first."""
-
-    UNRECOGNISED = 0  # faces in view not yet recognised (and a camera not yet analysed)
-    EMPTY = 1  # nobody in view
-    SETTLED = 2  # everyone in view recognised, or a stranger already checked
+from agent.status.models import AnalysisLoad, DecodeMode
+from agent.vision.budget import EmbedBudget, FineBudget, Priority, TokenBucket
 
 
 class Decodable(Protocol):
@@ -63,88 +54,6 @@ class Decodable(Protocol):
 
     def record_shed(self, count: int) -> None:
         """Count analyses skipped because the box was busy."""
-
-
-class TokenBucket:
-    """``rate`` tokens per second, at most ``burst`` saved up. Thread-safe."""
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self._tokens = burst
-        self._at = time.monotonic()
-        self._lock = threading.Lock()
-
-    def _refill(self, now: float) -> None:
-        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
-        self._at = now
-
-    def take(self, want: int) -> int:
-        """Take up to ``want`` whole tokens; returns how many were taken."""
-        with self._lock:
-            self._refill(time.monotonic())
-            granted = max(0, min(want, int(self._tokens)))
-            self._tokens -= granted
-            return granted
-
-    def peek(self) -> int:
-        """Whole tokens available now (nothing is taken)."""
-        return int(self.level())
-
-    def level(self) -> float:
-        """Tokens available now, fractions and debt included (nothing is taken)."""
-        with self._lock:
-            self._refill(time.monotonic())
-            return self._tokens
-
-    def charge(self, amount: float) -> None:
-        """Take ``amount`` whether or not it is there (the level may go below zero)."""
-        with self._lock:
-            self._refill(time.monotonic())
-            self._tokens -= amount
-
-    def wait_time(self) -> float:
-        """Seconds until one token is available (0 if one is now)."""
-        with self._lock:
-            self._refill(time.monotonic())
-            return 0.0 if self._tokens >= 1 else (1 - self._tokens) / self.rate
-
-
-class EmbedBudget:
-    """The global cap on faces embedded per second, taken from inference threads."""
-
-    def __init__(self, per_s: float) -> None:
-        self._bucket = TokenBucket(per_s, max(4.0, per_s / 2))
-
-    def take(self, want: int) -> int:
-        """How many of ``want`` faces may be embedded now."""
-        return self._bucket.take(want) if want else 0
-
-    def available(self) -> int:
-        """How many faces could be embedded now (nothing is taken)."""
-        return self._bucket.peek()
-
-
-class FineBudget:
-    """CPU seconds per second that full-resolution detection may use over all cameras.
-
-    Detections are timed and charged after they run (from inference threads); a charge
-    may overdraw, and then no camera may start one until the debt is repaid. At most one
-    second's worth is saved up.
-    """
-
-    def __init__(self, cores: float) -> None:
-        self.cores = cores
-        self._bucket = TokenBucket(cores, max(0.05, cores))
-
-    def available(self, reserve: float = 0.0) -> bool:
-        """Whether a full-resolution detection may start now, leaving ``reserve`` (a
-        fraction of what may be saved up) for more urgent ones."""
-        return self.cores > 0 and self._bucket.level() > reserve * self._bucket.burst
-
-    def charge(self, seconds: float) -> None:
-        """Account for a detection that took ``seconds``."""
-        self._bucket.charge(seconds)
 
 
 FINE_WINDOW_S = 30.0  # a camera's share of full-resolution detection, averaged over this

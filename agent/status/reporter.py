@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from agent import __version__
 from agent.errors import ErrorCode
@@ -23,7 +24,9 @@ from agent.status.models import AgentInfo, AgentStatus, MqttStatus, OnlineMessag
 from agent.supervisor import Supervisor
 from agent.transport.mqtt import MqttLink
 from agent.vision.inference import ModelSlot
-from agent.vision.model_watch import ModelWatcher
+
+if TYPE_CHECKING:  # the watcher loads the engine (ONNX Runtime); status only reads it
+    from agent.vision.model_watch import ModelWatcher
 
 OUTBOX_BACKLOG_WARN_S = 3600.0
 STORAGE_WARN_S = 600.0  # a state-file failure stays in warnings this long

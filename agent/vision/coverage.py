@@ -31,7 +31,7 @@ So a frame is covered in three passes, merged into one list:
    least :data:`TINY_FACE_PX` wide: the shrunk frame proposes those reliably).
 
 Regions and tiles are paid from the agent-wide fine-detection budget
-(``[analysis] fine_detect_cores``, :class:`agent.session.scheduler.FineBudget`).
+(``[analysis] fine_detect_cores``, :class:`agent.vision.budget.FineBudget`).
 This module is light (numpy only); the engine arrives as an argument.
 """
 
@@ -70,7 +70,7 @@ MERGE_OVERLAP = 0.4  # IoU or containment above which two detections are one fac
 
 
 class Budget(Protocol):
-    """What coverage needs of the fine-detection budget (agent.session.scheduler.FineBudget)."""
+    """What coverage needs of the fine-detection budget (agent.vision.budget.FineBudget)."""
 
     def available(self, reserve: float = 0.0) -> bool:
         """Whether fine detection may run now, leaving ``reserve`` of the budget."""

@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -33,7 +34,6 @@ from watchdog.observers.api import BaseObserver
 
 from agent.config import ModelsConfig, RecognitionConfig
 from agent.errors import ModelPackError
-from agent.events.store import Store
 from agent.lanes import LaneClosedError
 from agent.status.models import ReloadStatus
 from agent.vision.defaultpack import DefaultPackError, sample_photo
@@ -44,6 +44,9 @@ from agent.vision.modelpack import ModelPack, read_pack
 from agent.vision.onnx_sessions import describe_error
 from agent.vision.pack_order import PackSightings
 from agent.vision.tracker import iou_matrix
+
+if TYPE_CHECKING:  # the state file, handed on to the pack sightings (vision imports no events code)
+    from agent.events.store import Store
 
 log = logging.getLogger(__name__)
 

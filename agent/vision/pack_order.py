@@ -18,9 +18,12 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from agent.events.store import Store
 from agent.vision.modelpack import list_pack_dirs
+
+if TYPE_CHECKING:  # the state file (only its methods are called; vision imports no events code)
+    from agent.events.store import Store
 
 Seen = tuple[str, float]  # (fingerprint, first seen)
 

@@ -17,8 +17,8 @@ import cv2
 
 from agent.camera.view import FaceBox
 from agent.config import RecognitionConfig
-from agent.session.scheduler import EmbedBudget, Priority
 from agent.status.metrics import StageObserver
+from agent.vision.budget import EmbedBudget, Priority
 from agent.vision.coverage import (
     MAX_REGIONS,
     TINY_FACE_PX,
@@ -58,7 +58,7 @@ class AnalysisResult:
     deferred: int = 0  # faces that needed an embedding but the global cap said later
     sightings: list[Sighting] = field(default_factory=list)
     boxes: tuple[FaceBox, ...] = ()  # every track seen in this analysis
-    priority: Priority = Priority.EMPTY  # what the camera needs next (agent.session.scheduler)
+    priority: Priority = Priority.EMPTY  # what the camera needs next (agent.vision.budget)
     near: list[tuple[str, float]] = field(default_factory=list)  # close, unconfirmed matches
     new_widths: list[float] = field(default_factory=list)  # faces first seen (px)
     confirmed_widths: list[float] = field(default_factory=list)  # faces newly recognised
