@@ -309,7 +309,7 @@ class _Fine:
     def allowed(self, reserve: float = 0.0) -> bool:
         return self.budget is None or self.budget.available(reserve)
 
-    def run(self, region: Region, source: FaceSource, scale: float = 1.0) -> list[DetectedFace]:
+    def detect(self, region: Region, source: FaceSource, scale: float = 1.0) -> list[DetectedFace]:
         started = time.perf_counter()
         found = detect_in(
             self.engine,
@@ -400,14 +400,14 @@ def detect_frame(
                 unchecked.append(cand)
             continue
         region = region_around(bbox, width, height)
-        found = fine.run(region, FaceSource.REGION, _region_scale(float(bbox[2] - bbox[0])))
+        found = fine.detect(region, FaceSource.REGION, _region_scale(float(bbox[2] - bbox[0])))
         fine.out.regions += 1
         if not found:
             coverage.reject(region)
         regions += found
     tile_faces: list[DetectedFace] = []
     if sweep and coverage.sweep.due(clock()) and fine.allowed(SWEEP_RESERVE):
-        tile_faces = fine.run(coverage.sweep.next_tile(width, height), FaceSource.TILE)
+        tile_faces = fine.detect(coverage.sweep.next_tile(width, height), FaceSource.TILE)
         fine.out.tiles = 1
     fallback = [f for f in unchecked if f.width >= FALLBACK_MIN_PX]
     merged = merge([regions, tile_faces, plan.solid, fallback, plan.coasting])
