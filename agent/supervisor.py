@@ -164,8 +164,7 @@ class Supervisor:
         for record in reversed(list(self._records.values())):
             task = record.task
             if task is not None and not task.done():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+                await cancel_and_wait(task)
             record.state = "stopped" if record.state != "failed" else record.state
 
     def describe(self) -> list[TaskStatus]:
@@ -188,3 +187,18 @@ class Supervisor:
             for r in self._records.values()
             if r.failures
         ]
+
+
+async def cancel_and_wait(task: asyncio.Task[Any], *, again_after_s: float = 1.0) -> None:
+    """Cancel ``task`` and wait until it has ended, cancelling it again while it runs on.
+
+    A cancellation can be lost inside a library: Python 3.11's ``asyncio.wait_for`` (which
+    aiomqtt uses to wait for a PUBACK) returns the result instead of raising when the
+    awaited future completes at the moment it is cancelled. A looping task (the status
+    publisher) then runs on, and a plain ``cancel(); await task`` waits for ever.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=again_after_s)
+    if not task.cancelled():
+        task.exception()  # retrieved: its failure was already counted and logged

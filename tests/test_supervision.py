@@ -178,3 +178,26 @@ def test_an_unusable_mqtt_file_stops_the_agent_before_it_starts(
     assert code == 2, log[-3000:]
     assert f"mqtt.{fault}" in log
     assert "AGENT_RUNNING" not in log
+
+
+async def test_stop_ends_a_task_that_swallowed_its_first_cancellation() -> None:
+    # Python 3.11's asyncio.wait_for (inside aiomqtt's publish) can lose a cancellation
+    # that arrives as its future completes; a looping task must still be stopped.
+    swallowed = asyncio.Event()
+
+    async def stubborn() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if swallowed.is_set():
+                    raise
+                swallowed.set()  # lost, as wait_for loses it
+
+    supervisor = Supervisor(RestartPolicy())
+    supervisor.spawn("stubborn", stubborn)
+    await asyncio.sleep(0.05)
+    async with asyncio.timeout(10):
+        await supervisor.stop()
+    assert swallowed.is_set()
+    assert [t.state for t in supervisor.describe()] == ["stopped"]
