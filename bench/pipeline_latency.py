@@ -199,7 +199,7 @@ def thread_bucket(name: str) -> str:
     """Which part of the agent a Python thread belongs to."""
     if name.startswith("camera-"):
         return "reader"
-    if name.startswith("inference"):
+    if name.startswith(("inference", "lane-inference")):  # the lane's threads since issue 20
         return "inference"
     if name == "MainThread":
         return "loop"
