@@ -34,14 +34,7 @@ HD = (1920, 1080)
 
 
 def tracker_for(cfg: RecognitionConfig, threshold: float = 0.4) -> FaceTracker:
-    return FaceTracker(
-        iou=cfg.track_iou,
-        max_missed=cfg.track_max_missed,
-        n=cfg.confirm_n,
-        reembed_every=cfg.reembed_every,
-        recheck_every=cfg.recheck_every,
-        stranger_below=threshold - cfg.stranger_margin,
-    )
+    return FaceTracker.for_config(cfg, threshold)
 
 
 def embedding(engine: FaceEngine, photo: Path) -> np.ndarray:

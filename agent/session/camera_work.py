@@ -76,14 +76,7 @@ class CameraWork:
     @classmethod
     def create(cls, reader: CameraReader, cfg: RecognitionConfig, threshold: float) -> CameraWork:
         """The work of ``reader``'s camera in a session matching at ``threshold``."""
-        tracker = FaceTracker(
-            iou=cfg.track_iou,
-            max_missed=cfg.track_max_missed,
-            n=cfg.confirm_n,
-            reembed_every=cfg.reembed_every,
-            recheck_every=cfg.recheck_every,
-            stranger_below=threshold - cfg.stranger_margin,
-        )
+        tracker = FaceTracker.for_config(cfg, threshold)
         return cls(reader, tracker, CameraCoverage.for_config(cfg))
 
     @property

@@ -6,10 +6,14 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from agent.vision.faces import DetectedFace, FloatArray
+
+if TYPE_CHECKING:  # typing only: the tracker reads a few numbers of it
+    from agent.config import RecognitionConfig
 
 
 def intersection_matrix(a: FloatArray, b: FloatArray) -> FloatArray:
@@ -133,6 +137,19 @@ class FaceTracker:
         self.reembed_every = reembed_every
         self.tracks: list[Track] = []
         self.next_id = 1  # the id the next new track gets
+
+    @classmethod
+    def for_config(cls, cfg: RecognitionConfig, threshold: float) -> FaceTracker:
+        """The tracker of a camera in a session matching at ``threshold``: faces closer to
+        every student than ``threshold - stranger_margin`` settle as strangers."""
+        return cls(
+            iou=cfg.track_iou,
+            max_missed=cfg.track_max_missed,
+            n=cfg.confirm_n,
+            reembed_every=cfg.reembed_every,
+            recheck_every=cfg.recheck_every,
+            stranger_below=threshold - cfg.stranger_margin,
+        )
 
     def update(
         self, faces: list[DetectedFace], looked: Callable[[Track], bool] | None = None
