@@ -57,7 +57,6 @@ class Lane:
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix=f"lane-{name}")
         self._in_flight: set[Future[object]] = set()
         self._lock = threading.Lock()  # _in_flight is also changed by the lane's threads
-        self._closed = False
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(*args, **kwargs)`` on one of the lane's threads and await its result.
@@ -98,13 +97,7 @@ class Lane:
     def close(self, *, wait: bool = True) -> None:
         """Stop the threads: queued work runs or is dropped (``finish_queued``); with
         ``wait``, block until the running work is done."""
-        self._closed = True
         self._executor.shutdown(wait=wait, cancel_futures=not self._finish_queued)
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` was called."""
-        return self._closed
 
 
 @dataclass(frozen=True)
