@@ -206,3 +206,16 @@ def spawn_agent(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+
+async def wait_answering(broker: Mosquitto, proc: subprocess.Popen[bytes]) -> None:
+    """Wait (up to 30 s) until the agent process ``proc`` answers a status command over
+    ``broker``; fails at once if the process exits."""
+    async with backend(broker) as b, asyncio.timeout(30):
+        while True:
+            assert proc.poll() is None, "agent exited"
+            try:
+                if (await b.send("status", {}, timeout=1))["status"] == 200:
+                    return
+            except TimeoutError:
+                pass

@@ -22,6 +22,7 @@ from tests.agent_harness import (
     running_agent,
     spawn_agent,
     start_payload,
+    wait_answering,
 )
 from tests.cli import run_cli
 from tests.waiting import wait_until
@@ -180,18 +181,6 @@ def _stored_ids(data_dir: Path) -> set[str]:
         return {row[0] for row in conn.execute("select event_id from events")}
 
 
-async def _wait_connected(broker: Mosquitto, proc: subprocess.Popen[bytes]) -> None:
-    async with backend(broker) as b:
-        async with asyncio.timeout(30):
-            while True:
-                assert proc.poll() is None, "agent exited"
-                try:
-                    if (await b.send("status", {}, timeout=1))["status"] == 200:
-                        return
-                except TimeoutError:
-                    pass
-
-
 @pytest.mark.slow
 async def test_sigkill_loses_nothing(
     broker: Mosquitto, server: CallbackServer, tmp_path: Path, yao_embedding: list[float]
@@ -200,7 +189,7 @@ async def test_sigkill_loses_nothing(
     server.hang_s = 30
     proc = _spawn_agent(tmp_path, broker, server)
     try:
-        await _wait_connected(broker, proc)
+        await wait_answering(broker, proc)
         async with backend(broker) as b:
             for i in range(4):
                 assert (await b.send("session/start", _start(f"slot-k{i}", yao_embedding, server)))[

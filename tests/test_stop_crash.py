@@ -17,7 +17,7 @@ import pytest
 
 from agent.devkit.brokers import Mosquitto
 from agent.devkit.callback_receiver import CallbackServer
-from tests.agent_harness import backend, spawn_agent, start_payload
+from tests.agent_harness import backend, spawn_agent, start_payload, wait_answering
 
 
 def _spawn(tmp_path: Path, broker: Mosquitto, server: CallbackServer) -> subprocess.Popen[bytes]:
@@ -28,17 +28,6 @@ def _spawn(tmp_path: Path, broker: Mosquitto, server: CallbackServer) -> subproc
         AGENT_CALLBACK__FIRST_RETRY_S="0.05",
         AGENT_CALLBACK__RETRY_MAX_S="0.3",
     )
-
-
-async def _wait_connected(broker: Mosquitto, proc: subprocess.Popen[bytes]) -> None:
-    async with backend(broker) as b, asyncio.timeout(30):
-        while True:
-            assert proc.poll() is None, "agent exited"
-            try:
-                if (await b.send("status", {}, timeout=1))["status"] == 200:
-                    return
-            except TimeoutError:
-                pass
 
 
 # Run in a process of its own (no GIL shared with the test's event loop): it takes the
@@ -94,7 +83,7 @@ async def test_sigkill_as_the_row_leaves_keeps_the_stopped_event(
     payload = start_payload("slot-k", yao_embedding, callbackUrl=server.url(), cameras=cameras)
     proc = _spawn(tmp_path, broker, server)
     try:
-        await _wait_connected(broker, proc)
+        await wait_answering(broker, proc)
         async with backend(broker) as b:
             assert (await b.send("session/start", payload))["status"] == 200
             await server.wait_delivered(1)
